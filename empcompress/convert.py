@@ -1,0 +1,245 @@
+"""Single-movie conversion: MRC movie -> verified multi-page TIFF stack.
+
+Three streaming passes, one frame in memory at a time:
+
+1. *survey*: read every frame once, hashing the whole file (sha256) and
+   computing per-frame statistics in the same pass; decide the storage type;
+2. *encode*: flip each frame to TIFF row order, cast it to the storage type,
+   encode its strips in parallel and write a temporary file;
+3. *verify*: decode the temporary file from disk, rebuild every source frame's
+   bytes, compare them with the source and the rebuilt file's sha256 with the
+   one from pass 1. Only then is the file renamed into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from . import __version__, kernels
+from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
+from .encode import Codec, choose_codec, make_codec, rows_per_strip
+from .errors import InputError
+from .metadata import MovieRecord, SourceRecord, StorageRecord
+from .mrc import MrcHeader, MrcMovie
+from .verify import verify_tiff
+from .write import commit_output, looks_like_packed_4bit, temporary_output, write_tiff_stack
+
+__all__ = ["MovieSurvey", "ConversionResult", "survey_movie", "convert_movie", "file_digests"]
+
+ProgressCallback = Callable[[str, int], None]
+HASH_CHUNK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class MovieSurvey:
+    """Result of the survey pass: header, whole-file sha256, merged stats, decision."""
+
+    path: str
+    header: MrcHeader
+    sha256: str
+    stats: FrameStats
+    decision: StorageDecision
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What :func:`convert_movie` did."""
+
+    source_path: str
+    output_path: str
+    n_frames: int
+    frame_shape: tuple[int, int]
+    source_mode: int
+    source_size_bytes: int
+    source_sha256: str
+    output_size_bytes: int
+    output_sha256: str
+    output_md5: str
+    decision: StorageDecision
+    codec: str
+    trial_sizes_bytes: dict[str, int]
+    warnings: tuple[str, ...]
+    elapsed_seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.source_size_bytes / max(1, self.output_size_bytes)
+
+
+def survey_movie(path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> MovieSurvey:
+    """Pass 1: sha256 of the whole file and stats of every frame, in one read."""
+    with MrcMovie(path) as movie:
+        header = movie.header
+        digest = hashlib.sha256()
+        digest.update(movie.read_header_bytes())
+        digest.update(movie.read_extended_header_bytes())
+        merged: FrameStats | None = None
+        for index in range(header.nz):
+            raw = movie.read_raw_frame(index)
+            digest.update(raw)
+            stats = frame_stats(movie.values_from_raw(raw))
+            merged = stats if merged is None else merged.merge(stats)
+            if progress is not None:
+                progress("survey", raw.size)
+    assert merged is not None
+    decision = decide_storage(source_dtype=header.value_dtype, stats=merged)
+    return MovieSurvey(str(path), header, digest.hexdigest(), merged, decision)
+
+
+def _stored_frames(movie: MrcMovie, stored_dtype: np.dtype, progress: ProgressCallback | None) -> Iterator[npt.NDArray[np.generic]]:
+    """Frames in TIFF row order and storage type; a fresh array per frame."""
+    for index in range(movie.header.nz):
+        raw = movie.read_raw_frame(index)
+        out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
+        kernels.flip_cast(movie.values_from_raw(raw), out)
+        yield out
+        if progress is not None:
+            progress("encode", raw.size)
+
+
+def _sample_frames(movie: MrcMovie, stored_dtype: np.dtype) -> list[npt.NDArray[np.generic]]:
+    """The middle frame, every 4th row band, in storage type (for the codec trial)."""
+    middle = movie.read_frame(movie.header.nz // 2)
+    out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
+    kernels.flip_cast(middle, out)
+    rows = rows_per_strip(frame_shape=movie.header.frame_shape, itemsize=out.dtype.itemsize)
+    bands = [out[start : start + rows] for start in range(0, out.shape[0], 4 * rows)]
+    return [np.ascontiguousarray(np.concatenate(bands))]
+
+
+def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(sha256, md5) of a file, read once in chunks."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def _resolve_codec(
+    movie: MrcMovie, decision: StorageDecision, *, codec: str, level: int | None
+) -> tuple[Codec, dict[str, int]]:
+    stored_dtype = np.dtype(decision.stored_dtype)
+    if codec == "auto":
+        return choose_codec(_sample_frames(movie, stored_dtype), is_integer=decision.is_integer, level=level)
+    try:
+        return make_codec(codec, level=level, is_integer=decision.is_integer), {}
+    except ValueError as error:
+        raise InputError(f"{movie.path}: {error}") from None
+
+
+def convert_movie(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    codec: str = "auto",
+    level: int | None = None,
+    threads: int = 1,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> ConversionResult:
+    """Convert one MRC movie to a verified TIFF stack at ``output``.
+
+    ``codec`` is ``auto`` (smallest of LZW and deflate on a sample), ``lzw``,
+    ``deflate``, ``zstd`` or ``none``; ``level`` applies to deflate and zstd.
+    The output appears under its name only once verified; the source is only read.
+    """
+    started = time.perf_counter()
+    source, output = Path(source), Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"{output}: already exists; choose another name or pass --overwrite")
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise InputError(f"{output}: is the source file itself; choose another output name")
+    if not output.parent.is_dir():
+        raise InputError(f"{output.parent}: the output directory does not exist")
+    previous_threads = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        survey = survey_movie(source, progress=progress)
+        header, decision = survey.header, survey.decision
+        stored_dtype = np.dtype(decision.stored_dtype)
+        warnings: list[str] = []
+        if looks_like_packed_4bit(header.frame_shape, stored_dtype):
+            warnings.append(
+                f"{output.name}: 8-bit frames of {header.nx}x{header.ny} pixels; some readers take this "
+                f"size for packed 4-bit data and will misread it"
+            )
+        with MrcMovie(source) as movie, temporary_output(output) as temporary:
+            chosen, trial_sizes = _resolve_codec(movie, decision, codec=codec, level=level)
+            rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=stored_dtype.itemsize)
+            record = MovieRecord(
+                tool_version=__version__,
+                source=SourceRecord(
+                    name=source.name,
+                    size_bytes=header.file_size_bytes,
+                    sha256=survey.sha256,
+                    mode=header.mode,
+                    byte_order=header.byte_order,
+                    nx=header.nx,
+                    ny=header.ny,
+                    nz=header.nz,
+                    bytes_are_signed=header.bytes_are_signed,
+                    pixel_size_angstrom=header.pixel_size_angstrom,
+                    header_b64=base64.b64encode(movie.read_header_bytes()).decode("ascii"),
+                    extended_header_b64=base64.b64encode(movie.read_extended_header_bytes()).decode("ascii"),
+                    exttyp=header.exttyp,
+                ),
+                storage=StorageRecord(
+                    stored_dtype=stored_dtype.name,
+                    is_integer=decision.is_integer,
+                    value_min=decision.value_min,
+                    value_max=decision.value_max,
+                    reason=decision.reason,
+                    codec=chosen.name,
+                    codec_level=chosen.level,
+                    huffman_only=chosen.huffman_only,
+                    predictor=chosen.predictor,
+                    rows_per_strip=rows,
+                ),
+            )
+            write_tiff_stack(
+                temporary,
+                _stored_frames(movie, stored_dtype, progress),
+                n_frames=header.nz,
+                frame_shape=header.frame_shape,
+                dtype=stored_dtype,
+                codec=chosen,
+                rows_per_strip=rows,
+                description=record.to_json(),
+                pixel_size_angstrom=header.pixel_size_angstrom if np.isfinite(header.pixel_size_angstrom) else 0.0,
+                threads=threads,
+            )
+            verify_tiff(temporary, against=source, threads=threads, progress=progress)
+            output_sha256, output_md5 = file_digests(temporary)
+            output_size = temporary.stat().st_size
+            commit_output(temporary, output)
+    finally:
+        numba.set_num_threads(previous_threads)
+    return ConversionResult(
+        source_path=str(source),
+        output_path=str(output),
+        n_frames=header.nz,
+        frame_shape=header.frame_shape,
+        source_mode=header.mode,
+        source_size_bytes=header.file_size_bytes,
+        source_sha256=survey.sha256,
+        output_size_bytes=output_size,
+        output_sha256=output_sha256,
+        output_md5=output_md5,
+        decision=decision,
+        codec=chosen.label,
+        trial_sizes_bytes=trial_sizes,
+        warnings=tuple(warnings),
+        elapsed_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,160 @@
+"""Writing multi-page TIFF stacks with tifffile, and the temporary-file discipline.
+
+One page per frame, strips (several per frame), SampleFormat always set,
+MINISBLACK, no private tags; our JSON record goes in the first page's
+ImageDescription. BigTIFF is used when the file could pass 4 GiB.
+
+Outputs are written to a hidden temporary name beside the final one and only
+renamed into place after verification (see :func:`temporary_output`), so a file
+under its final name is always complete and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+
+from . import __version__
+from .encode import Codec, StripEncoder
+
+__all__ = ["CLASSIC_TIFF_LIMIT_BYTES", "needs_bigtiff", "write_tiff_stack", "temporary_output", "commit_output", "TEMP_MARKER"]
+
+CLASSIC_TIFF_LIMIT_BYTES = 2**32 - 1
+SAMPLE_FORMAT_TAG = 339
+SAMPLE_FORMAT_UINT = 1
+PLACEHOLDER_TAG = 340  # SMinSampleValue, renamed to SampleFormat after writing
+TEMP_MARKER = ".empcompress-tmp-"
+#: Frame sizes some readers take for packed 4-bit data whatever the TIFF says.
+PACKED_4BIT_LOOKALIKE_SHAPES = {(8184, 5760), (11520, 4092), (7676, 3710), (7420, 3838)}
+
+
+def needs_bigtiff(*, n_frames: int, frame_shape: tuple[int, int], itemsize: int, codec: Codec, extra_bytes: int) -> bool:
+    """Whether the file may pass the classic TIFF limit (worst-case encoded size)."""
+    raw_bytes = n_frames * frame_shape[0] * frame_shape[1] * itemsize
+    overhead = extra_bytes + n_frames * 4096 + (1 << 20)
+    return raw_bytes * codec.worst_case_expansion + overhead > CLASSIC_TIFF_LIMIT_BYTES
+
+
+def looks_like_packed_4bit(frame_shape: tuple[int, int], dtype: np.dtype) -> bool:
+    """True for 8-bit frames of a size that some readers treat as packed 4-bit."""
+    ny, nx = frame_shape
+    return np.dtype(dtype).itemsize == 1 and ((ny, nx) in PACKED_4BIT_LOOKALIKE_SHAPES or (nx, ny) in PACKED_4BIT_LOOKALIKE_SHAPES)
+
+
+def write_tiff_stack(
+    path: str | os.PathLike[str],
+    frames: Iterable[npt.NDArray[np.generic]],
+    *,
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    codec: Codec,
+    rows_per_strip: int,
+    description: str,
+    pixel_size_angstrom: float,
+    threads: int,
+) -> None:
+    """Write ``frames`` (TIFF row order, ``dtype``) as a multi-page TIFF at ``path``."""
+    dtype = np.dtype(dtype)
+    bigtiff = needs_bigtiff(
+        n_frames=n_frames,
+        frame_shape=frame_shape,
+        itemsize=dtype.itemsize,
+        codec=codec,
+        extra_bytes=len(description),
+    )
+    resolution = None
+    if pixel_size_angstrom > 0:
+        pixels_per_cm = 1e8 / pixel_size_angstrom
+        resolution = (pixels_per_cm, pixels_per_cm)
+    with StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder, tifffile.TiffWriter(
+        path, bigtiff=bigtiff, byteorder="<"
+    ) as writer:
+        strips: Iterator[bytes] = encoder.encode_frames(_checked(frames, frame_shape, dtype))
+        writer.write(
+            strips,
+            shape=(n_frames, *frame_shape),
+            dtype=dtype,
+            photometric="minisblack",
+            compression=codec.tiff_compression,
+            predictor=codec.predictor if codec.predictor != 1 else None,
+            rowsperstrip=rows_per_strip,
+            description=description,
+            metadata=None,
+            software=f"empcompress {__version__}",
+            resolution=resolution,
+            resolutionunit="CENTIMETER" if resolution else None,
+            extratags=[(PLACEHOLDER_TAG, "H", 1, SAMPLE_FORMAT_UINT, False)] if dtype.kind == "u" else None,
+        )
+    if dtype.kind == "u":
+        _rename_placeholder_tags(path)
+
+
+def _rename_placeholder_tags(path: str | os.PathLike[str]) -> None:
+    """Turn every page's placeholder tag 340 into SampleFormat (339) = 1 (unsigned).
+
+    tifffile leaves SampleFormat out for unsigned data (1 is TIFF's default) and
+    will not write it as an extra tag, but cryo-EM readers want it present. We
+    write SMinSampleValue (340, unused by us, so sorted where 339 belongs) with
+    value 1 and rename its entry in place. Verification then reads the result.
+    """
+    with tifffile.TiffFile(path) as tiff:
+        offsets = [page.tags[PLACEHOLDER_TAG].offset for page in tiff.pages]  # type: ignore[union-attr]
+        if any(SAMPLE_FORMAT_TAG in page.tags for page in tiff.pages):  # type: ignore[union-attr]
+            raise RuntimeError(f"{path}: SampleFormat already written; placeholder not expected")
+    code = struct.pack("<H", SAMPLE_FORMAT_TAG)
+    with open(path, "r+b") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            handle.write(code)
+
+
+def _checked(
+    frames: Iterable[npt.NDArray[np.generic]], frame_shape: tuple[int, int], dtype: np.dtype
+) -> Iterator[npt.NDArray[np.generic]]:
+    for frame in frames:
+        if frame.shape != frame_shape or frame.dtype != dtype:
+            raise ValueError(f"frame of shape {frame.shape} {frame.dtype}, expected {frame_shape} {dtype}")
+        yield frame
+
+
+def temporary_path_for(final_path: Path) -> Path:
+    """A hidden, unique temporary name in the final file's directory."""
+    return final_path.with_name(f".{final_path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def temporary_output(final_path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path; on error the temporary file is removed.
+
+    The caller renames it into place with :func:`commit_output` once verified.
+    """
+    final = Path(final_path)
+    temporary = temporary_path_for(final)
+    try:
+        yield temporary
+    finally:
+        # whatever happened, a temporary that was not committed is not left behind
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def commit_output(temporary: Path, final_path: str | os.PathLike[str]) -> None:
+    """fsync the verified temporary file and atomically rename it to its final name."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, final_path)
+    with contextlib.suppress(OSError):
+        directory = os.open(Path(final_path).parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
