@@ -120,9 +120,16 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     record = read_record(args.tiff)
     output = Path(args.output) if args.output else Path(args.tiff).with_name(record.source.name)
-    with _byte_progress(record.source.size_bytes, description=Path(args.tiff).name, quiet=args.quiet) as progress:
-        result = restore_movie(args.tiff, output, overwrite=args.overwrite, threads=args.threads, progress=progress)
-    print(f"{result.tiff_path} -> {result.output_path}: {result.size_bytes} bytes, sha256 {result.sha256} (matches)")
+    with _byte_progress(
+        record.source.size_bytes, description=Path(args.tiff).name, quiet=args.quiet
+    ) as progress:
+        result = restore_movie(
+            args.tiff, output, overwrite=args.overwrite, threads=args.threads, progress=progress
+        )
+    print(
+        f"{result.tiff_path} -> {result.output_path}: {result.size_bytes} bytes, "
+        f"sha256 {result.sha256} (matches)"
+    )
     return EXIT_OK
 
 
@@ -134,7 +141,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_tiff
 
     record = read_record(args.path)
-    with _byte_progress(record.source.size_bytes, description=Path(args.path).name, quiet=args.quiet) as progress:
+    with _byte_progress(
+        record.source.size_bytes, description=Path(args.path).name, quiet=args.quiet
+    ) as progress:
         result = verify_tiff(args.path, against=args.against, threads=args.threads, progress=progress)
     against = f" and matches {args.against} byte for byte" if result.compared_with_source else ""
     print(
@@ -156,6 +165,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         for key, value in description.items():
             print(f"{key}: {value}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- example
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    from .example import write_example_movie
+
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "example_movie.mrc"
+    if path.exists() and not args.overwrite:
+        print(f"Error: {path}: already exists; pass --overwrite to write it again", file=sys.stderr)
+        return EXIT_FAILURE
+    write_example_movie(path, n_frames=args.frames, frame_shape=(args.size, args.size))
+    print(f"wrote {path} ({args.frames} frames of {args.size}x{args.size} float32 electron counts)")
     return EXIT_OK
 
 
@@ -191,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="strip compression; auto (default) trial-encodes a sample with LZW and deflate, which "
         "every reader decodes, and keeps the smaller; zstd is faster but not read everywhere",
     )
-    convert.add_argument("--level", type=int, help="deflate 0-9 (default: Huffman-only for counts) or zstd 1-22")
+    convert.add_argument(
+        "--level", type=int, help="deflate 0-9 (default: Huffman-only for counts) or zstd 1-22"
+    )
     convert.add_argument("--threads", type=_positive_int, default=_default_threads(), help="encoder threads")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -227,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", metavar="FILE")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=_cmd_info)
+
+    example = commands.add_parser(
+        "example", help="write a small synthetic example movie (float32 electron counts) to try on"
+    )
+    example.add_argument("directory", metavar="DIR")
+    example.add_argument("--frames", type=_positive_int, default=8)
+    example.add_argument("--size", type=_positive_int, default=512, help="frame width and height in pixels")
+    example.add_argument("--overwrite", action="store_true")
+    example.set_defaults(handler=_cmd_example)
     return parser
 
 
@@ -243,5 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Interrupted; no partial output was left behind.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
-        print(f"Error: {error.filename or ''}: {error.strerror or error}".replace(": : ", ": "), file=sys.stderr)
+        print(
+            f"Error: {error.filename or ''}: {error.strerror or error}".replace(": : ", ": "), file=sys.stderr
+        )
         return EXIT_FAILURE

@@ -86,7 +86,7 @@ def survey_movie(path: str | os.PathLike[str], *, progress: ProgressCallback | N
         merged: FrameStats | None = None
         for index in range(header.nz):
             raw = movie.read_raw_frame(index)
-            digest.update(raw)
+            digest.update(raw.data)
             stats = frame_stats(movie.values_from_raw(raw))
             merged = stats if merged is None else merged.merge(stats)
             if progress is not None:
@@ -96,7 +96,9 @@ def survey_movie(path: str | os.PathLike[str], *, progress: ProgressCallback | N
     return MovieSurvey(str(path), header, digest.hexdigest(), merged, decision)
 
 
-def _stored_frames(movie: MrcMovie, stored_dtype: np.dtype, progress: ProgressCallback | None) -> Iterator[npt.NDArray[np.generic]]:
+def _stored_frames(
+    movie: MrcMovie, stored_dtype: np.dtype, progress: ProgressCallback | None
+) -> Iterator[npt.NDArray[np.generic]]:
     """Frames in TIFF row order and storage type; a fresh array per frame."""
     for index in range(movie.header.nz):
         raw = movie.read_raw_frame(index)
@@ -164,7 +166,8 @@ def convert_movie(
     if not output.parent.is_dir():
         raise InputError(f"{output.parent}: the output directory does not exist")
     previous_threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    max_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(threads, max_threads)))
     try:
         survey = survey_movie(source, progress=progress)
         header, decision = survey.header, survey.decision
@@ -217,7 +220,9 @@ def convert_movie(
                 codec=chosen,
                 rows_per_strip=rows,
                 description=record.to_json(),
-                pixel_size_angstrom=header.pixel_size_angstrom if np.isfinite(header.pixel_size_angstrom) else 0.0,
+                pixel_size_angstrom=header.pixel_size_angstrom
+                if np.isfinite(header.pixel_size_angstrom)
+                else 0.0,
                 threads=threads,
             )
             verify_tiff(temporary, against=source, threads=threads, progress=progress)

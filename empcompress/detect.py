@@ -79,7 +79,11 @@ def decide_storage(*, source_dtype: np.dtype, stats: FrameStats) -> StorageDecis
         return StorageDecision(stored, True, lo, hi, reason)
     if not stats.integral:
         return StorageDecision(
-            source_name, False, lo, hi, f"{source_name} values are not all exact integers; kept as {source_name}"
+            source_name,
+            False,
+            lo,
+            hi,
+            f"{source_name} values are not all exact integers; kept as {source_name}",
         )
     stored = _smallest_integer_type(lo, hi)
     if stored is None:
@@ -88,6 +92,9 @@ def decide_storage(*, source_dtype: np.dtype, stats: FrameStats) -> StorageDecis
             False,
             lo,
             hi,
-            f"{source_name} values are integers but {lo:g}..{hi:g} fits no integer type; kept as {source_name}",
+            f"{source_name} values are integers but {lo:g}..{hi:g} fits no integer type; "
+            f"kept as {source_name}",
         )
-    return StorageDecision(stored, True, lo, hi, f"{source_name} values are exact integers {lo:g}..{hi:g}; stored as {stored}")
+    return StorageDecision(
+        stored, True, lo, hi, f"{source_name} values are exact integers {lo:g}..{hi:g}; stored as {stored}"
+    )

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import imagecodecs
 import numpy as np
@@ -75,13 +76,14 @@ class Codec:
         """Encode one strip (a C-contiguous array of whole rows, native byte order)."""
         if self.predictor == PREDICTOR_FLOAT:
             strip = imagecodecs.floatpred_encode(strip, axis=-1)
-        data = memoryview(np.ascontiguousarray(strip)).cast("B")
+        # imagecodecs and zlib take any buffer; its type stubs only name bytes
+        data = cast(bytes, np.ascontiguousarray(strip).reshape(-1).view(np.uint8).data)
         if self.name == "none":
             return bytes(data)
         if self.name == "lzw":
-            return bytes(imagecodecs.lzw_encode(data))
+            return imagecodecs.lzw_encode(data)
         if self.name == "zstd":
-            return bytes(imagecodecs.zstd_encode(data, level=self.level if self.level is not None else 3))
+            return imagecodecs.zstd_encode(data, level=self.level if self.level is not None else 3)
         level = self.level if self.level is not None else 6
         strategy = zlib.Z_HUFFMAN_ONLY if self.huffman_only else zlib.Z_DEFAULT_STRATEGY
         compressor = zlib.compressobj(9 if self.huffman_only else level, zlib.DEFLATED, 15, 9, strategy)
@@ -136,7 +138,10 @@ def choose_codec(
     the strips uncompressed is a candidate too: we never write more than needed.
     """
     if is_integer:
-        candidates = [make_codec("deflate", level=level, is_integer=True), make_codec("lzw", level=None, is_integer=True)]
+        candidates = [
+            make_codec("deflate", level=level, is_integer=True),
+            make_codec("lzw", level=None, is_integer=True),
+        ]
     else:
         candidates = [
             make_codec("deflate", level=level if level is not None else 1, is_integer=False),

@@ -52,7 +52,7 @@ def _float_frame_stats(frame: Any, bits: Any, negative_zero: Any) -> tuple[bool,
     return row_bad.sum() == 0, row_min.min(), row_max.max()
 
 
-def float_frame_stats(frame: npt.NDArray[np.floating]) -> tuple[bool, float, float]:
+def float_frame_stats(frame: npt.NDArray[Any]) -> tuple[bool, float, float]:
     """(all values are exact integers, min, max) of a float frame.
 
     min and max are only meaningful when the frame is integral (NaN may or may not
@@ -101,7 +101,7 @@ def _int_frame_stats(frame: Any) -> tuple[int, int]:
     return int(row_min.min()), int(row_max.max())
 
 
-def int_frame_stats(frame: npt.NDArray[np.integer]) -> tuple[int, int]:
+def int_frame_stats(frame: npt.NDArray[Any]) -> tuple[int, int]:
     """(min, max) of an integer frame."""
     return _int_frame_stats(_native(frame))
 
@@ -129,7 +129,10 @@ def flip_cast(source: npt.NDArray[Any], out: npt.NDArray[Any]) -> npt.NDArray[An
     """
     if source.shape != out.shape:
         raise ValueError(f"shape mismatch: {source.shape} vs {out.shape}")
-    if (source.dtype.kind, source.dtype.itemsize) == ("f", 2) or (out.dtype.kind, out.dtype.itemsize) == ("f", 2):
+    if (source.dtype.kind, source.dtype.itemsize) == ("f", 2) or (out.dtype.kind, out.dtype.itemsize) == (
+        "f",
+        2,
+    ):
         return flip_cast_numpy(source, out)
     if not out.dtype.isnative:
         raise ValueError("flip_cast needs a native-byte-order output array")

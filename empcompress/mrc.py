@@ -44,7 +44,7 @@ IMOD_FLAG_SIGNED_BYTES = 1
 #: Numpy value type of each supported mode (byte order added per file).
 MODE_DTYPES: dict[int, str] = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2", 101: "u1"}
 
-_HEADER_FIELDS = [
+_HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, int]] = [
     ("nx", "i4"),
     ("ny", "i4"),
     ("nz", "i4"),
@@ -82,7 +82,7 @@ _HEADER_FIELDS = [
 
 
 def _header_dtype(byte_order: str) -> np.dtype:
-    fields = []
+    fields: list[tuple[str, str] | tuple[str, str, int]] = []
     for field in _HEADER_FIELDS:
         name, code = field[0], field[1]
         if code[0] in "if":
@@ -122,7 +122,9 @@ class MrcHeader:
     @property
     def value_dtype(self) -> np.dtype:
         """Numpy dtype of the values, in the file's byte order (uint8 for mode 101)."""
-        return value_dtype_for(mode=self.mode, byte_order=self.byte_order, bytes_are_signed=self.bytes_are_signed)
+        return value_dtype_for(
+            mode=self.mode, byte_order=self.byte_order, bytes_are_signed=self.bytes_are_signed
+        )
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -211,9 +213,7 @@ def parse_header(raw_header: bytes, *, path_name: str, file_size_bytes: int) -> 
             f"(supported modes: {', '.join(str(m) for m in MODE_DTYPES)})"
         )
     if nx <= 0 or ny <= 0 or nz <= 0:
-        raise HeaderMismatchError(
-            f"{path_name}: the header gives an empty image (nx={nx}, ny={ny}, nz={nz})"
-        )
+        raise HeaderMismatchError(f"{path_name}: the header gives an empty image (nx={nx}, ny={ny}, nz={nz})")
     nsymbt = int(record["nsymbt"])
     if nsymbt < 0:
         raise HeaderMismatchError(f"{path_name}: negative extended header size {nsymbt}")
@@ -221,9 +221,7 @@ def parse_header(raw_header: bytes, *, path_name: str, file_size_bytes: int) -> 
     imod_flags = int(record["imod_flags"])
     bytes_are_signed = not (imod_stamp == IMOD_STAMP and not imod_flags & IMOD_FLAG_SIGNED_BYTES)
     nlabl = max(0, min(10, int(record["nlabl"])))
-    labels = tuple(
-        bytes(record["label"][i]).rstrip(b"\0 ").decode("ascii", "replace") for i in range(nlabl)
-    )
+    labels = tuple(bytes(record["label"][i]).rstrip(b"\0 ").decode("ascii", "replace") for i in range(nlabl))
     mx = int(record["mx"]) or nx
     my = int(record["my"]) or ny
     mz = int(record["mz"]) or 1
@@ -289,7 +287,9 @@ def unpack_4bit(packed: npt.NDArray[np.uint8], *, nx: int) -> npt.NDArray[np.uin
     return out[:, :nx]
 
 
-def pack_4bit(values: npt.NDArray[np.uint8], *, pad_nibbles: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
+def pack_4bit(
+    values: npt.NDArray[np.uint8], *, pad_nibbles: npt.NDArray[np.uint8] | None = None
+) -> npt.NDArray[np.uint8]:
     """Pack uint8 values 0-15 two per byte, low nibble first (inverse of :func:`unpack_4bit`).
 
     For odd widths each row ends in a half-used byte whose high nibble is taken
@@ -352,7 +352,9 @@ class MrcMovie:
         handle.seek(HEADER_SIZE_BYTES)
         return handle.read(self.header.extended_header_size_bytes)
 
-    def read_raw_frame(self, index: int, *, out: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
+    def read_raw_frame(
+        self, index: int, *, out: npt.NDArray[np.uint8] | None = None
+    ) -> npt.NDArray[np.uint8]:
         """The stored bytes of frame ``index`` (a flat uint8 array)."""
         header = self.header
         if not 0 <= index < header.nz:
@@ -360,7 +362,7 @@ class MrcMovie:
         buffer = self._buffer if out is None else out
         handle = self._file()
         handle.seek(header.data_offset_bytes + index * header.frame_size_bytes)
-        n_read = handle.readinto(memoryview(buffer))
+        n_read = handle.readinto(buffer.data)  # type: ignore[attr-defined]
         if n_read != header.frame_size_bytes:
             raise TruncatedFileError(
                 f"{self.path}: frame {index} is incomplete ({n_read} of "

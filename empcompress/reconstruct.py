@@ -59,7 +59,8 @@ class CompressedMovie:
         if self.n_pages != source.nz:
             self._tiff.close()
             raise NotOurTiffError(
-                f"{self.path}: has {self.n_pages} pages but its record says {source.nz} frames; the file is damaged"
+                f"{self.path}: has {self.n_pages} pages but its record says {source.nz} frames; "
+                "the file is damaged"
             )
         self.source_dtype = value_dtype_for(
             mode=source.mode, byte_order=source.byte_order, bytes_are_signed=source.bytes_are_signed
@@ -67,7 +68,9 @@ class CompressedMovie:
         self.stored_dtype = np.dtype(self.record.storage.stored_dtype)
         if self.record.storage.gain is not None:
             self._tiff.close()
-            raise RestoreError(f"{self.path}: gain-normalised storage needs a gain reference; not supported here")
+            raise RestoreError(
+                f"{self.path}: gain-normalised storage needs a gain reference; not supported here"
+            )
 
     def __enter__(self) -> CompressedMovie:
         return self
@@ -91,7 +94,9 @@ class CompressedMovie:
         try:
             array = page.asarray(maxworkers=self.threads)
         except Exception as error:
-            raise NotOurTiffError(f"{self.path}: page {index} cannot be decoded ({error}); the file is damaged") from None
+            raise NotOurTiffError(
+                f"{self.path}: page {index} cannot be decoded ({error}); the file is damaged"
+            ) from None
         if array.shape != self.frame_shape or array.dtype != self.stored_dtype:
             raise NotOurTiffError(
                 f"{self.path}: page {index} is {array.shape} {array.dtype}, the record says "

@@ -52,8 +52,8 @@ def restore_movie(
                 digest.update(chunk)
                 size_bytes += len(chunk)
             for frame_bytes in movie.iter_source_frame_bytes():
-                handle.write(memoryview(frame_bytes))
-                digest.update(frame_bytes)
+                handle.write(frame_bytes.data)
+                digest.update(frame_bytes.data)
                 size_bytes += frame_bytes.size
                 if progress is not None:
                     progress("restore", frame_bytes.size)

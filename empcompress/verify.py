@@ -61,7 +61,7 @@ def verify_tiff(
                 _compare_headers(path, source, header, extended)
             for index in range(movie.n_pages):
                 rebuilt = movie.source_frame_bytes(movie.read_stored_frame(index))
-                digest.update(rebuilt)
+                digest.update(rebuilt.data)
                 size_bytes += rebuilt.size
                 if source is not None:
                     original = source.read_raw_frame(index)

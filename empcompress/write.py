@@ -25,7 +25,14 @@ import tifffile
 from . import __version__
 from .encode import Codec, StripEncoder
 
-__all__ = ["CLASSIC_TIFF_LIMIT_BYTES", "needs_bigtiff", "write_tiff_stack", "temporary_output", "commit_output", "TEMP_MARKER"]
+__all__ = [
+    "CLASSIC_TIFF_LIMIT_BYTES",
+    "needs_bigtiff",
+    "write_tiff_stack",
+    "temporary_output",
+    "commit_output",
+    "TEMP_MARKER",
+]
 
 CLASSIC_TIFF_LIMIT_BYTES = 2**32 - 1
 SAMPLE_FORMAT_TAG = 339
@@ -36,7 +43,9 @@ TEMP_MARKER = ".empcompress-tmp-"
 PACKED_4BIT_LOOKALIKE_SHAPES = {(8184, 5760), (11520, 4092), (7676, 3710), (7420, 3838)}
 
 
-def needs_bigtiff(*, n_frames: int, frame_shape: tuple[int, int], itemsize: int, codec: Codec, extra_bytes: int) -> bool:
+def needs_bigtiff(
+    *, n_frames: int, frame_shape: tuple[int, int], itemsize: int, codec: Codec, extra_bytes: int
+) -> bool:
     """Whether the file may pass the classic TIFF limit (worst-case encoded size)."""
     raw_bytes = n_frames * frame_shape[0] * frame_shape[1] * itemsize
     overhead = extra_bytes + n_frames * 4096 + (1 << 20)
@@ -46,7 +55,9 @@ def needs_bigtiff(*, n_frames: int, frame_shape: tuple[int, int], itemsize: int,
 def looks_like_packed_4bit(frame_shape: tuple[int, int], dtype: np.dtype) -> bool:
     """True for 8-bit frames of a size that some readers treat as packed 4-bit."""
     ny, nx = frame_shape
-    return np.dtype(dtype).itemsize == 1 and ((ny, nx) in PACKED_4BIT_LOOKALIKE_SHAPES or (nx, ny) in PACKED_4BIT_LOOKALIKE_SHAPES)
+    return np.dtype(dtype).itemsize == 1 and (
+        (ny, nx) in PACKED_4BIT_LOOKALIKE_SHAPES or (nx, ny) in PACKED_4BIT_LOOKALIKE_SHAPES
+    )
 
 
 def write_tiff_stack(
@@ -75,9 +86,10 @@ def write_tiff_stack(
     if pixel_size_angstrom > 0:
         pixels_per_cm = 1e8 / pixel_size_angstrom
         resolution = (pixels_per_cm, pixels_per_cm)
-    with StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder, tifffile.TiffWriter(
-        path, bigtiff=bigtiff, byteorder="<"
-    ) as writer:
+    with (
+        StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder,
+        tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder="<") as writer,
+    ):
         strips: Iterator[bytes] = encoder.encode_frames(_checked(frames, frame_shape, dtype))
         writer.write(
             strips,
@@ -107,9 +119,10 @@ def _rename_placeholder_tags(path: str | os.PathLike[str]) -> None:
     value 1 and rename its entry in place. Verification then reads the result.
     """
     with tifffile.TiffFile(path) as tiff:
-        offsets = [page.tags[PLACEHOLDER_TAG].offset for page in tiff.pages]  # type: ignore[union-attr]
-        if any(SAMPLE_FORMAT_TAG in page.tags for page in tiff.pages):  # type: ignore[union-attr]
-            raise RuntimeError(f"{path}: SampleFormat already written; placeholder not expected")
+        pages = [tiff.pages[index] for index in range(len(tiff.pages))]
+        if any(not isinstance(page, tifffile.TiffPage) or SAMPLE_FORMAT_TAG in page.tags for page in pages):
+            raise RuntimeError(f"{path}: unexpected page structure; SampleFormat placeholder not found")
+        offsets = [page.tags[PLACEHOLDER_TAG].offset for page in pages if isinstance(page, tifffile.TiffPage)]
     code = struct.pack("<H", SAMPLE_FORMAT_TAG)
     with open(path, "r+b") as handle:
         for offset in offsets:
