@@ -81,9 +81,9 @@ class Codec:
         if self.name == "none":
             return bytes(data)
         if self.name == "lzw":
-            return imagecodecs.lzw_encode(data)
+            return bytes(imagecodecs.lzw_encode(data))
         if self.name == "zstd":
-            return imagecodecs.zstd_encode(data, level=self.level if self.level is not None else 3)
+            return bytes(imagecodecs.zstd_encode(data, level=self.level if self.level is not None else 3))
         level = self.level if self.level is not None else 6
         strategy = zlib.Z_HUFFMAN_ONLY if self.huffman_only else zlib.Z_DEFAULT_STRATEGY
         compressor = zlib.compressobj(9 if self.huffman_only else level, zlib.DEFLATED, 15, 9, strategy)
