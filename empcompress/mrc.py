@@ -68,10 +68,10 @@ _HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, int]] = [
     ("extra1", "V8"),
     ("exttyp", "S4"),
     ("nversion", "i4"),
-    ("extra2", "V36"),
-    ("imod_stamp", "i4"),
-    ("imod_flags", "i4"),
-    ("extra3", "V40"),
+    ("extra2", "V40"),
+    ("imod_stamp", "i4"),  # byte 152 (IMOD's mrc_format.txt)
+    ("imod_flags", "i4"),  # byte 156; bit 0 set: mode-0 bytes are signed
+    ("extra3", "V36"),
     ("origin", "f4", 3),
     ("map", "S4"),
     ("machst", "u1", 4),

@@ -1,0 +1,323 @@
+"""MRC reader: header parsing and validation, every mode, both byte orders, frames."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from mrc_factory import mrc_bytes, pack_nibbles, source_values_dtype, write_mrc
+
+from empcompress.errors import (
+    EmpCompressError,
+    HeaderMismatchError,
+    InputError,
+    NotMrcError,
+    TruncatedFileError,
+    UnsupportedModeError,
+)
+from empcompress.mrc import MrcMovie, pack_4bit, parse_header, read_header, unpack_4bit
+
+NZ, NY, NX = 3, 10, 14
+
+
+def values_for_mode(mode: int, rng: np.random.Generator, shape: tuple[int, ...] = (NZ, NY, NX)) -> np.ndarray:
+    """Random values covering the range of ``mode`` (native byte order)."""
+    if mode == 0:
+        return rng.integers(-128, 128, size=shape).astype(np.int8)
+    if mode == 1:
+        return rng.integers(-32768, 32768, size=shape).astype(np.int16)
+    if mode == 6:
+        return rng.integers(0, 65536, size=shape).astype(np.uint16)
+    if mode == 2:
+        return (rng.standard_normal(shape) * 1e3).astype(np.float32)
+    if mode == 12:
+        return (rng.standard_normal(shape) * 100).astype(np.float16)
+    if mode == 101:
+        return rng.integers(0, 16, size=shape).astype(np.uint8)
+    raise AssertionError(mode)
+
+
+def assert_same_values(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal shape, equal value type, equal bits (so NaN and -0.0 count)."""
+    assert actual.shape == expected.shape
+    assert actual.dtype.newbyteorder("=") == expected.dtype.newbyteorder("=")
+    native = actual.astype(actual.dtype.newbyteorder("="))
+    other = expected.astype(expected.dtype.newbyteorder("="))
+    assert native.tobytes() == other.tobytes()
+
+
+# ------------------------------------------------------------------ every mode, both byte orders
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 6, 12])
+def test_frames_equal_mrcfile(tmp_path: Path, rng: np.random.Generator, mode: int, byte_order: str) -> None:
+    values = values_for_mode(mode, rng)
+    path = write_mrc(tmp_path / "m.mrc", values, mode=mode, byte_order=byte_order, labels=["made by the tests"])
+    with mrcfile.open(path, permissive=False) as reference, MrcMovie(path) as movie:
+        header = movie.header
+        assert (header.nx, header.ny, header.nz, header.mode) == (NX, NY, NZ, mode)
+        assert header.byte_order == byte_order
+        assert header.value_dtype == source_values_dtype(mode, byte_order)
+        assert header.labels == ("made by the tests",)
+        expected = np.asarray(reference.data)
+        for index in range(NZ):
+            frame = movie.read_frame(index)
+            assert frame.dtype == header.value_dtype
+            assert_same_values(frame, expected[index])
+            assert_same_values(frame, values[index])
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 6, 12])
+def test_reads_files_written_by_mrcfile(tmp_path: Path, rng: np.random.Generator, mode: int) -> None:
+    values = values_for_mode(mode, rng)
+    path = tmp_path / "written_by_mrcfile.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(values)
+        mrc.voxel_size = 1.25
+    with MrcMovie(path) as movie:
+        assert movie.header.mode == mode
+        assert movie.header.pixel_size_angstrom == pytest.approx(1.25)
+        frames = [movie.read_frame(index).copy() for index in range(NZ)]
+    assert_same_values(np.stack(frames), values)
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize("nx", [1, 2, 7, 14, 15])
+def test_mode_101_packed_4bit(tmp_path: Path, rng: np.random.Generator, nx: int, byte_order: str) -> None:
+    values = rng.integers(0, 16, size=(2, 5, nx)).astype(np.uint8)
+    path = write_mrc(tmp_path / "packed.mrc", values, mode=101, byte_order=byte_order, pad_nibble=0)
+    header = read_header(path)
+    assert header.frame_size_bytes == 5 * ((nx + 1) // 2)
+    assert header.value_dtype == np.uint8
+    with MrcMovie(path) as movie:
+        for index in range(2):
+            assert np.array_equal(movie.read_frame(index), values[index])
+            raw = movie.read_raw_frame(index).copy()
+            assert raw.tobytes() == pack_nibbles(values[index])
+
+
+def test_mode_101_low_nibble_first(tmp_path: Path) -> None:
+    values = np.array([[[1, 2, 3]]], dtype=np.uint8)
+    raw = mrc_bytes(values, mode=101)
+    assert raw[1024:] == bytes([0x21, 0x03])
+    path = tmp_path / "tiny.mrc"
+    path.write_bytes(raw)
+    with MrcMovie(path) as movie:
+        assert movie.read_frame(0).tolist() == [[1, 2, 3]]
+
+
+@given(
+    values=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=9), elements=st.integers(0, 15)),
+    pad=st.integers(0, 15),
+)
+def test_pack_unpack_round_trip(values: np.ndarray, pad: int) -> None:
+    ny, nx = values.shape
+    packed_reference = np.frombuffer(pack_nibbles(values, pad_nibble=pad), dtype=np.uint8).reshape(ny, (nx + 1) // 2)
+    assert np.array_equal(unpack_4bit(packed_reference, nx=nx), values)
+    pads = np.full(ny, pad, dtype=np.uint8)
+    assert np.array_equal(pack_4bit(values, pad_nibbles=pads), packed_reference)
+    if nx % 2 == 0 or pad == 0:
+        assert np.array_equal(pack_4bit(values), packed_reference)
+
+
+# ------------------------------------------------------------------ mode 0 signedness
+
+
+@pytest.mark.parametrize(
+    ("imod_flags", "expected_dtype"),
+    [(None, np.int8), (1, np.int8), (0, np.uint8), (2, np.uint8), (3, np.int8)],
+)
+def test_mode_0_signedness_follows_imod_flags(
+    tmp_path: Path, rng: np.random.Generator, imod_flags: int | None, expected_dtype: type
+) -> None:
+    values = rng.integers(0, 256, size=(2, 4, 6)).astype(np.uint8)
+    path = write_mrc(tmp_path / "bytes.mrc", values, mode=0, imod_flags=imod_flags)
+    with MrcMovie(path) as movie:
+        assert movie.header.bytes_are_signed == (expected_dtype == np.int8)
+        frame = movie.read_frame(1)
+        assert frame.dtype == expected_dtype
+        assert frame.tobytes() == values[1].tobytes()
+        assert np.array_equal(frame, values[1].view(expected_dtype))
+
+
+# ------------------------------------------------------------------ headers
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize(("exttyp", "extended_size"), [(b"FEI1", 128 * 3), (b"FEI2", 100), (b"SERI", 1024), (b"", 7)])
+def test_extended_header_and_labels(
+    tmp_path: Path, rng: np.random.Generator, byte_order: str, exttyp: bytes, extended_size: int
+) -> None:
+    extended = rng.integers(0, 256, size=extended_size).astype(np.uint8).tobytes()
+    values = values_for_mode(2, rng)
+    labels = [f"label {index}" for index in range(10)]
+    raw = mrc_bytes(values, mode=2, byte_order=byte_order, extended_header=extended, exttyp=exttyp, labels=labels)
+    path = tmp_path / "ext.mrc"
+    path.write_bytes(raw)
+    with MrcMovie(path) as movie:
+        header = movie.header
+        assert header.extended_header_size_bytes == extended_size
+        assert header.exttyp == exttyp.decode()
+        assert header.labels == tuple(labels)
+        assert header.data_offset_bytes == 1024 + extended_size
+        assert movie.read_header_bytes() == raw[:1024]
+        assert movie.read_extended_header_bytes() == extended
+        for index in range(NZ):
+            assert_same_values(movie.read_frame(index), values[index])
+    with mrcfile.open(path, permissive=True) as reference:
+        assert np.array_equal(np.asarray(reference.data), values)
+
+
+def test_header_fields(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = values_for_mode(1, rng)
+    path = write_mrc(tmp_path / "h.mrc", values, mode=1, pixel_size_angstrom=0.5, ispg=401, labels=["a", "b"])
+    header = read_header(path)
+    assert header.pixel_size_angstrom == pytest.approx(0.5)
+    assert header.voxel_size_angstrom == pytest.approx((0.5, 0.5, 0.5))
+    assert header.ispg == 401
+    assert header.labels == ("a", "b")
+    assert header.frame_shape == (NY, NX)
+    assert header.n_frames == NZ
+    assert header.file_size_bytes == os.path.getsize(path) == header.expected_file_size_bytes
+    assert header.path_name == str(path)
+
+
+def test_label_count_is_clipped(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_mrc(tmp_path / "l.mrc", values_for_mode(2, rng), mode=2, labels=["x"], header_overrides={"nlabl": 99})
+    assert len(read_header(path).labels) == 10
+    path = write_mrc(tmp_path / "l2.mrc", values_for_mode(2, rng), mode=2, header_overrides={"nlabl": -3})
+    assert read_header(path).labels == ()
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize("map_word", [True, False])
+def test_machine_stamp_zeroed(tmp_path: Path, rng: np.random.Generator, byte_order: str, map_word: bool) -> None:
+    values = values_for_mode(6, rng)
+    path = write_mrc(tmp_path / "z.mrc", values, mode=6, byte_order=byte_order, machst=False, map_word=map_word)
+    with MrcMovie(path) as movie:
+        assert movie.header.byte_order == byte_order
+        assert_same_values(movie.read_frame(2), values[2])
+
+
+# ------------------------------------------------------------------ validation
+
+
+def write_raw(tmp_path: Path, raw: bytes, name: str = "bad.mrc") -> Path:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return path
+
+
+def good_bytes(rng: np.random.Generator, **options: object) -> bytes:
+    return mrc_bytes(values_for_mode(2, rng), mode=2, **options)  # type: ignore[arg-type]
+
+
+def bad_inputs(rng: np.random.Generator) -> dict[str, tuple[bytes, type[InputError]]]:
+    good = good_bytes(rng)
+    values = values_for_mode(2, rng)
+    return {
+        "empty": (b"", NotMrcError),
+        "shorter_than_header": (good[:500], NotMrcError),
+        "not_mrc_text": ((b"this is a text file, not a movie\n" * 100), NotMrcError),
+        "not_mrc_zeros": (bytes(4096), NotMrcError),
+        "truncated_data": (good[:-1], TruncatedFileError),
+        "truncated_frame": (good[: 1024 + NY * NX * 4 + 3], TruncatedFileError),
+        "header_only": (good[:1024], TruncatedFileError),
+        "extra_bytes": (good + b"\0" * 16, HeaderMismatchError),
+        "unknown_mode_3": (mrc_bytes(values, mode=2, header_overrides={"mode": 3}), UnsupportedModeError),
+        "unknown_mode_4": (mrc_bytes(values, mode=2, header_overrides={"mode": 4}), UnsupportedModeError),
+        "zero_frames": (mrc_bytes(values, mode=2, header_overrides={"nz": 0}), HeaderMismatchError),
+        "zero_width": (mrc_bytes(values, mode=2, header_overrides={"nx": 0}), HeaderMismatchError),
+        "negative_height": (mrc_bytes(values, mode=2, header_overrides={"ny": -4}), HeaderMismatchError),
+        "negative_extended": (mrc_bytes(values, mode=2, header_overrides={"nsymbt": -8}), HeaderMismatchError),
+        "extended_too_large": (mrc_bytes(values, mode=2, header_overrides={"nsymbt": 64}), TruncatedFileError),
+    }
+
+
+BAD_INPUT_NAMES = sorted(bad_inputs(np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("kind", BAD_INPUT_NAMES)
+def test_bad_headers_raise_input_errors_naming_the_file(tmp_path: Path, rng: np.random.Generator, kind: str) -> None:
+    raw, error_type = bad_inputs(rng)[kind]
+    path = write_raw(tmp_path, raw, name=f"{kind}.mrc")
+    with pytest.raises(error_type) as caught:
+        read_header(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(error_type):
+        MrcMovie(path)
+    assert path.read_bytes() == raw  # never modified
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotMrcError, match="no such file"):
+        read_header(tmp_path / "missing.mrc")
+    with pytest.raises(NotMrcError, match="directory"):
+        read_header(tmp_path)
+
+
+def test_parse_header_directly(rng: np.random.Generator) -> None:
+    raw = good_bytes(rng)
+    header = parse_header(raw[:1024], path_name="x.mrc", file_size_bytes=len(raw))
+    assert header.nz == NZ
+    with pytest.raises(TruncatedFileError, match=r"x\.mrc"):
+        parse_header(raw[:1024], path_name="x.mrc", file_size_bytes=len(raw) - 1)
+
+
+@pytest.mark.parametrize("error_type", [NotMrcError, TruncatedFileError, UnsupportedModeError, HeaderMismatchError])
+def test_errors_pickle(error_type: type[EmpCompressError]) -> None:
+    error = error_type("/data/movie.mrc: something is wrong; do this")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is error_type
+    assert str(copy) == str(error)
+    assert isinstance(copy, InputError)
+
+
+# ------------------------------------------------------------------ frame access
+
+
+def test_frame_index_out_of_range(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_raw(tmp_path, good_bytes(rng), name="ok.mrc")
+    with MrcMovie(path) as movie:
+        with pytest.raises(IndexError):
+            movie.read_raw_frame(NZ)
+        with pytest.raises(IndexError):
+            movie.read_raw_frame(-1)
+
+
+def test_file_truncated_after_opening(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = good_bytes(rng)
+    path = write_raw(tmp_path, raw, name="shrinks.mrc")
+    with MrcMovie(path) as movie:
+        os.truncate(path, len(raw) - 10)
+        movie.read_raw_frame(0)
+        with pytest.raises(TruncatedFileError, match="frame 2"):
+            movie.read_raw_frame(NZ - 1)
+
+
+def test_read_raw_frame_into_given_buffer(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = values_for_mode(1, rng)
+    path = write_mrc(tmp_path / "b.mrc", values, mode=1)
+    with MrcMovie(path) as movie:
+        out = np.empty(movie.header.frame_size_bytes, dtype=np.uint8)
+        result = movie.read_raw_frame(1, out=out)
+        assert result is out
+        assert out.tobytes() == values[1].tobytes()
+        assert [frame.copy().tobytes() for frame in movie.iter_frames()] == [v.tobytes() for v in values]
+
+
+def test_closed_movie_refuses_reads(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_raw(tmp_path, good_bytes(rng), name="ok.mrc")
+    movie = MrcMovie(path)
+    movie.close()
+    with pytest.raises(ValueError, match="closed"):
+        movie.read_frame(0)
