@@ -1,0 +1,184 @@
+"""TIFF writer: pages, strips, tags, SampleFormat, BigTIFF, and the temporary-file discipline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import temporaries_in
+
+from empcompress import write
+from empcompress.encode import Codec
+from empcompress.write import (
+    CLASSIC_TIFF_LIMIT_BYTES,
+    commit_output,
+    looks_like_packed_4bit,
+    needs_bigtiff,
+    temporary_output,
+    write_tiff_stack,
+)
+
+#: Tags a cryo-EM reader knows; anything else would make some of them warn.
+STANDARD_TAGS = {256, 257, 258, 259, 262, 270, 273, 277, 278, 279, 282, 283, 296, 305, 317, 339}
+SAMPLE_FORMAT = {"u": 1, "i": 2, "f": 3}
+
+
+def write_stack(
+    path: Path, frames: np.ndarray, *, codec: Codec | None = None, rows: int = 8, pixel_size_angstrom: float = 1.0
+) -> Path:
+    write_tiff_stack(
+        path,
+        iter(frames),
+        n_frames=frames.shape[0],
+        frame_shape=frames.shape[1:],
+        dtype=frames.dtype,
+        codec=codec or Codec("deflate", huffman_only=True),
+        rows_per_strip=rows,
+        description='{"hello": "world"}',
+        pixel_size_angstrom=pixel_size_angstrom,
+        threads=2,
+    )
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32", "int32", "float32", "float16"])
+def test_pages_tags_and_sample_format(tmp_path: Path, rng: np.random.Generator, dtype: str) -> None:
+    frames = rng.integers(0, 100, size=(5, 30, 21)).astype(dtype)
+    path = write_stack(tmp_path / "s.tif", frames, rows=8)
+    with tifffile.TiffFile(path) as tiff:
+        assert not tiff.is_bigtiff
+        assert tiff.byteorder == "<"
+        assert len(tiff.pages) == 5
+        for index, page in enumerate(tiff.pages):
+            assert isinstance(page, tifffile.TiffPage)
+            tags = {tag.code: tag.value for tag in page.tags.values()}
+            assert tags[339] == SAMPLE_FORMAT[np.dtype(dtype).kind], f"page {index}"
+            assert set(tags) <= STANDARD_TAGS, set(tags) - STANDARD_TAGS
+            assert 340 not in tags
+            assert tags[278] == 8
+            assert len(page.dataoffsets) == 4  # ceil(30 / 8) strips, not tiles
+            assert not page.is_tiled
+            assert tags[262] == 1  # minisblack
+            assert page.dtype == np.dtype(dtype)
+            assert np.array_equal(page.asarray(), frames[index])
+        assert tiff.pages.first.description == '{"hello": "world"}'
+
+
+def test_resolution_in_centimetres(tmp_path: Path) -> None:
+    path = write_stack(tmp_path / "r.tif", np.zeros((1, 4, 4), dtype=np.uint8), pixel_size_angstrom=0.5)
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages.first
+        assert page.tags["ResolutionUnit"].value == 3
+        numerator, denominator = page.tags["XResolution"].value
+        assert numerator / denominator == pytest.approx(2e8)  # pixels per cm at 0.5 A/pixel
+
+
+def test_rejects_frames_of_the_wrong_type(tmp_path: Path) -> None:
+    frames = np.zeros((2, 4, 4), dtype=np.uint16)
+    with pytest.raises(ValueError, match="expected"):
+        write_tiff_stack(
+            tmp_path / "w.tif",
+            iter(frames),
+            n_frames=2,
+            frame_shape=(4, 4),
+            dtype=np.dtype(np.uint8),
+            codec=Codec("lzw"),
+            rows_per_strip=4,
+            description="x",
+            pixel_size_angstrom=1.0,
+            threads=1,
+        )
+
+
+# ------------------------------------------------------------------ BigTIFF
+
+
+def test_needs_bigtiff_boundaries() -> None:
+    lzw, deflate = Codec("lzw"), Codec("deflate", huffman_only=True)
+    # 64 frames of 4096x4096 float32: 4 GiB raw; 60 frames: 3.75 GiB, fits unless LZW expands it
+    assert needs_bigtiff(n_frames=64, frame_shape=(4096, 4096), itemsize=4, codec=deflate, extra_bytes=0)
+    assert not needs_bigtiff(n_frames=60, frame_shape=(4096, 4096), itemsize=4, codec=deflate, extra_bytes=0)
+    assert needs_bigtiff(n_frames=60, frame_shape=(4096, 4096), itemsize=4, codec=lzw, extra_bytes=0)
+    # the same counts stored as uint8: 1 GiB, classic TIFF is enough
+    assert not needs_bigtiff(n_frames=60, frame_shape=(4096, 4096), itemsize=1, codec=deflate, extra_bytes=0)
+    # LZW can expand incompressible data: 3 GiB raw may pass 4 GiB
+    assert needs_bigtiff(n_frames=48, frame_shape=(4096, 4096), itemsize=4, codec=lzw, extra_bytes=0)
+    assert not needs_bigtiff(n_frames=48, frame_shape=(4096, 4096), itemsize=2, codec=deflate, extra_bytes=0)
+    # K3 super-resolution, 40 frames, uint8: 3.5 GiB raw
+    assert needs_bigtiff(n_frames=40, frame_shape=(8184, 11520), itemsize=1, codec=lzw, extra_bytes=0)
+    assert not needs_bigtiff(n_frames=1, frame_shape=(64, 80), itemsize=4, codec=lzw, extra_bytes=10_000)
+
+
+@pytest.mark.parametrize("codec", [Codec("deflate", huffman_only=True), Codec("lzw"), Codec("zstd"), Codec("none")])
+def test_needs_bigtiff_exactly_around_the_limit(codec: Codec) -> None:
+    """Raw sizes just under 4 GiB need BigTIFF: header, IFDs and expansion count too."""
+    n_frames = CLASSIC_TIFF_LIMIT_BYTES // (1024 * 1024)  # 4095 frames of 1 MiB
+    assert needs_bigtiff(n_frames=n_frames, frame_shape=(1024, 1024), itemsize=1, codec=codec, extra_bytes=0)
+    assert not needs_bigtiff(n_frames=n_frames // 2, frame_shape=(1024, 1024), itemsize=1, codec=codec, extra_bytes=0)
+
+
+def test_bigtiff_is_written_when_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    monkeypatch.setattr(write, "CLASSIC_TIFF_LIMIT_BYTES", 1000)
+    for dtype in ("uint8", "int16", "float32"):
+        frames = rng.integers(0, 50, size=(3, 20, 16)).astype(dtype)
+        path = write_stack(tmp_path / f"big_{dtype}.tif", frames)
+        with tifffile.TiffFile(path) as tiff:
+            assert tiff.is_bigtiff
+            assert all(page.tags[339].value == SAMPLE_FORMAT[np.dtype(dtype).kind] for page in tiff.pages)
+            assert np.array_equal(tiff.asarray(), frames)
+
+
+# ------------------------------------------------------------------ packed 4-bit look-alikes
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "expected"),
+    [
+        ((8184, 5760), "uint8", True),
+        ((5760, 8184), "uint8", True),
+        ((11520, 4092), "uint8", True),
+        ((7676, 3710), "int8", True),
+        ((3838, 7420), "uint8", True),
+        ((8184, 5760), "uint16", False),
+        ((4092, 5760), "uint8", False),
+        ((4096, 4096), "uint8", False),
+    ],
+)
+def test_looks_like_packed_4bit(shape: tuple[int, int], dtype: str, expected: bool) -> None:
+    assert looks_like_packed_4bit(shape, np.dtype(dtype)) is expected
+
+
+# ------------------------------------------------------------------ temporary files
+
+
+def test_temporary_output_is_removed_on_error(tmp_path: Path) -> None:
+    final = tmp_path / "out.tif"
+    with pytest.raises(RuntimeError), temporary_output(final) as temporary:
+        assert write.TEMP_MARKER in temporary.name
+        assert temporary.parent == tmp_path
+        assert temporary.name.startswith(".")
+        temporary.write_bytes(b"half written")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_output_without_commit_leaves_nothing(tmp_path: Path) -> None:
+    with temporary_output(tmp_path / "out.tif") as temporary:
+        temporary.write_bytes(b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_output_renames(tmp_path: Path) -> None:
+    final = tmp_path / "out.tif"
+    with temporary_output(final) as temporary:
+        temporary.write_bytes(b"verified")
+        commit_output(temporary, final)
+    assert final.read_bytes() == b"verified"
+    assert temporaries_in(tmp_path) == []
+
+
+def test_temporary_names_are_unique(tmp_path: Path) -> None:
+    names = {write.temporary_path_for(tmp_path / "x.tif").name for _ in range(50)}
+    assert len(names) == 50
