@@ -133,9 +133,9 @@ def _resolve_codec(
     movie: MrcMovie, decision: StorageDecision, *, codec: str, level: int | None
 ) -> tuple[Codec, dict[str, int]]:
     stored_dtype = np.dtype(decision.stored_dtype)
-    if codec == "auto":
-        return choose_codec(_sample_frames(movie, stored_dtype), is_integer=decision.is_integer, level=level)
     try:
+        if codec == "auto":
+            return choose_codec(_sample_frames(movie, stored_dtype), is_integer=decision.is_integer, level=level)
         return make_codec(codec, level=level, is_integer=decision.is_integer), {}
     except ValueError as error:
         raise InputError(f"{movie.path}: {error}") from None
