@@ -1,0 +1,326 @@
+"""Where the compress job runs: a Dask client on a local, existing or batch cluster.
+
+Choice, in this order (two explicit choices at once are refused):
+
+1. ``scheduler_file``: an existing cluster started with ``dask scheduler --scheduler-file F``;
+2. ``scheduler_address`` (or the ``DASK_SCHEDULER_ADDRESS`` environment variable when no
+   cluster option is given): an existing scheduler, e.g. ``tcp://host:8786``;
+3. ``cluster`` = ``slurm``, ``pbs``, ``sge`` or ``lsf``: a dask-jobqueue cluster whose job
+   size (cores, memory, queue, ...) comes from the users' ``~/.config/dask/jobqueue.yaml``;
+   it is scaled to ``n_jobs`` jobs (default 1) or adapts between ``adapt`` = (MIN, MAX) jobs;
+4. otherwise a :class:`distributed.LocalCluster` sized to the machine: one single-threaded
+   worker process per core (the conversion of one movie is one task; processes sidestep
+   the GIL) and the machine's memory shared between them, listening on loopback only.
+
+Workers of existing and batch clusters must see SRC and DEST under the same paths
+(a shared file system); the pipeline checks that before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PipelineError
+
+__all__ = [
+    "JOBQUEUE_CLUSTERS",
+    "ClusterOptions",
+    "ClusterInfo",
+    "LocalSizing",
+    "local_sizing",
+    "choose_connection",
+    "parse_adapt",
+    "open_cluster",
+    "machine_cores",
+    "machine_memory_bytes",
+]
+
+#: --cluster names and their dask-jobqueue classes.
+JOBQUEUE_CLUSTERS: dict[str, str] = {
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+}
+#: Share of the machine's memory given to the local workers (the rest is for the driver and the OS).
+LOCAL_MEMORY_SHARE = 0.9
+CONNECT_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How to get workers. Every field is optional; the default is a local cluster."""
+
+    scheduler_address: str | None = None
+    scheduler_file: str | None = None
+    cluster: str | None = None  # slurm | pbs | sge | lsf
+    n_jobs: int | None = None
+    adapt: tuple[int, int] | None = None  # (minimum jobs, maximum jobs)
+    n_workers: int | None = None  # local cluster only
+    threads_per_worker: int | None = None  # local cluster only
+    memory_limit_bytes: int | None = None  # per local worker
+    dashboard_address: str = "127.0.0.1:8787"  # local cluster; busy port: another is chosen
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the client is connected to (for the summary and the report)."""
+
+    kind: str  # local | address | scheduler-file | slurm | pbs | sge | lsf
+    scheduler_address: str
+    dashboard_link: str
+    description: str
+
+
+@dataclass(frozen=True)
+class LocalSizing:
+    n_workers: int
+    threads_per_worker: int
+    memory_limit_bytes: int
+
+
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def machine_memory_bytes() -> int:
+    """Memory available to this process (cgroup limits included, as Dask sees it)."""
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT)
+
+
+def local_sizing(
+    *,
+    n_cores: int,
+    memory_bytes: int,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit_bytes: int | None = None,
+) -> LocalSizing:
+    """Workers x threads and memory per worker for a local cluster on this machine.
+
+    Default: one single-threaded worker per core, the machine's memory (less a
+    tenth for the driver and the OS) shared equally between them.
+    """
+    threads = threads_per_worker or 1
+    workers = n_workers or max(1, n_cores // threads)
+    memory = memory_limit_bytes or int(memory_bytes * LOCAL_MEMORY_SHARE / workers)
+    if threads < 1 or workers < 1 or memory < 1:
+        raise PipelineError(
+            f"invalid local cluster size: {workers} workers x {threads} threads, {memory} bytes"
+        )
+    return LocalSizing(n_workers=workers, threads_per_worker=threads, memory_limit_bytes=memory)
+
+
+def parse_adapt(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` -> (MIN, MAX), for --adapt."""
+    try:
+        low_text, high_text = text.split(":")
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise PipelineError(f"--adapt {text}: expected MIN:MAX, two whole numbers such as 0:10") from None
+    if low < 0 or high < max(1, low):
+        raise PipelineError(f"--adapt {text}: need 0 <= MIN <= MAX and MAX >= 1")
+    return low, high
+
+
+def choose_connection(options: ClusterOptions, *, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(kind, target) from the options and the environment; refuses conflicting choices."""
+    explicit = [
+        (name, value)
+        for name, value in (
+            ("scheduler-file", options.scheduler_file),
+            ("address", options.scheduler_address),
+            ("cluster", options.cluster),
+        )
+        if value
+    ]
+    if len(explicit) > 1:
+        names = " and ".join(
+            {"scheduler-file": "--scheduler-file", "address": "--scheduler-address", "cluster": "--cluster"}[
+                name
+            ]
+            for name, _ in explicit
+        )
+        raise PipelineError(f"{names} choose different clusters; give only one of them")
+    if options.cluster is None and (options.n_jobs is not None or options.adapt is not None):
+        raise PipelineError("--jobs and --adapt apply to a batch cluster; add --cluster slurm|pbs|sge|lsf")
+    if options.n_jobs is not None and options.adapt is not None:
+        raise PipelineError("--jobs and --adapt exclude each other; give one of them")
+    if explicit:
+        name, value = explicit[0]
+        if name == "cluster":
+            if value not in JOBQUEUE_CLUSTERS:
+                raise PipelineError(f"--cluster {value}: choose one of {', '.join(JOBQUEUE_CLUSTERS)}")
+            return value, value
+        return name, str(value)
+    from_environment = environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+    if from_environment:
+        return "address", from_environment
+    return "local", "local"
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (they inherit it), so that Ctrl-C in a
+    terminal reaches only the driver, which stops the work cleanly."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def open_cluster(
+    options: ClusterOptions, *, environ: Mapping[str, str] | None = None
+) -> Iterator[tuple[Any, ClusterInfo]]:
+    """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
+
+    Raises :class:`PipelineError` with a hint when the cluster cannot be reached
+    or configured.
+    """
+    from distributed import Client
+
+    kind, target = choose_connection(options, environ=os.environ if environ is None else environ)
+    if kind == "local":
+        with _local_client(options) as (client, info):
+            yield client, info
+        return
+    if kind in ("address", "scheduler-file"):
+        client = _connect(kind, target)
+        try:
+            info = ClusterInfo(
+                kind=kind,
+                scheduler_address=str(client.scheduler.address),
+                dashboard_link=str(client.dashboard_link or ""),
+                description=f"existing cluster at {client.scheduler.address} ({_workers_text(client)})",
+            )
+            yield client, info
+        finally:
+            client.close()
+        return
+    cluster = _jobqueue_cluster(kind)
+    try:
+        if options.adapt is not None:
+            cluster.adapt(minimum_jobs=options.adapt[0], maximum_jobs=options.adapt[1])
+            scaling = f"adapting between {options.adapt[0]} and {options.adapt[1]} jobs"
+        else:
+            jobs = options.n_jobs or 1
+            cluster.scale(jobs=jobs)
+            scaling = f"{jobs} job{'s' if jobs != 1 else ''}"
+        client = Client(cluster)
+        try:
+            info = ClusterInfo(
+                kind=kind,
+                scheduler_address=str(cluster.scheduler_address),
+                dashboard_link=str(client.dashboard_link or ""),
+                description=f"{kind.upper()} cluster through dask-jobqueue, {scaling}",
+            )
+            yield client, info
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _workers_text(client: Any) -> str:
+    try:
+        threads = client.nthreads()
+    except Exception:
+        return "workers unknown"
+    return f"{len(threads)} workers, {sum(threads.values())} threads"
+
+
+def _connect(kind: str, target: str) -> Any:
+    from distributed import Client
+
+    try:
+        if kind == "scheduler-file":
+            if not os.path.isfile(target):
+                raise PipelineError(
+                    f"{target}: no such scheduler file; start the scheduler with "
+                    f"'dask scheduler --scheduler-file {target}' first"
+                )
+            return Client(scheduler_file=target, timeout=CONNECT_TIMEOUT_SECONDS)
+        return Client(target, timeout=CONNECT_TIMEOUT_SECONDS)
+    except PipelineError:
+        raise
+    except (OSError, TimeoutError, ValueError) as error:
+        where = f"scheduler file {target}" if kind == "scheduler-file" else f"scheduler {target}"
+        raise PipelineError(
+            f"cannot reach the Dask {where} ({error}); check that the scheduler is running "
+            f"and reachable from here"
+        ) from None
+
+
+@contextlib.contextmanager
+def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
+    from distributed import Client, LocalCluster
+
+    sizing = local_sizing(
+        n_cores=machine_cores(),
+        memory_bytes=machine_memory_bytes(),
+        n_workers=options.n_workers,
+        threads_per_worker=options.threads_per_worker,
+        memory_limit_bytes=options.memory_limit_bytes,
+    )
+    with _sigint_ignored():
+        cluster = LocalCluster(
+            n_workers=sizing.n_workers,
+            threads_per_worker=sizing.threads_per_worker,
+            memory_limit=sizing.memory_limit_bytes,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=options.dashboard_address,
+        )
+    try:
+        client = Client(cluster)
+        try:
+            info = ClusterInfo(
+                kind="local",
+                scheduler_address=str(cluster.scheduler_address),
+                dashboard_link=str(client.dashboard_link or ""),
+                description=(
+                    f"local cluster: {sizing.n_workers} workers x {sizing.threads_per_worker} "
+                    f"thread{'s' if sizing.threads_per_worker != 1 else ''}, "
+                    f"{sizing.memory_limit_bytes / 2**30:.1f} GiB each"
+                ),
+            )
+            yield client, info
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _jobqueue_cluster(kind: str) -> Any:
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise PipelineError(
+            f"--cluster {kind} needs dask-jobqueue; install it with 'pip install dask-jobqueue'"
+        ) from None
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])
+    try:
+        return cls()
+    except ValueError as error:
+        raise PipelineError(
+            f"--cluster {kind}: dask-jobqueue cannot size the jobs ({error}); set at least 'cores' and "
+            f"'memory' under 'jobqueue: {kind}:' in ~/.config/dask/jobqueue.yaml"
+        ) from None
+    except (OSError, RuntimeError) as error:
+        raise PipelineError(f"--cluster {kind}: cannot start the cluster ({error})") from None

@@ -1,0 +1,392 @@
+"""What a compress job did, for machines and for people.
+
+Three files are written at the top of DEST, beside ``bagit.txt``: they are *tag
+files* of the bag (outside the payload ``data/``, so the payload mirrors SRC
+exactly) and are covered by ``tagmanifest-sha256.txt`` and ``tagmanifest-md5.txt``,
+so they are checksummed along with everything else:
+
+- ``report.json``: every file of the bag (source path, size and sha256; output
+  path, size, sha256 and md5; category; outcome; storage decision; codec; gain
+  reference), totals per category and per storage decision, gain references
+  estimated, failures, movies kept as they were, and what was not touched;
+- ``report.md``: the same, readable;
+- ``ascp-file-list.txt``: every verified file of the bag, one path per line,
+  relative to DEST, for ``cd DEST && ascp --file-list=ascp-file-list.txt ...``.
+
+The reports describe the bag as a whole (from the journal), plus a section on
+the run that wrote them last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .journal import STATE_DONE, GeneratedEntry, JournalEntry
+from .manifest import BAG_DECLARATION_FILES, PAYLOAD_DIRNAME, write_text_atomically
+
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_MARKDOWN",
+    "FILE_LIST",
+    "REPORT_FILES",
+    "FileProblem",
+    "CategoryReport",
+    "DecisionReport",
+    "GainSetReport",
+    "CompressSummary",
+    "bag_info_fields",
+    "report_document",
+    "render_markdown",
+    "file_list_lines",
+    "write_reports",
+    "human_bytes",
+]
+
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+FILE_LIST = "ascp-file-list.txt"
+REPORT_FILES: tuple[str, ...] = (REPORT_JSON, REPORT_MARKDOWN, FILE_LIST)
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file and what is wrong with it (or why it was handled differently)."""
+
+    rel_path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CategoryReport:
+    category: str
+    n_files: int
+    source_size_bytes: int
+    output_size_bytes: int
+
+
+@dataclass(frozen=True)
+class DecisionReport:
+    """Movies stored the same way (storage type and codec)."""
+
+    stored_dtype: str
+    codec: str
+    n_movies: int
+    source_size_bytes: int
+    output_size_bytes: int
+
+
+@dataclass(frozen=True)
+class GainSetReport:
+    """A gain reference we estimated for a set of gain-normalised movies."""
+
+    output_rel_path: str
+    folder: str
+    n_members: int
+    n_converted_with_gain: int
+    output_sha256: str
+    detail: str  # JSON text from the estimation (members sampled, exception pixels, ...)
+
+
+@dataclass(frozen=True)
+class CompressSummary:
+    """The bag after a compress run, and what that run did."""
+
+    source: str
+    dest: str
+    cluster: str
+    dashboard_link: str
+    started_at: str
+    elapsed_seconds: float
+    interrupted: bool
+    n_files: int
+    n_up_to_date: int
+    n_converted: int
+    n_copied: int
+    n_kept_as_is: int
+    n_failed: int
+    bytes_read: int
+    bytes_written: int
+    n_stale_removed: int
+    source_size_bytes: int
+    payload_size_bytes: int
+    categories: tuple[CategoryReport, ...]
+    decisions: tuple[DecisionReport, ...]
+    gain_references: tuple[GainSetReport, ...]
+    failures: tuple[FileProblem, ...]
+    kept_as_is: tuple[FileProblem, ...]
+    not_touched: tuple[FileProblem, ...]
+    bag_written: bool
+
+    @property
+    def n_done_this_run(self) -> int:
+        return self.n_converted + self.n_copied + self.n_kept_as_is
+
+    @property
+    def complete(self) -> bool:
+        """Every file of SRC is in the bag (converted, copied or kept as it was)."""
+        return self.bag_written and not self.failures and not self.interrupted
+
+    @property
+    def all_converted(self) -> bool:
+        """Complete, and every movie was converted (none kept as it was)."""
+        return self.complete and not self.kept_as_is
+
+    @property
+    def ratio(self) -> float:
+        return self.source_size_bytes / max(1, self.payload_size_bytes)
+
+
+def human_bytes(n_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n_bytes) < 1024 or unit == "TiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.2f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.2f} TiB"
+
+
+def bag_info_fields(summary: CompressSummary) -> list[tuple[str, str]]:
+    """bag-info.txt fields: source, tool, totals and storage decisions."""
+    fields = [
+        ("Source-Organization", "EMPIAR deposition prepared with empcompress"),
+        (
+            "External-Description",
+            f"Lossless compression of {summary.source}: MRC movies as verified TIFF stacks",
+        ),
+        ("Empcompress-Source", summary.source),
+        ("Empcompress-Version", __version__),
+        ("Empcompress-Source-Files", str(summary.n_files)),
+        ("Empcompress-Source-Bytes", str(summary.source_size_bytes)),
+        ("Empcompress-Payload-Bytes", str(summary.payload_size_bytes)),
+        ("Empcompress-Ratio", f"{summary.ratio:.3f}"),
+    ]
+    for category in summary.categories:
+        fields.append(
+            (
+                "Empcompress-Category",
+                f"{category.category}: {category.n_files} files, {category.source_size_bytes} -> "
+                f"{category.output_size_bytes} bytes",
+            )
+        )
+    for decision in summary.decisions:
+        fields.append(
+            (
+                "Empcompress-Storage-Decision",
+                f"{decision.n_movies} movies stored as {decision.stored_dtype} with {decision.codec}: "
+                f"{decision.source_size_bytes} -> {decision.output_size_bytes} bytes",
+            )
+        )
+    for gain in summary.gain_references:
+        fields.append(
+            (
+                "Empcompress-Gain-Reference",
+                f"{PAYLOAD_DIRNAME}/{gain.output_rel_path} for {gain.n_members} movies",
+            )
+        )
+    fields.append(("Empcompress-Movies-Kept-As-Is", str(len(summary.kept_as_is))))
+    fields.append(("Empcompress-Files-Failed", str(len(summary.failures))))
+    fields.append(("Empcompress-Not-Touched", str(len(summary.not_touched))))
+    return fields
+
+
+def _file_record(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "source": entry.rel_path,
+        "output": f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" if entry.state == STATE_DONE else None,
+        "category": entry.category,
+        "state": entry.state,
+        "outcome": entry.outcome,
+        "source_size_bytes": entry.source_size_bytes,
+        "source_sha256": entry.source_sha256,
+        "output_size_bytes": entry.output_size_bytes,
+        "output_sha256": entry.output_sha256,
+        "output_md5": entry.output_md5,
+        "stored_dtype": entry.stored_dtype,
+        "storage_decision": entry.decision,
+        "codec": entry.codec,
+        "gain_reference": f"{PAYLOAD_DIRNAME}/{entry.gain_reference}" if entry.gain_reference else None,
+        "message": entry.message,
+    }
+
+
+def report_document(
+    summary: CompressSummary, entries: Sequence[JournalEntry], generated: Sequence[GeneratedEntry]
+) -> dict[str, Any]:
+    """The content of report.json."""
+    last_run = {
+        "started_at": summary.started_at,
+        "elapsed_seconds": round(summary.elapsed_seconds, 3),
+        "cluster": summary.cluster,
+        "already_done": summary.n_up_to_date,
+        "converted": summary.n_converted,
+        "copied": summary.n_copied,
+        "kept_as_is": summary.n_kept_as_is,
+        "failed": summary.n_failed,
+        "bytes_read": summary.bytes_read,
+        "bytes_written": summary.bytes_written,
+        "stale_outputs_removed": summary.n_stale_removed,
+    }
+    return {
+        "tool": "empcompress",
+        "tool_version": __version__,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": summary.source,
+        "destination": summary.dest,
+        "complete": summary.complete,
+        "all_movies_converted": summary.all_converted,
+        "totals": {
+            "files": summary.n_files,
+            "source_size_bytes": summary.source_size_bytes,
+            "payload_size_bytes": summary.payload_size_bytes,
+            "ratio": round(summary.ratio, 4),
+        },
+        "categories": [asdict(category) for category in summary.categories],
+        "storage_decisions": [asdict(decision) for decision in summary.decisions],
+        "gain_references": [
+            {
+                **asdict(entry),
+                "output_rel_path": f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}",
+                "detail": entry.detail,
+            }
+            for entry in generated
+        ],
+        "failures": [asdict(problem) for problem in summary.failures],
+        "kept_as_is": [asdict(problem) for problem in summary.kept_as_is],
+        "not_touched": [asdict(problem) for problem in summary.not_touched],
+        "last_run": last_run,
+        "files": [_file_record(entry) for entry in entries],
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -> str:
+    """The content of report.md."""
+    status = (
+        "complete: every movie converted and verified, every other file copied"
+        if summary.all_converted
+        else "complete, but some movies were kept as they were (see below)"
+        if summary.complete
+        else "INCOMPLETE: some files are not in the bag (see Failures)"
+    )
+    lines = [
+        "# empcompress report",
+        "",
+        f"- Source: `{summary.source}`",
+        f"- Bag: `{summary.dest}` (BagIt 1.0; payload under `data/`)",
+        f"- Tool: empcompress {__version__}",
+        f"- Status: {status}",
+        f"- Size: {human_bytes(summary.source_size_bytes)} -> {human_bytes(summary.payload_size_bytes)} "
+        f"({summary.ratio:.2f}x smaller)",
+        "",
+        "## Files by category",
+        "",
+        *_table(
+            ("category", "files", "source", "in the bag"),
+            [
+                (c.category, c.n_files, human_bytes(c.source_size_bytes), human_bytes(c.output_size_bytes))
+                for c in summary.categories
+                if c.n_files
+            ],
+        ),
+        "",
+        "## Storage decisions",
+        "",
+        *_table(
+            ("stored as", "codec", "movies", "source", "TIFF", "ratio"),
+            [
+                (
+                    d.stored_dtype,
+                    d.codec,
+                    d.n_movies,
+                    human_bytes(d.source_size_bytes),
+                    human_bytes(d.output_size_bytes),
+                    f"{d.source_size_bytes / max(1, d.output_size_bytes):.2f}",
+                )
+                for d in summary.decisions
+            ],
+        ),
+    ]
+    if summary.gain_references:
+        lines += ["", "## Gain references estimated", ""]
+        lines += [
+            f"- `data/{gain.output_rel_path}`: {gain.n_converted_with_gain} of {gain.n_members} movies in "
+            f"`{gain.folder or '.'}` stored as counts with it"
+            for gain in summary.gain_references
+        ]
+    for title, problems in (
+        ("Failures (not in the bag)", summary.failures),
+        ("Movies kept as they were (copied byte for byte, not converted)", summary.kept_as_is),
+        ("Not touched", summary.not_touched),
+    ):
+        if problems:
+            lines += ["", f"## {title}", ""]
+            lines += [f"- `{problem.rel_path}`: {problem.reason}" for problem in problems]
+    lines += [
+        "",
+        "## Last run",
+        "",
+        f"- Started {summary.started_at}, {summary.elapsed_seconds:.1f} s on {summary.cluster}",
+        f"- {summary.n_converted} converted, {summary.n_copied} copied, {summary.n_kept_as_is} kept as they "
+        f"were, {summary.n_failed} failed, {summary.n_up_to_date} already done",
+        "",
+        "## Upload",
+        "",
+        f"`{FILE_LIST}` lists every verified file of the bag, relative to the bag's folder:",
+        "`cd <bag> && ascp -k3 --file-list=ascp-file-list.txt ...`.",
+        "Check the bag after transfer with `empcompress verify <bag>` (add `--full` to decode every TIFF),",
+        "`bagit.py --validate <bag>` or `cd <bag> && sha256sum -c manifest-sha256.txt`.",
+        "",
+        "## Files",
+        "",
+        *_table(
+            ("source", "outcome", "in the bag", "stored as"),
+            [
+                (
+                    entry.rel_path,
+                    entry.outcome or entry.state,
+                    f"data/{entry.output_rel_path}" if entry.state == STATE_DONE else "-",
+                    entry.stored_dtype or "-",
+                )
+                for entry in entries
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def file_list_lines(entries: Sequence[JournalEntry], generated: Sequence[GeneratedEntry]) -> list[str]:
+    """The bag's verified files relative to DEST: tag files first, then the payload."""
+    tag_files = [*BAG_DECLARATION_FILES, "bag-info.txt", *REPORT_FILES]
+    payload = [f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" for entry in entries if entry.state == STATE_DONE]
+    payload += [
+        f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" for entry in generated if entry.state == STATE_DONE
+    ]
+    # a name with a line break cannot be listed one per line
+    return sorted(tag_files) + sorted(path for path in payload if "\n" not in path and "\r" not in path)
+
+
+def write_reports(
+    dest: str | Path,
+    *,
+    summary: CompressSummary,
+    entries: Sequence[JournalEntry],
+    generated: Sequence[GeneratedEntry],
+) -> tuple[str, ...]:
+    """Write report.json, report.md and ascp-file-list.txt into DEST; returns their names."""
+    dest = Path(dest)
+    document = report_document(summary, entries, generated)
+    write_text_atomically(dest / REPORT_JSON, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(dest / REPORT_MARKDOWN, render_markdown(summary, entries))
+    write_text_atomically(dest / FILE_LIST, "\n".join(file_list_lines(entries, generated)) + "\n")
+    return REPORT_FILES
