@@ -19,7 +19,7 @@ import numpy.typing as npt
 import tifffile
 
 from . import kernels
-from .errors import NotOurTiffError, RestoreError
+from .errors import NotOurTiffError, RestoreError, VerificationError
 from .metadata import MovieRecord
 from .mrc import pack_4bit, value_dtype_for
 
@@ -94,11 +94,11 @@ class CompressedMovie:
         try:
             array = page.asarray(maxworkers=self.threads)
         except Exception as error:
-            raise NotOurTiffError(
+            raise VerificationError(
                 f"{self.path}: page {index} cannot be decoded ({error}); the file is damaged"
             ) from None
         if array.shape != self.frame_shape or array.dtype != self.stored_dtype:
-            raise NotOurTiffError(
+            raise VerificationError(
                 f"{self.path}: page {index} is {array.shape} {array.dtype}, the record says "
                 f"{self.frame_shape} {self.stored_dtype}; the file is damaged"
             )
