@@ -11,6 +11,7 @@ its floor.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -150,3 +151,435 @@ def _native(frame: npt.NDArray[Any]) -> npt.NDArray[Any]:
     if frame.dtype.isnative:
         return frame
     return frame.astype(frame.dtype.newbyteorder("="))
+
+
+# ---------------------------------------------------------------- gain-normalised movies
+#
+# A gain-normalised value is v = float32(n * g): an electron count n >= 0 times a
+# per-pixel float32 gain g, rounded once to float32 (float32(n) * g in float32
+# arithmetic gives the same for n < 2**24). The kernels below compute that
+# product in float64, where it is exact for the counts we store (n <= 65535),
+# and round it to float32 once, so conversion check, restore and downstream
+# programs all agree bit for bit. "Exact" means the same bits: the sign of zero
+# counts, NaN never equals anything.
+
+#: Distinct positive values kept per pixel by the gain summary.
+GAIN_SUMMARY_KEPT = 4
+#: Gain given to pixels that never saw a positive value (their counts are 0).
+NEUTRAL_GAIN = np.float32(1.0)
+#: Largest count the gain kernels produce (the uint16 range).
+GAIN_COUNT_LIMIT = 65535
+#: Pixel status codes of :func:`gain_finalize`.
+GAIN_UNHIT, GAIN_RELIABLE, GAIN_UNCONFIRMED, GAIN_EXCEPTION = 0, 1, 2, 3
+#: Flag bit set in the summary when a pixel held a value no gain can give
+#: (negative, -0.0, NaN, inf).
+GAIN_FLAG_INVALID = 1
+_GAIN_DIVISORS = (1, 2, 3, 4)
+_GAIN_ULP_STEPS = (0, -1, 1, -2, 2)
+_FLOAT32_INF_BITS = 0x7F800000
+
+__all__ += [
+    "GAIN_SUMMARY_KEPT",
+    "NEUTRAL_GAIN",
+    "GAIN_COUNT_LIMIT",
+    "gain_summary_update",
+    "gain_summary_update_numpy",
+    "gain_summary_merge",
+    "gain_summary_merge_numpy",
+    "gain_finalize",
+    "gain_finalize_numpy",
+    "gain_counts",
+    "gain_counts_numpy",
+    "gain_apply",
+    "gain_apply_numpy",
+]
+
+
+@numba.njit(inline="always", **_JIT)
+def _count_for(v: Any, g: Any, limit: Any) -> Any:
+    q = np.float64(v) / np.float64(g)
+    if q >= 0.0 and q <= limit + 0.5:
+        return np.rint(q)
+    if q > limit:
+        return np.float64(limit)
+    return 0.0
+
+
+@numba.njit(inline="always", **_JIT)
+def _reproduces(v: Any, n: Any, g: Any) -> bool:
+    p = np.float32(n * np.float64(g))
+    return p == v and math.copysign(1.0, p) == math.copysign(1.0, v)
+
+
+@numba.njit(inline="always", **_JIT)
+def _insert_kept(kept: Any, i: int, j: int, m: int, depth: int, v: Any) -> int:
+    """Insert v into the ascending distinct list kept[i, j, :m]; the new length."""
+    if m == depth and v >= kept[i, j, depth - 1]:
+        return m
+    position = m
+    for t in range(m):
+        if kept[i, j, t] == v:
+            return m
+        if kept[i, j, t] > v:
+            position = t
+            break
+    for t in range(min(m, depth - 1), position, -1):
+        kept[i, j, t] = kept[i, j, t - 1]
+    kept[i, j, position] = v
+    return min(m + 1, depth)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_summary_update(values: Any, bits: Any, kept: Any, n_kept: Any, n_hits: Any, flags: Any) -> None:
+    ny, nx = values.shape
+    depth = kept.shape[2]
+    for i in numba.prange(ny):
+        for j in range(nx):
+            if bits[i, j] == 0:  # +0.0: no electron
+                continue
+            v = values[i, j]
+            if not (v > 0.0 and v < np.inf):
+                flags[i, j] |= GAIN_FLAG_INVALID
+                continue
+            if n_hits[i, j] < 65535:
+                n_hits[i, j] += 1
+            n_kept[i, j] = _insert_kept(kept, i, j, np.int64(n_kept[i, j]), depth, v)
+
+
+def gain_summary_update(
+    values: npt.NDArray[np.float32],
+    kept: npt.NDArray[np.float32],
+    n_kept: npt.NDArray[np.uint8],
+    n_hits: npt.NDArray[np.uint16],
+    flags: npt.NDArray[np.uint8],
+) -> None:
+    """Fold one float32 frame into a per-pixel gain summary, in place.
+
+    ``kept[y, x]`` holds the pixel's smallest distinct positive finite values in
+    ascending order (unused slots are +inf), ``n_kept`` how many, ``n_hits`` the
+    number of positive values seen (saturating at 65535) and ``flags`` has
+    :data:`GAIN_FLAG_INVALID` set where a value no gain can give was seen. +0.0
+    is a zero count and leaves the summary unchanged.
+    """
+    values = _native(values)
+    if values.dtype != np.float32:
+        raise ValueError(f"gain summaries take float32 frames, not {values.dtype}")
+    _gain_summary_update(values, values.view(np.uint32), kept, n_kept, n_hits, flags)
+
+
+def _dedupe_smallest(
+    candidates: npt.NDArray[np.float32], depth: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Per pixel (last axis), the ``depth`` smallest distinct finite values, padded with +inf."""
+    ordered = np.sort(candidates, axis=-1)
+    repeated = np.zeros(ordered.shape, dtype=bool)
+    repeated[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
+    ordered[repeated] = np.inf
+    ordered = np.sort(ordered, axis=-1)[..., :depth]
+    return np.ascontiguousarray(ordered), np.isfinite(ordered).sum(axis=-1).astype(np.uint8)
+
+
+def gain_summary_update_numpy(
+    values: npt.NDArray[np.float32],
+    kept: npt.NDArray[np.float32],
+    n_kept: npt.NDArray[np.uint8],
+    n_hits: npt.NDArray[np.uint16],
+    flags: npt.NDArray[np.uint8],
+) -> None:
+    """NumPy twin of :func:`gain_summary_update`."""
+    values = _native(values)
+    zero = values.view(np.uint32) == 0
+    positive = (values > 0) & np.isfinite(values)
+    invalid = ~zero & ~positive
+    flags[invalid] |= GAIN_FLAG_INVALID
+    n_hits[...] = np.minimum(n_hits.astype(np.uint32) + positive, 65535).astype(np.uint16)
+    incoming = np.where(positive, values, np.float32(np.inf)).astype(np.float32)
+    merged, count = _dedupe_smallest(np.concatenate([kept, incoming[..., None]], axis=-1), kept.shape[2])
+    kept[...] = merged
+    n_kept[...] = count
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_summary_merge(kept_b: Any, out: Any, n_out: Any) -> None:
+    ny, nx, depth = out.shape
+    for i in numba.prange(ny):
+        for j in range(nx):
+            m = 0
+            while m < depth and out[i, j, m] != np.inf:
+                m += 1
+            for t in range(depth):
+                v = kept_b[i, j, t]
+                if v == np.inf:
+                    break
+                m = _insert_kept(out, i, j, m, depth, v)
+            n_out[i, j] = m
+
+
+def gain_summary_merge(
+    kept_a: npt.NDArray[np.float32], kept_b: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Union of two summaries' kept values, keeping the smallest distinct ones: (kept, n_kept)."""
+    if kept_a.shape != kept_b.shape:
+        raise ValueError(f"gain summaries of different shapes: {kept_a.shape} vs {kept_b.shape}")
+    out = np.array(kept_a, dtype=np.float32, order="C")
+    n_out = np.empty(out.shape[:2], dtype=np.uint8)
+    _gain_summary_merge(kept_b, out, n_out)
+    return out, n_out
+
+
+def gain_summary_merge_numpy(
+    kept_a: npt.NDArray[np.float32], kept_b: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """NumPy twin of :func:`gain_summary_merge`."""
+    return _dedupe_smallest(np.concatenate([kept_a, kept_b], axis=-1), kept_a.shape[2])
+
+
+@numba.njit(inline="always", **_JIT)
+def _n_reproduced(kept: Any, i: int, j: int, m: int, g: Any, limit: Any) -> int:
+    score = 0
+    for t in range(m):
+        v = kept[i, j, t]
+        n = _count_for(v, g, limit)
+        if n >= 1.0 and _reproduces(v, n, g):
+            score += 1
+    return score
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_finalize(
+    kept: Any, n_kept: Any, flags: Any, divisors: Any, steps: Any, limit: Any, gain: Any, status: Any
+) -> None:
+    ny, nx = n_kept.shape
+    for i in numba.prange(ny):
+        scratch = np.zeros(1, dtype=np.float32)  # bit casts of a float32 scalar
+        scratch_bits = scratch.view(np.uint32)
+        for j in range(nx):
+            m = np.int64(n_kept[i, j])
+            invalid = (flags[i, j] & GAIN_FLAG_INVALID) != 0
+            if m == 0:
+                gain[i, j] = NEUTRAL_GAIN
+                status[i, j] = GAIN_EXCEPTION if invalid else GAIN_UNHIT
+                continue
+            best = kept[i, j, 0]
+            best_score = -1
+            found = False
+            for base_index in range(min(m, 2)):
+                for k in divisors:
+                    scratch[0] = np.float32(np.float64(kept[i, j, base_index]) / k)
+                    start = np.int64(scratch_bits[0])
+                    for step in steps:
+                        g_bits = start + step
+                        if g_bits <= 0 or g_bits >= _FLOAT32_INF_BITS:
+                            continue
+                        scratch_bits[0] = np.uint32(g_bits)
+                        g = scratch[0]
+                        score = _n_reproduced(kept, i, j, m, g, limit)
+                        if score > best_score:
+                            best = g
+                            best_score = score
+                        if score == m:
+                            found = True
+                            break
+                    if found:
+                        break
+                if found:
+                    break
+            gain[i, j] = best
+            if best_score < m or invalid:
+                status[i, j] = GAIN_EXCEPTION
+            elif m == 1:
+                status[i, j] = GAIN_UNCONFIRMED
+            else:
+                status[i, j] = GAIN_RELIABLE
+
+
+def gain_finalize(
+    kept: npt.NDArray[np.float32], n_kept: npt.NDArray[np.uint8], flags: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Per-pixel float32 gain and status from a gain summary: (gain, status).
+
+    For each pixel the candidates are v/k for the smallest and the second
+    smallest kept value v, k = 1..4, and 1-2 float32 ulps around each, in that
+    order. The first candidate that reproduces every kept value (some count
+    n >= 1 with float32(n * g) == v bit for bit) wins, so the largest fitting
+    gain is preferred (g/2 always fits when g does). Without a full fit the
+    candidate reproducing most values wins (first one on ties) and the pixel is
+    an exception. Status: :data:`GAIN_UNHIT` (no positive value, gain
+    :data:`NEUTRAL_GAIN`), :data:`GAIN_RELIABLE` (two or more distinct values
+    fit), :data:`GAIN_UNCONFIRMED` (a single distinct value, which fits
+    trivially), :data:`GAIN_EXCEPTION` (some value does not fit, or a negative,
+    -0.0, NaN or inf value was seen).
+    """
+    gain = np.empty(n_kept.shape, dtype=np.float32)
+    status = np.empty(n_kept.shape, dtype=np.uint8)
+    _gain_finalize(
+        kept,
+        n_kept,
+        flags,
+        np.array(_GAIN_DIVISORS, dtype=np.int64),
+        np.array(_GAIN_ULP_STEPS, dtype=np.int64),
+        np.float64(GAIN_COUNT_LIMIT),
+        gain,
+        status,
+    )
+    return gain, status
+
+
+def _count_for_numpy(
+    values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], limit: int
+) -> npt.NDArray[np.float64]:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = values.astype(np.float64) / gain.astype(np.float64)
+        inside = (q >= 0.0) & (q <= limit + 0.5)
+        return np.where(inside, np.rint(np.where(inside, q, 0.0)), np.where(q > limit, float(limit), 0.0))
+
+
+def _reproduces_numpy(
+    values: npt.NDArray[np.float32], counts: npt.NDArray[np.float64], gain: npt.NDArray[np.float32]
+) -> npt.NDArray[np.bool_]:
+    with np.errstate(invalid="ignore", over="ignore"):
+        product = (counts * gain.astype(np.float64)).astype(np.float32)
+    return (product == values) & (np.signbit(product) == np.signbit(values))
+
+
+def gain_finalize_numpy(
+    kept: npt.NDArray[np.float32], n_kept: npt.NDArray[np.uint8], flags: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """NumPy twin of :func:`gain_finalize`."""
+    m = n_kept.astype(np.int64)
+    used = np.arange(kept.shape[2]) < m[..., None]
+    best = kept[..., 0].copy()
+    best_score = np.full(m.shape, -1, dtype=np.int64)
+    found = np.zeros(m.shape, dtype=bool)
+    for base_index in range(2):
+        base = kept[..., base_index]
+        for k in _GAIN_DIVISORS:
+            with np.errstate(invalid="ignore"):
+                start = (base.astype(np.float64) / k).astype(np.float32).view(np.uint32).astype(np.int64)
+            for step in _GAIN_ULP_STEPS:
+                g_bits = start + step
+                active = ~found & (m > base_index) & (g_bits > 0) & (g_bits < _FLOAT32_INF_BITS)
+                g = np.where(active, g_bits, 0).astype(np.uint32).view(np.float32)
+                counts = _count_for_numpy(kept, g[..., None], GAIN_COUNT_LIMIT)
+                fits = (counts >= 1.0) & _reproduces_numpy(kept, counts, g[..., None]) & used
+                score = fits.sum(axis=-1)
+                better = active & (score > best_score)
+                best = np.where(better, g, best)
+                best_score = np.where(better, score, best_score)
+                found |= active & (score == m)
+    invalid = (flags & GAIN_FLAG_INVALID) != 0
+    gain = np.where(m == 0, NEUTRAL_GAIN, best).astype(np.float32)
+    status = np.where(m >= 2, GAIN_RELIABLE, GAIN_UNCONFIRMED).astype(np.uint8)
+    status[(best_score < m) | invalid] = GAIN_EXCEPTION
+    status[(m == 0) & ~invalid] = GAIN_UNHIT
+    return gain, status
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_counts(values: Any, gain: Any, out: Any, limit: Any, row_exceptions: Any, row_max: Any) -> None:
+    ny, nx = values.shape
+    for i in numba.prange(ny):
+        k = ny - 1 - i
+        n_bad = 0
+        top = 0.0
+        for j in range(nx):
+            v = values[i, j]
+            g = gain[i, j]
+            n = _count_for(v, g, limit)
+            out[k, j] = n
+            if _reproduces(v, n, g):
+                top = max(top, n)
+            else:
+                n_bad += 1
+        row_exceptions[i] = n_bad
+        row_max[i] = top
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_collect(
+    values: Any, bits: Any, gain: Any, limit: Any, offsets: Any, indices: Any, out_bits: Any
+) -> None:
+    ny, nx = values.shape
+    for i in numba.prange(ny):
+        position = offsets[i]
+        if offsets[i + 1] == position:
+            continue
+        for j in range(nx):
+            v = values[i, j]
+            g = gain[i, j]
+            if not _reproduces(v, _count_for(v, g, limit), g):
+                indices[position] = i * nx + j
+                out_bits[position] = bits[i, j]
+                position += 1
+
+
+def gain_counts(
+    values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
+) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """Counts of one float32 frame under a gain, flipped to TIFF row order into ``out``.
+
+    ``values`` and ``gain`` are in MRC row order; ``out`` (uint8 or uint16) gets
+    n = rint(v / g) clipped to its range at row ``ny - 1 - y``. Returns the
+    largest count among values that are reproduced (float32(n * g) == v bit for
+    bit) and the exceptions: flat MRC-order pixel indices (ascending) and the
+    exact float32 bits of every value that is not.
+    """
+    values = _native(values)
+    if values.dtype != np.float32 or gain.dtype != np.float32 or values.shape != gain.shape:
+        raise ValueError("gain_counts needs float32 values and gain of the same shape")
+    if out.shape != values.shape or out.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise ValueError("gain_counts writes uint8 or uint16 counts of the frame's shape")
+    ny = values.shape[0]
+    limit = np.float64(np.iinfo(out.dtype).max)
+    row_exceptions = np.empty(ny, dtype=np.int64)
+    row_max = np.empty(ny, dtype=np.float64)
+    _gain_counts(values, _native(gain), out, limit, row_exceptions, row_max)
+    offsets = np.zeros(ny + 1, dtype=np.int64)
+    np.cumsum(row_exceptions, out=offsets[1:])
+    indices = np.empty(int(offsets[-1]), dtype=np.uint32)
+    bits = np.empty(int(offsets[-1]), dtype=np.uint32)
+    if indices.size:
+        _gain_collect(values, values.view(np.uint32), _native(gain), limit, offsets, indices, bits)
+    return int(row_max.max(initial=0.0)), indices, bits
+
+
+def gain_counts_numpy(
+    values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
+) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """NumPy twin of :func:`gain_counts`."""
+    values = _native(values)
+    counts = _count_for_numpy(values, gain, int(np.iinfo(out.dtype).max))
+    exact = _reproduces_numpy(values, counts, gain)
+    out[...] = counts[::-1].astype(out.dtype)
+    indices = np.flatnonzero(~exact).astype(np.uint32)
+    bits = values.reshape(-1).view(np.uint32)[indices]
+    top = int(counts[exact].max(initial=0.0))
+    return top, indices, bits
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_apply(counts: Any, gain: Any, out: Any) -> None:
+    ny, nx = out.shape
+    for i in numba.prange(ny):
+        k = ny - 1 - i
+        for j in range(nx):
+            out[i, j] = np.float32(np.float64(counts[k, j]) * np.float64(gain[i, j]))
+
+
+def gain_apply(
+    counts: npt.NDArray[np.unsignedinteger], gain: npt.NDArray[np.float32], out: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """float32(count * gain) in MRC row order, from counts in TIFF row order (flipped)."""
+    if counts.shape != gain.shape or out.shape != gain.shape or out.dtype != np.float32:
+        raise ValueError("gain_apply needs counts, gain and a float32 output of one shape")
+    _gain_apply(_native(counts), _native(gain), out)
+    return out
+
+
+def gain_apply_numpy(
+    counts: npt.NDArray[np.unsignedinteger], gain: npt.NDArray[np.float32], out: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """NumPy twin of :func:`gain_apply`."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out[...] = (counts[::-1].astype(np.float64) * gain.astype(np.float64)).astype(np.float32)
+    return out
