@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -140,6 +144,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .reconstruct import read_record
     from .verify import verify_tiff
 
+    if Path(args.path).is_dir():
+        return _verify_bag(args)
     record = read_record(args.path)
     with _byte_progress(
         record.source.size_bytes, description=Path(args.path).name, quiet=args.quiet
@@ -151,6 +157,318 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         f"(sha256 {result.source_sha256}){against}"
     )
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- drives: scan, compress, verify DEST
+
+#: compress finished and every file is in the bag, but some movies were kept as they were (not converted).
+EXIT_NOT_ALL_CONVERTED = 3
+LOG_INTERVAL_SECONDS = 30.0
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from .cluster import machine_cores
+    from .scan import scan_drive
+
+    plan = scan_drive(
+        args.source,
+        predict=not args.headers_only,
+        n_sample_movies=args.sample_movies,
+        n_sample_frames=args.sample_frames,
+        n_workers=args.workers or machine_cores(),
+    )
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{plan.source}: {len(plan.files)} files, {_human_bytes(plan.total_size_bytes)}")
+    print("\nBy category:")
+    for category in plan.categories:
+        if category.n_files:
+            print(
+                f"  {category.category:15s} {category.n_files:7d} files "
+                f"{_human_bytes(category.size_bytes):>12s}"
+                f"   ({category.n_convert} to convert, {category.n_copy} to copy)"
+            )
+    print("\nBy folder:")
+    for folder in plan.folders:
+        movies = (
+            f", {folder.n_movies} movies ({_human_bytes(folder.movie_size_bytes)})" if folder.n_movies else ""
+        )
+        print(f"  {folder.folder}: {folder.n_files} files, {_human_bytes(folder.size_bytes)}{movies}")
+    if plan.predictions:
+        print("\nMovies (predicted from a sample of frames):")
+        for group in plan.predictions:
+            if group.kind == "unreadable":
+                print(f"  {group.folder or '.'}: {group.n_movies} unreadable as MRC: kept as they are")
+                continue
+            shape = (
+                f"{group.frame_width}x{group.frame_height} mode {group.mode}"
+                if group.mode >= 0
+                else "unreadable"
+            )
+            print(
+                f"  {group.folder or '.'}: {group.n_movies} x {shape}: {group.kind}, "
+                f"{group.stored_dtype or 'kept as is'} {group.codec}, ~{group.predicted_ratio:.2f}x "
+                f"({_human_bytes(group.size_bytes)} -> ~{_human_bytes(group.predicted_output_size_bytes)})"
+            )
+        if not plan.gain_sets_supported:
+            print("  (gain-normalised movies are not recognised by this version: they count as float)")
+    problems = [entry for entry in plan.files if entry.header_error]
+    if problems:
+        print("\nMovies that cannot be read as MRC (they will be copied as they are):")
+        for entry in problems:
+            print(f"  {entry.rel_path}: {entry.header_error}")
+    if plan.skipped:
+        print("\nNot touched:")
+        for skipped in plan.skipped:
+            print(f"  {skipped.rel_path}: {skipped.reason}")
+    minutes = plan.expected_seconds / 60
+    print(
+        f"\nExpected: {_human_bytes(plan.total_size_bytes)} -> "
+        f"~{_human_bytes(plan.expected_output_size_bytes)}, "
+        f"~{minutes:.1f} min with {plan.n_workers_assumed} workers (scan took {plan.scan_seconds:.1f} s)"
+    )
+    return EXIT_OK
+
+
+class _CompressProgress:
+    """tqdm bars (files, bytes) on a terminal; periodic log lines otherwise."""
+
+    def __init__(self, *, quiet: bool, log_interval_seconds: float) -> None:
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty() and not quiet
+        self.log_interval_seconds = log_interval_seconds
+        self.files_bar: Any = None
+        self.bytes_bar: Any = None
+        self.n_todo = 0
+        self.bytes_todo = 0
+        self.n_done = 0
+        self.bytes_done = 0
+        self.started = time.monotonic()
+        self.last_log = self.started
+
+    def __call__(self, event: Any) -> None:
+        from .pipeline import FileEvent, PlanEvent, StageEvent
+
+        if isinstance(event, PlanEvent):
+            self._plan(event)
+        elif isinstance(event, FileEvent):
+            self._file(event)
+        elif isinstance(event, StageEvent):
+            self._log(event.message)
+
+    def _log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.files_bar is not None:
+            self.files_bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def _plan(self, event: Any) -> None:
+        self.n_todo, self.bytes_todo = event.n_todo, event.bytes_todo
+        self.started = self.last_log = time.monotonic()
+        notes = []
+        if event.n_up_to_date:
+            notes.append(f"{event.n_up_to_date} already done")
+        if event.n_temporaries_removed:
+            notes.append(f"{event.n_temporaries_removed} temporary files of an interrupted run removed")
+        if event.n_stale_removed:
+            notes.append(f"{event.n_stale_removed} outputs of vanished sources removed")
+        if event.n_not_touched:
+            notes.append(f"{event.n_not_touched} not touched (links, special files)")
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        self._log(f"{event.n_files} files; {event.n_todo} to do, {_human_bytes(event.bytes_todo)}{extra}")
+        if self.interactive and event.n_todo:
+            self.files_bar = tqdm(total=event.n_todo, desc="files", unit="file", file=sys.stderr, position=0)
+            self.bytes_bar = tqdm(
+                total=event.bytes_todo,
+                desc="bytes",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                position=1,
+            )
+
+    def _file(self, event: Any) -> None:
+        self.n_done += 1
+        self.bytes_done += event.source_size_bytes
+        if event.outcome in ("failed", "kept-as-is"):
+            self._log(f"{event.outcome}: {event.rel_path}: {event.message}")
+        if self.files_bar is not None:
+            self.files_bar.update(1)
+            self.bytes_bar.update(event.source_size_bytes)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= self.log_interval_seconds or self.n_done == self.n_todo:
+            self.last_log = now
+            elapsed = max(now - self.started, 1e-9)
+            rate = self.bytes_done / elapsed
+            left = (self.bytes_todo - self.bytes_done) / rate if rate > 0 else 0.0
+            self._log(
+                f"{self.n_done}/{self.n_todo} files, "
+                f"{_human_bytes(self.bytes_done)}/{_human_bytes(self.bytes_todo)}, "
+                f"{rate / 1e6:.0f} MB/s, ETA {left / 60:.1f} min"
+            )
+
+    def close(self) -> None:
+        for bar in (self.files_bar, self.bytes_bar):
+            if bar is not None:
+                bar.close()
+        self.files_bar = self.bytes_bar = None
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, progress: _CompressProgress) -> Iterator[None]:
+    """First Ctrl-C or SIGTERM: stop cleanly (finished files are kept); second Ctrl-C: stop now."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        progress._log("Stopping: running files are abandoned, finished ones are kept (Ctrl-C again to force)")
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from dask.utils import parse_bytes
+
+    from .cluster import ClusterOptions, open_cluster, parse_adapt
+    from .pipeline import CompressOptions, compress_drive
+
+    cluster_options = ClusterOptions(
+        scheduler_address=args.scheduler_address,
+        scheduler_file=args.scheduler_file,
+        cluster=args.cluster,
+        n_jobs=args.jobs,
+        adapt=parse_adapt(args.adapt) if args.adapt else None,
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit_bytes=parse_bytes(args.memory_limit) if args.memory_limit else None,
+        dashboard_address=args.dashboard_address,
+    )
+    options = CompressOptions(
+        codec=args.codec,
+        level=args.level,
+        threads_per_task=args.threads_per_task,
+        gain_sets=not args.no_gain_sets,
+    )
+    progress = _CompressProgress(quiet=args.quiet, log_interval_seconds=args.log_interval)
+    stop = threading.Event()
+    with open_cluster(cluster_options) as (client, info):
+        if not args.quiet:
+            dashboard = f"; dashboard: {info.dashboard_link}" if info.dashboard_link else ""
+            print(f"Running on {info.description}{dashboard}", file=sys.stderr, flush=True)
+        try:
+            with _stop_on_signals(stop, progress):
+                summary = compress_drive(
+                    args.source,
+                    args.dest,
+                    client=client,
+                    options=options,
+                    on_event=progress,
+                    stop=stop,
+                    cluster_description=info.description,
+                    dashboard_link=info.dashboard_link,
+                )
+        finally:
+            progress.close()
+    if args.json:
+        print(json.dumps(asdict(summary), indent=2, ensure_ascii=False))
+    else:
+        _print_compress_summary(summary)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.failures:
+        return EXIT_FAILURE
+    return EXIT_OK if summary.all_converted else EXIT_NOT_ALL_CONVERTED
+
+
+def _print_compress_summary(summary: Any) -> None:
+    if summary.interrupted:
+        print(
+            f"Stopped: {summary.n_done_this_run} files finished in this run and kept; the journal is "
+            f"consistent and no temporary file was left. Run the same command again to finish."
+        )
+        return
+    if summary.n_done_this_run == 0 and summary.n_failed == 0:
+        print(
+            f"Nothing to do: all {summary.n_up_to_date} files were already done in an earlier run; "
+            f"nothing converted."
+        )
+    else:
+        print(
+            f"{summary.n_converted} converted, {summary.n_copied} copied, "
+            f"{summary.n_kept_as_is} kept as they were, "
+            f"{summary.n_failed} failed, {summary.n_up_to_date} already done "
+            f"({_human_bytes(summary.bytes_read)} read in {summary.elapsed_seconds:.1f} s, "
+            f"{summary.bytes_read / max(summary.elapsed_seconds, 1e-9) / 1e6:.0f} MB/s)"
+        )
+    for category in summary.categories:
+        if category.n_files:
+            print(
+                f"  {category.category:15s} {category.n_files:7d} files  "
+                f"{_human_bytes(category.source_size_bytes):>11s}"
+                f" -> {_human_bytes(category.output_size_bytes):>11s}"
+            )
+    print(
+        f"  {'total':15s} {summary.n_files:7d} files  {_human_bytes(summary.source_size_bytes):>11s} -> "
+        f"{_human_bytes(summary.payload_size_bytes):>11s} ({summary.ratio:.2f}x smaller)"
+    )
+    for decision in summary.decisions:
+        print(f"  {decision.n_movies} movies stored as {decision.stored_dtype} with {decision.codec}")
+    for gain in summary.gain_references:
+        print(
+            f"  gain reference data/{gain.output_rel_path}: "
+            f"{gain.n_converted_with_gain} movies stored as counts"
+        )
+    if summary.kept_as_is:
+        print(f"Movies kept as they were, NOT converted ({len(summary.kept_as_is)}):")
+        for problem in summary.kept_as_is:
+            print(f"  {problem.rel_path}: {problem.reason}")
+    if summary.failures:
+        print(f"FAILED, not in the bag ({len(summary.failures)}); fix them and run again:")
+        for problem in summary.failures:
+            print(f"  {problem.rel_path}: {problem.reason}")
+    if summary.not_touched:
+        print(f"Not touched ({len(summary.not_touched)}):")
+        for problem in summary.not_touched:
+            print(f"  {problem.rel_path}: {problem.reason}")
+    if summary.bag_written:
+        print(f"Bag: {summary.dest} (report: {summary.dest}/report.md)")
+
+
+def _verify_bag(args: argparse.Namespace) -> int:
+    from .manifest import verify_bag
+
+    total_bytes = sum(
+        os.path.getsize(os.path.join(directory, name))
+        for directory, _, names in os.walk(Path(args.path) / "data")
+        for name in names
+    )
+    with _byte_progress(total_bytes, description=Path(args.path).name, quiet=args.quiet) as progress:
+        result = verify_bag(args.path, full=args.full, threads=args.threads, progress=progress)
+    decoded = (
+        f"; {result.n_tiffs_decoded} TIFF stacks decoded and rebuild their sources" if result.full else ""
+    )
+    if result.ok:
+        print(
+            f"OK {result.dest}: {result.n_payload_files} payload files "
+            f"({_human_bytes(result.payload_size_bytes)}) "
+            f"and {result.n_tag_files} tag files match their checksums{decoded}"
+        )
+        return EXIT_OK
+    print(f"FAILED {result.dest}: {len(result.problems)} problems")
+    for problem in result.problems:
+        print(f"  {problem.rel_path}: {problem.problem}")
+    return EXIT_FAILURE
 
 
 # ---------------------------------------------------------------- info
@@ -245,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode every page and check that it rebuilds the recorded source exactly; with "
         "--against, also compare with the source file byte for byte.",
     )
-    verify.add_argument("path", metavar="OUT.tif")
+    verify.add_argument("path", metavar="OUT.tif|DEST", help="a TIFF stack, or a bag written by compress")
     verify.add_argument("--against", metavar="SRC.mrc", help="the source MRC file to compare with")
+    verify.add_argument("--full", action="store_true", help="bag: also decode every TIFF stack and check it")
     verify.add_argument("--threads", type=_positive_int, default=_default_threads())
     _add_common(verify)
     verify.set_defaults(handler=_cmd_verify)
@@ -264,6 +583,68 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--size", type=_positive_int, default=512, help="frame width and height in pixels")
     example.add_argument("--overwrite", action="store_true")
     example.set_defaults(handler=_cmd_example)
+
+    scan = commands.add_parser(
+        "scan",
+        help="walk a drive, classify every file and predict what compress will do",
+        description="Walk SRC without following symbolic links, classify every file (movie, micrograph, "
+        "gain reference, defect file, other), read a few frames of a few movies per folder to predict "
+        "the storage decision, and print the plan. Reads only.",
+    )
+    scan.add_argument("source", metavar="SRC")
+    scan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    scan.add_argument("--headers-only", action="store_true", help="read no frames (no prediction)")
+    scan.add_argument("--sample-movies", type=_positive_int, default=2, help="movies sampled per group")
+    scan.add_argument("--sample-frames", type=_positive_int, default=2, help="frames read per sampled movie")
+    scan.add_argument("--workers", type=_positive_int, help="workers assumed for the time estimate")
+    scan.set_defaults(handler=_cmd_scan)
+
+    compress = commands.add_parser(
+        "compress",
+        help="compress a whole drive into a verified, checksummed BagIt bag (on Dask)",
+        description="DEST mirrors SRC under DEST/data: movies become verified TIFF stacks, every other file "
+        "is copied byte for byte; DEST is a BagIt bag with sha256 and md5 manifests and reports. Runs on a "
+        "local Dask cluster sized to the machine unless told otherwise. Run the same command again after an "
+        "interruption to finish the remaining work only. Exit status: 0 all done, 1 some files failed (not "
+        "in the bag), 3 all files in the bag but some movies kept as they were (not converted), 130 stopped.",
+    )
+    compress.add_argument("source", metavar="SRC")
+    compress.add_argument("dest", metavar="DEST")
+    compress.add_argument(
+        "--codec", choices=CODEC_NAMES, default="auto", help="strip compression (see convert)"
+    )
+    compress.add_argument("--level", type=int, help="deflate 0-9 or zstd 1-22")
+    where = compress.add_argument_group("cluster (default: a local cluster, one worker per core)")
+    where.add_argument(
+        "--scheduler-address", metavar="ADDRESS", help="existing scheduler (or DASK_SCHEDULER_ADDRESS)"
+    )
+    where.add_argument("--scheduler-file", metavar="FILE", help="existing cluster's scheduler file")
+    where.add_argument(
+        "--cluster", choices=("slurm", "pbs", "sge", "lsf"), help="batch cluster via dask-jobqueue"
+    )
+    where.add_argument("--jobs", type=_positive_int, help="batch jobs to start (default 1)")
+    where.add_argument(
+        "--adapt", metavar="MIN:MAX", help="let the number of batch jobs adapt between MIN and MAX"
+    )
+    where.add_argument("--workers", type=_positive_int, help="local workers (default: one per core)")
+    where.add_argument("--threads-per-worker", type=_positive_int, help="local worker threads (default 1)")
+    where.add_argument("--memory-limit", metavar="BYTES", help="memory per local worker, e.g. 4GiB")
+    where.add_argument("--dashboard-address", default="127.0.0.1:8787", help="local dashboard (host:port)")
+    compress.add_argument(
+        "--threads-per-task", type=_positive_int, default=1, help="encoder threads per movie"
+    )
+    compress.add_argument(
+        "--no-gain-sets", action="store_true", help="do not estimate gains for gain-normalised movies"
+    )
+    compress.add_argument(
+        "--log-interval",
+        type=float,
+        default=LOG_INTERVAL_SECONDS,
+        help="seconds between log lines when not on a terminal",
+    )
+    compress.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_common(compress)
+    compress.set_defaults(handler=_cmd_compress)
     return parser
 
 
