@@ -18,7 +18,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numba
@@ -29,8 +29,9 @@ from . import __version__, kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
 from .encode import Codec, choose_codec, make_codec, rows_per_strip
 from .errors import InputError
+from .gain import GainCounter, GainOutcome, gain_stored_frames, plan_gain, settle_gain
 from .metadata import MovieRecord, SourceRecord, StorageRecord
-from .mrc import MrcHeader, MrcMovie
+from .mrc import MrcHeader, MrcMovie, read_header
 from .verify import verify_tiff
 from .write import commit_output, looks_like_packed_4bit, temporary_output, write_tiff_stack
 
@@ -70,14 +71,24 @@ class ConversionResult:
     trial_sizes_bytes: dict[str, int]
     warnings: tuple[str, ...]
     elapsed_seconds: float
+    gain: GainOutcome | None = None  # what was done about a gain (convert_movie's gain option)
 
     @property
     def ratio(self) -> float:
         return self.source_size_bytes / max(1, self.output_size_bytes)
 
 
-def survey_movie(path: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> MovieSurvey:
-    """Pass 1: sha256 of the whole file and stats of every frame, in one read."""
+def survey_movie(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    frame_hook: Callable[[int, npt.NDArray[np.generic]], None] | None = None,
+) -> MovieSurvey:
+    """Pass 1: sha256 of the whole file and stats of every frame, in one read.
+
+    ``frame_hook(index, values)``, if given, sees every frame's values in the
+    same pass (the gain survey uses it).
+    """
     with MrcMovie(path) as movie:
         header = movie.header
         digest = hashlib.sha256()
@@ -87,8 +98,11 @@ def survey_movie(path: str | os.PathLike[str], *, progress: ProgressCallback | N
         for index in range(header.nz):
             raw = movie.read_raw_frame(index)
             digest.update(raw.data)
-            stats = frame_stats(movie.values_from_raw(raw))
+            values = movie.values_from_raw(raw)
+            stats = frame_stats(values)
             merged = stats if merged is None else merged.merge(stats)
+            if frame_hook is not None:
+                frame_hook(index, values)
             if progress is not None:
                 progress("survey", raw.size)
     assert merged is not None
@@ -109,11 +123,16 @@ def _stored_frames(
             progress("encode", raw.size)
 
 
-def _sample_frames(movie: MrcMovie, stored_dtype: np.dtype) -> list[npt.NDArray[np.generic]]:
+def _sample_frames(
+    movie: MrcMovie, stored_dtype: np.dtype, gain: npt.NDArray[np.float32] | None = None
+) -> list[npt.NDArray[np.generic]]:
     """The middle frame, every 4th row band, in storage type (for the codec trial)."""
     middle = movie.read_frame(movie.header.nz // 2)
     out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
-    kernels.flip_cast(middle, out)
+    if gain is not None:
+        kernels.gain_counts(middle, gain, out)
+    else:
+        kernels.flip_cast(middle, out)
     rows = rows_per_strip(frame_shape=movie.header.frame_shape, itemsize=out.dtype.itemsize)
     bands = [out[start : start + rows] for start in range(0, out.shape[0], 4 * rows)]
     return [np.ascontiguousarray(np.concatenate(bands))]
@@ -122,20 +141,27 @@ def _sample_frames(movie: MrcMovie, stored_dtype: np.dtype) -> list[npt.NDArray[
 def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
     """(sha256, md5) of a file, read once in chunks."""
     sha256, md5 = hashlib.sha256(), hashlib.md5()
+    buffer = memoryview(bytearray(HASH_CHUNK_BYTES))  # reused: memory stays flat whatever the file size
     with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            sha256.update(chunk)
-            md5.update(chunk)
+        while n_read := handle.readinto(buffer):
+            sha256.update(buffer[:n_read])
+            md5.update(buffer[:n_read])
     return sha256.hexdigest(), md5.hexdigest()
 
 
 def _resolve_codec(
-    movie: MrcMovie, decision: StorageDecision, *, codec: str, level: int | None
+    movie: MrcMovie,
+    decision: StorageDecision,
+    *,
+    codec: str,
+    level: int | None,
+    gain: npt.NDArray[np.float32] | None = None,
 ) -> tuple[Codec, dict[str, int]]:
     stored_dtype = np.dtype(decision.stored_dtype)
     try:
         if codec == "auto":
-            return choose_codec(_sample_frames(movie, stored_dtype), is_integer=decision.is_integer, level=level)
+            sample = _sample_frames(movie, stored_dtype, gain)
+            return choose_codec(sample, is_integer=decision.is_integer, level=level)
         return make_codec(codec, level=level, is_integer=decision.is_integer), {}
     except ValueError as error:
         raise InputError(f"{movie.path}: {error}") from None
@@ -150,12 +176,20 @@ def convert_movie(
     threads: int = 1,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    gain: str | os.PathLike[str] | None = None,
 ) -> ConversionResult:
     """Convert one MRC movie to a verified TIFF stack at ``output``.
 
     ``codec`` is ``auto`` (smallest of LZW and deflate on a sample), ``lzw``,
     ``deflate``, ``zstd`` or ``none``; ``level`` applies to deflate and zstd.
     The output appears under its name only once verified; the source is only read.
+
+    ``gain`` is a gain reference file (float32 MRC in MRC row order, or any
+    format :func:`empcompress.gainref.read_gain_reference` reads, oriented
+    automatically) or ``"auto"`` (estimate one from the movie): a
+    gain-normalised float32 movie is then stored as counts, its gain reference
+    placed beside the output (see :mod:`empcompress.gain`); a raw-count movie
+    gets no gain, and a supplied file is carried over unchanged.
     """
     started = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -169,8 +203,24 @@ def convert_movie(
     max_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     numba.set_num_threads(max(1, min(threads, max_threads)))
     try:
-        survey = survey_movie(source, progress=progress)
+        plan = plan_gain(source, output, gain=gain) if gain is not None else None
+        counter = None
+        if plan is not None and plan.action == "apply" and plan.gain is not None:
+            counter = GainCounter(plan.gain, n_frames=read_header(source).nz, reference_name=plan.label)
+        survey = survey_movie(source, progress=progress, frame_hook=counter.add if counter else None)
         header, decision = survey.header, survey.decision
+        gain_record = gain_outcome = applied_gain = None
+        if plan is not None:
+            gain_survey, gain_record, gain_outcome = settle_gain(
+                plan, source_is_integer=decision.is_integer, counter=counter, output=output
+            )
+            if gain_record is not None and gain_survey is not None and gain_survey.stored_dtype is not None:
+                applied_gain = plan.gain
+                decision = StorageDecision(
+                    gain_survey.stored_dtype, True, 0.0, float(gain_survey.max_count), gain_survey.reason
+                )
+            elif gain_outcome.action == "not-applied" and not decision.is_integer:
+                decision = replace(decision, reason=f"{decision.reason}; {gain_outcome.reason}")
         stored_dtype = np.dtype(decision.stored_dtype)
         warnings: list[str] = []
         if looks_like_packed_4bit(header.frame_shape, stored_dtype):
@@ -179,7 +229,7 @@ def convert_movie(
                 f"size for packed 4-bit data and will misread it"
             )
         with MrcMovie(source) as movie, temporary_output(output) as temporary:
-            chosen, trial_sizes = _resolve_codec(movie, decision, codec=codec, level=level)
+            chosen, trial_sizes = _resolve_codec(movie, decision, codec=codec, level=level, gain=applied_gain)
             rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=stored_dtype.itemsize)
             record = MovieRecord(
                 tool_version=__version__,
@@ -209,11 +259,17 @@ def convert_movie(
                     huffman_only=chosen.huffman_only,
                     predictor=chosen.predictor,
                     rows_per_strip=rows,
+                    gain=gain_record.to_dict() if gain_record is not None else None,
                 ),
+            )
+            frames = (
+                _stored_frames(movie, stored_dtype, progress)
+                if applied_gain is None
+                else gain_stored_frames(movie, applied_gain, stored_dtype, progress)
             )
             write_tiff_stack(
                 temporary,
-                _stored_frames(movie, stored_dtype, progress),
+                frames,
                 n_frames=header.nz,
                 frame_shape=header.frame_shape,
                 dtype=stored_dtype,
@@ -225,7 +281,8 @@ def convert_movie(
                 else 0.0,
                 threads=threads,
             )
-            verify_tiff(temporary, against=source, threads=threads, progress=progress)
+            gain_path = gain_outcome.reference_path if applied_gain is not None and gain_outcome else None
+            verify_tiff(temporary, against=source, threads=threads, progress=progress, gain_path=gain_path)
             output_sha256, output_md5 = file_digests(temporary)
             output_size = temporary.stat().st_size
             commit_output(temporary, output)
@@ -247,4 +304,5 @@ def convert_movie(
         trial_sizes_bytes=trial_sizes,
         warnings=tuple(warnings),
         elapsed_seconds=time.perf_counter() - started,
+        gain=gain_outcome,
     )

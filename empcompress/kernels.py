@@ -247,7 +247,7 @@ def _gain_summary_update(values: Any, bits: Any, kept: Any, n_kept: Any, n_hits:
 
 
 def gain_summary_update(
-    values: npt.NDArray[np.float32],
+    values: npt.NDArray[Any],
     kept: npt.NDArray[np.float32],
     n_kept: npt.NDArray[np.uint8],
     n_hits: npt.NDArray[np.uint16],
@@ -280,7 +280,7 @@ def _dedupe_smallest(
 
 
 def gain_summary_update_numpy(
-    values: npt.NDArray[np.float32],
+    values: npt.NDArray[Any],
     kept: npt.NDArray[np.float32],
     n_kept: npt.NDArray[np.uint8],
     n_hits: npt.NDArray[np.uint16],
@@ -514,7 +514,7 @@ def _gain_collect(
 
 
 def gain_counts(
-    values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
+    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
 ) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
     """Counts of one float32 frame under a gain, flipped to TIFF row order into ``out``.
 
@@ -544,7 +544,7 @@ def gain_counts(
 
 
 def gain_counts_numpy(
-    values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
+    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
 ) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
     """NumPy twin of :func:`gain_counts`."""
     values = _native(values)

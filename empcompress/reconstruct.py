@@ -20,6 +20,7 @@ import tifffile
 
 from . import kernels
 from .errors import NotOurTiffError, RestoreError, VerificationError
+from .gain import GainExceptions, GainRecord, load_reference_for
 from .metadata import MovieRecord
 from .mrc import pack_4bit, value_dtype_for
 
@@ -35,9 +36,18 @@ def read_record(path: str | os.PathLike[str]) -> MovieRecord:
 class CompressedMovie:
     """A TIFF stack written by empcompress, opened for reading."""
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int = 1,
+        gain_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.threads = max(1, threads)
+        self.gain_path = gain_path  # gain reference of gain-normalised storage, if not beside the TIFF
+        self._gain: npt.NDArray[np.float32] | None = None
+        self._exceptions: GainExceptions | None = None
         try:
             self._tiff = tifffile.TiffFile(self.path)
         except FileNotFoundError:
@@ -66,11 +76,45 @@ class CompressedMovie:
             mode=source.mode, byte_order=source.byte_order, bytes_are_signed=source.bytes_are_signed
         )
         self.stored_dtype = np.dtype(self.record.storage.stored_dtype)
+        self.gain_record: GainRecord | None = None
         if self.record.storage.gain is not None:
-            self._tiff.close()
+            try:
+                self.gain_record = GainRecord.from_dict(self.record.storage.gain, name=str(self.path))
+            except Exception:
+                self._tiff.close()
+                raise
+            if self.gain_record.kind == "gain-normalised" and source.mode != 2:
+                self._tiff.close()
+                raise RestoreError(f"{self.path}: gain-normalised storage of a mode-{source.mode} movie")
+
+    @property
+    def needs_gain(self) -> bool:
+        """True for gain-normalised storage (restore needs the gain reference)."""
+        return self.gain_record is not None and self.gain_record.kind == "gain-normalised"
+
+    def load_gain(self) -> None:
+        """Find and check the gain reference and decode the exception list (once).
+
+        Raises :class:`GainError` when the reference is missing or is not the
+        one recorded (sha256), so restore and verify fail before writing.
+        """
+        if not self.needs_gain or self._gain is not None:
+            return
+        assert self.gain_record is not None
+        gain = load_reference_for(self.gain_record, self.path, self.gain_path)
+        if gain.shape != self.frame_shape:
             raise RestoreError(
-                f"{self.path}: gain-normalised storage needs a gain reference; not supported here"
+                f"{self.path}: its gain reference is {gain.shape}, frames are {self.frame_shape}"
             )
+        self._exceptions = GainExceptions.decode(
+            self.gain_record.exceptions,
+            n_frames=self.record.source.nz,
+            n_pixels=gain.size,
+            name=str(self.path),
+        )
+        if self._exceptions.n_exceptions != self.gain_record.n_exceptions:
+            raise RestoreError(f"{self.path}: the record's exception count does not match its exception list")
+        self._gain = gain
 
     def __enter__(self) -> CompressedMovie:
         return self
@@ -104,14 +148,28 @@ class CompressedMovie:
             )
         return array
 
-    def source_values(self, stored: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        """Source values (MRC row order, native byte order) from a stored frame."""
+    def source_values(
+        self, stored: npt.NDArray[np.generic], *, index: int | None = None
+    ) -> npt.NDArray[np.generic]:
+        """Source values (MRC row order, native byte order) from stored frame ``index``.
+
+        Gain-normalised storage needs ``index`` (for the frame's exceptions).
+        """
         out = np.empty(self.frame_shape, dtype=self.source_dtype.newbyteorder("="))
+        if self.needs_gain:
+            if index is None:
+                raise ValueError("gain-normalised frames need their index")
+            self.load_gain()
+            assert self._gain is not None and self._exceptions is not None
+            kernels.gain_apply(stored, self._gain, out)  # type: ignore[arg-type]
+            return self._exceptions.patch(index, out)
         return kernels.flip_cast(stored, out)
 
-    def source_frame_bytes(self, stored: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
-        """The exact bytes the source MRC held for this frame."""
-        values = self.source_values(stored)
+    def source_frame_bytes(
+        self, stored: npt.NDArray[np.generic], *, index: int | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """The exact bytes the source MRC held for this frame (``index``: see :meth:`source_values`)."""
+        values = self.source_values(stored, index=index)
         if self.record.source.mode == 101:
             return pack_4bit(values.astype(np.uint8)).reshape(-1)
         if not self.source_dtype.isnative:
@@ -120,4 +178,4 @@ class CompressedMovie:
 
     def iter_source_frame_bytes(self) -> Iterator[npt.NDArray[np.uint8]]:
         for index in range(self.n_pages):
-            yield self.source_frame_bytes(self.read_stored_frame(index))
+            yield self.source_frame_bytes(self.read_stored_frame(index), index=index)

@@ -32,17 +32,24 @@ def restore_movie(
     overwrite: bool = False,
     threads: int = 1,
     progress: ProgressCallback | None = None,
+    gain_path: str | os.PathLike[str] | None = None,
 ) -> RestoreResult:
     """Write the original MRC file recorded in ``tiff_path`` to ``output_path``.
 
     The file appears under its name only if its sha256 equals the recorded one.
+    Gain-normalised storage needs its gain reference: ``gain_path``, or the
+    recorded file beside the TIFF (its sha256 is checked first).
     """
     tiff_path, output_path = Path(tiff_path), Path(output_path)
     if output_path.exists() and not overwrite:
         raise RestoreError(f"{output_path}: already exists; choose another name or pass --overwrite")
     if output_path.exists() and output_path.resolve() == tiff_path.resolve():
         raise RestoreError(f"{output_path}: is the TIFF being restored; choose another output name")
-    with CompressedMovie(tiff_path, threads=threads) as movie, temporary_output(output_path) as temporary:
+    with (
+        CompressedMovie(tiff_path, threads=threads, gain_path=gain_path) as movie,
+        temporary_output(output_path) as temporary,
+    ):
+        movie.load_gain()
         record = movie.record.source
         digest = hashlib.sha256()
         size_bytes = 0

@@ -42,13 +42,17 @@ def verify_tiff(
     against: str | os.PathLike[str] | None = None,
     threads: int = 1,
     progress: ProgressCallback | None = None,
+    gain_path: str | os.PathLike[str] | None = None,
 ) -> VerifyResult:
     """Decode every page of ``path`` and check that it rebuilds the source exactly.
 
-    Raises :class:`VerificationError` naming the first differing frame.
+    Gain-normalised storage needs its gain reference: ``gain_path``, or the
+    recorded file beside the TIFF. Raises :class:`VerificationError` naming the
+    first differing frame.
     """
     path = Path(path)
-    with CompressedMovie(path, threads=threads) as movie:
+    with CompressedMovie(path, threads=threads, gain_path=gain_path) as movie:
+        movie.load_gain()
         record = movie.record.source
         source = MrcMovie(against) if against is not None else None
         try:
@@ -60,7 +64,7 @@ def verify_tiff(
             if source is not None:
                 _compare_headers(path, source, header, extended)
             for index in range(movie.n_pages):
-                rebuilt = movie.source_frame_bytes(movie.read_stored_frame(index))
+                rebuilt = movie.source_frame_bytes(movie.read_stored_frame(index), index=index)
                 digest.update(rebuilt.data)
                 size_bytes += rebuilt.size
                 if source is not None:
