@@ -400,7 +400,7 @@ def gain_write_task(partial: Any, output_path: str) -> GainWriteResult:
     with temporary_output(final) as temporary:
         named = temporary.with_name(temporary.name + ".mrc")  # writers may insist on the suffix
         try:
-            written_sha256 = gain.write_gain_reference(named, estimate)
+            written_sha256 = gain.write_gain_reference(named, getattr(estimate, "gain", estimate))
             size_bytes = named.stat().st_size
             sha256, md5 = hashlib.sha256(), hashlib.md5()
             with open(named, "rb") as handle:

@@ -32,10 +32,9 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -71,6 +70,7 @@ __all__ = [
     "predict_groups",
     "scan_drive",
     "gain_support",
+    "GainApi",
     "iter_classified",
     "OUTPUT_SUFFIX",
     "MRC_SUFFIXES",
@@ -207,24 +207,40 @@ class ScanPlan:
 # ---------------------------------------------------------------- gain support
 
 
-def gain_support() -> ModuleType | None:
-    """The gain module (issue 3) if it is there with every function the pipeline uses."""
-    try:
-        gain = importlib.import_module("empcompress.gain")
-    except ImportError:
-        return None
-    needed = (
-        "gain_partial_from_movie",
-        "merge_gain_partials",
-        "finalize_gain",
-        "write_gain_reference",
-        "classify_movie",
-    )
-    if not all(callable(getattr(gain, name, None)) for name in needed):
+@dataclass(frozen=True)
+class GainApi:
+    """The functions of the gain modules (issue 3) that scan and the pipeline use."""
+
+    classify_movie: Callable[..., Any]
+    gain_partial_from_movie: Callable[..., Any]
+    merge_gain_partials: Callable[..., Any]
+    finalize_gain: Callable[..., Any]
+    write_gain_reference: Callable[..., Any]
+
+
+def gain_support() -> GainApi | None:
+    """The gain functions if empcompress.gain (and gainref) provide all of them and
+    ``convert_movie`` takes a ``gain``; None otherwise (gain sets are then off)."""
+    modules = []
+    for name in ("empcompress.gain", "empcompress.gainref"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    found: dict[str, Callable[..., Any]] = {}
+    for field_name in GainApi.__dataclass_fields__:
+        for module in modules:
+            function = getattr(module, field_name, None)
+            if callable(function):
+                found[field_name] = function
+                break
+    if len(found) != len(GainApi.__dataclass_fields__):
         return None
     from .convert import convert_movie
 
-    return gain if "gain" in inspect.signature(convert_movie).parameters else None
+    if "gain" not in inspect.signature(convert_movie).parameters:
+        return None
+    return GainApi(**found)
 
 
 # ---------------------------------------------------------------- walking
@@ -416,7 +432,7 @@ class _Sample:
     reason: str
 
 
-def _sample_movie(path: Path, *, n_sample_frames: int, gain: ModuleType | None) -> _Sample:
+def _sample_movie(path: Path, *, n_sample_frames: int, gain: GainApi | None) -> _Sample:
     with MrcMovie(path) as movie:
         header = movie.header
         indices = _sample_indices(header.nz, n_sample_frames)

@@ -55,7 +55,9 @@ def make_drive(
     with open(corrupt, "r+b") as handle:
         handle.truncate(os.path.getsize(corrupt) - 1000)
     (movies / "movie_001.mrc.mdoc").write_text("[ZValue = 0]\nExposureDose = 1.0\n", encoding="utf-8")
-    write_mrc(root / "Session 1" / "gain_ref.mrc", rng.uniform(0.9, 1.1, shape).astype(np.float32), stack=False)
+    write_mrc(
+        root / "Session 1" / "gain_ref.mrc", rng.uniform(0.9, 1.1, shape).astype(np.float32), stack=False
+    )
     (root / "Session 1" / "defects.txt").write_text("0 0 1 64\n", encoding="utf-8")
     write_mrc(root / "Session 1" / "micrograph.mrc", rng.normal(0, 1, (1, *shape)).astype(np.float32))
     processing = root / "Processing" / "job 001 ünï"
