@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from . import __version__
 from .errors import EmpCompressError
+
+if TYPE_CHECKING:
+    from .gain import GainOutcome
 
 __all__ = ["main", "build_parser"]
 
@@ -97,12 +100,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             threads=args.threads,
             overwrite=args.overwrite,
             progress=progress,
+            gain=args.gain,
         )
     for warning in result.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
         return EXIT_OK
+    if result.gain is not None:
+        _print_gain_outcome(result.gain)
     seconds = max(result.elapsed_seconds, 1e-9)
     print(
         f"{result.source_path} -> {result.output_path}\n"
@@ -112,6 +118,93 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f"{_human_bytes(result.output_size_bytes)} ({result.ratio:.2f}x smaller)\n"
         f"  verified bit for bit in {seconds:.1f} s ({result.source_size_bytes / seconds / 1e6:.0f} MB/s)"
     )
+    return EXIT_OK
+
+
+def _print_gain_outcome(outcome: GainOutcome) -> None:
+    if outcome.action == "applied":
+        created = "written" if outcome.created_reference else "reused"
+        print(
+            f"  gain reference {outcome.reference_path} ({created}, sha256 {outcome.reference_sha256}); "
+            f"orientation: {outcome.orientation}\n"
+            f"  {outcome.n_exceptions} exception values ({100 * outcome.exception_fraction:.4f}%) kept "
+            f"exactly in the record"
+        )
+    elif outcome.action == "carried-over":
+        print(
+            f"  raw counts: gain reference carried over unchanged to {outcome.reference_path} "
+            f"(sha256 {outcome.reference_sha256}); the TIFF's record names it"
+        )
+    else:
+        print(f"  gain not applied: {outcome.reason}")
+
+
+# ---------------------------------------------------------------- gain estimate
+
+
+def _cmd_gain_estimate(args: argparse.Namespace) -> int:
+    import numba
+
+    from .gain import estimate_set_gain
+    from .gainref import write_gain_reference
+
+    numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        print(f"Error: {output}: already exists; choose another name or pass --overwrite", file=sys.stderr)
+        return EXIT_FAILURE
+    with tqdm(
+        total=len(args.movies),
+        desc="gain",
+        unit="movie",
+        disable=True if args.quiet else None,
+        leave=False,
+        file=sys.stderr,
+    ) as bar:
+        result = estimate_set_gain(
+            args.movies, max_frames=args.max_frames, progress=lambda stage, n: bar.update(n)
+        )
+    estimate = result.estimate
+    sha256 = write_gain_reference(output, estimate.gain, overwrite=args.overwrite)
+    n_pixels = max(1, estimate.n_pixels)
+    rows = [
+        ("reliable (2+ distinct values reproduced)", estimate.n_reliable),
+        ("unconfirmed (one distinct value)", estimate.n_unconfirmed),
+        ("exception (some value not reproduced)", estimate.n_exception),
+        ("unhit (gain 1.0, counts 0)", estimate.n_unhit),
+    ]
+    if args.json:
+        document = {
+            "output": str(output),
+            "sha256": sha256,
+            "n_frames": estimate.n_frames,
+            "movies_used": list(result.used),
+            "movies_skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            "movies_not_fitting": [{"path": p, "exception_fraction": f} for p, f in result.misfits],
+            "pixels": {
+                "total": estimate.n_pixels,
+                "reliable": estimate.n_reliable,
+                "unconfirmed": estimate.n_unconfirmed,
+                "exception": estimate.n_exception,
+                "unhit": estimate.n_unhit,
+            },
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(
+            f"{output}: float32 gain reference, MRC row order, sha256 {sha256}\n"
+            f"  from {estimate.n_frames} frames of {len(result.used)} gain-normalised movies"
+        )
+        for label, count in rows:
+            print(f"  {label}: {count} pixels ({100 * count / n_pixels:.3f}%)")
+        for path, reason in result.skipped:
+            print(f"  skipped {path}: {reason}")
+        for path, fraction in result.misfits:
+            print(
+                f"  Warning: {path}: this gain does not reproduce {100 * fraction:.2f}% of its sampled "
+                f"values; it probably belongs to another gain reference",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -128,7 +221,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         record.source.size_bytes, description=Path(args.tiff).name, quiet=args.quiet
     ) as progress:
         result = restore_movie(
-            args.tiff, output, overwrite=args.overwrite, threads=args.threads, progress=progress
+            args.tiff,
+            output,
+            overwrite=args.overwrite,
+            threads=args.threads,
+            progress=progress,
+            gain_path=args.gain,
         )
     print(
         f"{result.tiff_path} -> {result.output_path}: {result.size_bytes} bytes, "
@@ -150,7 +248,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     with _byte_progress(
         record.source.size_bytes, description=Path(args.path).name, quiet=args.quiet
     ) as progress:
-        result = verify_tiff(args.path, against=args.against, threads=args.threads, progress=progress)
+        result = verify_tiff(
+            args.path, against=args.against, threads=args.threads, progress=progress, gain_path=args.gain
+        )
     against = f" and matches {args.against} byte for byte" if result.compared_with_source else ""
     print(
         f"OK {result.path}: {result.n_frames} frames decode to the recorded source "
@@ -541,6 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--threads", type=_positive_int, default=_default_threads(), help="encoder threads")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert.add_argument("--json", action="store_true", help="print the result as JSON")
+    convert.add_argument(
+        "--gain",
+        metavar="FILE|auto",
+        help="gain reference (MRC, DM4 or EER .gain TIFF; oriented automatically) or 'auto' to estimate "
+        "one: a gain-normalised float32 movie is stored as counts plus gain-reference.mrc beside the "
+        "output; raw-count movies get no gain (a given file is carried over unchanged)",
+    )
     _add_common(convert)
     convert.set_defaults(handler=_cmd_convert)
 
@@ -554,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("-o", "--output", metavar="ORIGINAL.mrc", help="default: the recorded source name")
     restore.add_argument("--threads", type=_positive_int, default=_default_threads())
     restore.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    restore.add_argument(
+        "--gain", metavar="FILE", help="the gain reference, when it is not beside the TIFF (sha256 checked)"
+    )
     _add_common(restore)
     restore.set_defaults(handler=_cmd_restore)
 
@@ -567,8 +677,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--against", metavar="SRC.mrc", help="the source MRC file to compare with")
     verify.add_argument("--full", action="store_true", help="bag: also decode every TIFF stack and check it")
     verify.add_argument("--threads", type=_positive_int, default=_default_threads())
+    verify.add_argument(
+        "--gain", metavar="FILE", help="the gain reference, when it is not beside the TIFF (sha256 checked)"
+    )
     _add_common(verify)
     verify.set_defaults(handler=_cmd_verify)
+
+    gain = commands.add_parser(
+        "gain",
+        help="gain references of gain-normalised movies",
+        description="Work with the gain references of gain-normalised float32 movies.",
+    )
+    gain_commands = gain.add_subparsers(dest="gain_command", metavar="ACTION", required=True)
+    estimate = gain_commands.add_parser(
+        "estimate",
+        help="estimate one float32 gain reference from movies that share it",
+        description="Estimate, per pixel, the float32 gain g for which every value is float32(n * g) "
+        "for an integer count n, over the gain-normalised movies given (raw-count and non-integer "
+        "movies are skipped), and write it as a float32 MRC in MRC row order. Reports reliable, "
+        "unconfirmed, exception and unhit pixels, and movies the gain does not fit.",
+    )
+    estimate.add_argument("movies", metavar="MOVIE", nargs="+")
+    estimate.add_argument("-o", "--output", metavar="gain.mrc", required=True)
+    estimate.add_argument(
+        "--max-frames", type=_positive_int, help="frames read per movie, spread evenly (default: all)"
+    )
+    estimate.add_argument("--threads", type=_positive_int, default=_default_threads())
+    estimate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    estimate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common(estimate)
+    estimate.set_defaults(handler=_cmd_gain_estimate)
 
     info = commands.add_parser("info", help="describe an MRC file or one of our TIFF stacks")
     info.add_argument("path", metavar="FILE")
