@@ -119,8 +119,8 @@ _WRITER = textwrap.dedent(
     print("locked", flush=True)
     index = 0
     while True:
-        journal.record(JournalEntry(f"file-{index:06d}", "other", "copy", "done", index, index, f"file-{index:06d}",
-                                    source_sha256="0" * 64, message="x" * 200))
+        name = f"file-{index:06d}"
+        journal.record(JournalEntry(name, "other", "copy", "done", index, index, name, message="x" * 200))
         index += 1
     """
 )
