@@ -198,7 +198,7 @@ __all__ += [
 @numba.njit(inline="always", **_JIT)
 def _count_for(v: Any, g: Any, limit: Any) -> Any:
     q = np.float64(v) / np.float64(g)
-    if q >= 0.0 and q <= limit + 0.5:
+    if q >= 0.5 and q <= limit + 0.5:  # below 0.5 the count is +0 (rint(-0.0) would be -0.0)
         return np.rint(q)
     if q > limit:
         return np.float64(limit)
@@ -430,7 +430,7 @@ def _count_for_numpy(
 ) -> npt.NDArray[np.float64]:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = values.astype(np.float64) / gain.astype(np.float64)
-        inside = (q >= 0.0) & (q <= limit + 0.5)
+        inside = (q >= 0.5) & (q <= limit + 0.5)
         return np.where(inside, np.rint(np.where(inside, q, 0.0)), np.where(q > limit, float(limit), 0.0))
 
 
