@@ -441,6 +441,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from dask.utils import parse_bytes
 
     from .cluster import ClusterOptions, open_cluster, parse_adapt
+    from .journal import ensure_not_locked
     from .pipeline import CompressOptions, compress_drive
 
     cluster_options = ClusterOptions(
@@ -460,6 +461,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         threads_per_task=args.threads_per_task,
         gain_sets=not args.no_gain_sets,
     )
+    ensure_not_locked(args.dest)
     progress = _CompressProgress(quiet=args.quiet, log_interval_seconds=args.log_interval)
     stop = threading.Event()
     with open_cluster(cluster_options) as (client, info):

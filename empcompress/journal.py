@@ -49,6 +49,7 @@ __all__ = [
     "Journal",
     "journal_path",
     "is_journal_dest",
+    "ensure_not_locked",
 ]
 
 STATE_DIRNAME = ".empcompress"
@@ -312,7 +313,15 @@ class Journal:
 # ---------------------------------------------------------------- the lock
 
 
-def _acquire_lock(lock_path: Path, *, dest: Path) -> TextIO:
+def ensure_not_locked(dest: str | os.PathLike[str]) -> None:
+    """Raise :class:`JournalLockedError` now if another run holds ``dest`` (a quick check before
+    starting a cluster; :meth:`Journal.open` takes the lock for real)."""
+    lock_path = Path(dest) / STATE_DIRNAME / LOCK_FILENAME
+    if lock_path.is_file():
+        _release_lock(_acquire_lock(lock_path, dest=Path(dest), announce=False), clear=False)
+
+
+def _acquire_lock(lock_path: Path, *, dest: Path, announce: bool = True) -> TextIO:
     handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the journal's lifetime)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -327,6 +336,8 @@ def _acquire_lock(lock_path: Path, *, dest: Path) -> TextIO:
     except OSError as error:
         handle.close()
         raise PipelineError(f"{lock_path}: cannot lock the destination ({error.strerror})") from None
+    if not announce:
+        return handle
     handle.seek(0)
     handle.truncate()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -335,11 +346,12 @@ def _acquire_lock(lock_path: Path, *, dest: Path) -> TextIO:
     return handle
 
 
-def _release_lock(handle: TextIO) -> None:
-    with contextlib.suppress(OSError):
-        handle.seek(0)
-        handle.truncate()
-        handle.flush()
+def _release_lock(handle: TextIO, *, clear: bool = True) -> None:
+    if clear:
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
     with contextlib.suppress(OSError):
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     handle.close()

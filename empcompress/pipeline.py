@@ -807,10 +807,7 @@ class _Driver:
 
     def run(self) -> None:
         self.refill()
-        while self.in_flight:
-            if self.stop.is_set():
-                self.interrupted = True
-                break
+        while self.in_flight and not self.stop.is_set():
             if not self.completed.has_ready():
                 time.sleep(0.05)
                 continue
@@ -818,7 +815,9 @@ class _Driver:
                 if future in self.in_flight:
                     self.handle(future)
             self.refill()
-        if self.queue and not self.interrupted:
+        if self.stop.is_set():
+            self.interrupted = True
+        elif self.queue:
             raise PipelineError("internal error: work left in the queue with nothing running")
 
     def wind_down(self) -> None:
