@@ -299,10 +299,15 @@ def orient_gain(
         tried = "; ".join(
             f"{r[1]}, {r[4]}{', inverted' if r[5] else ''}: {100 * (1 - r[0]):.2f}%" for r in ranked[:3]
         )
+        hint = (
+            "this gain does not belong to the movie (another session or detector?) or the movie is not "
+            "gain-normalised"
+            if best[0] > 0.5
+            else "too many values are not counts x this gain"
+        )
         raise GainError(
-            f"{name}: no orientation makes the movie's values integral counts (values reproduced, best "
-            f"first: {tried}); this gain does not belong to the movie (another session or detector?) "
-            f"or the movie is not gain-normalised"
+            f"{name}: no orientation makes the movie's values integral counts: values reproduced, best "
+            f"first: {tried} (at least {100 * (1 - max_exception_fraction):g}% needed); {hint}"
         )
     return _oriented(best, n_tested=len(results), is_identity=False)
 
