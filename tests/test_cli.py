@@ -28,7 +28,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
     """Every file's bytes and mtime, to prove nothing was touched."""
-    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in directory.iterdir() if path.is_file()}
+    return {
+        path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in directory.iterdir()
+        if path.is_file()
+    }
 
 
 def assert_one_error_line(err: str, name: str) -> None:
@@ -42,7 +46,9 @@ def assert_one_error_line(err: str, name: str) -> None:
 # ------------------------------------------------------------------ happy paths
 
 
-def test_convert_restore_verify_info(tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_restore_verify_info(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "out.tif"
     code, out, err = run(capsys, "convert", str(counts_movie), "-o", str(output), "--threads", "2", "-q")
     assert code == 0, err
@@ -70,9 +76,13 @@ def test_convert_restore_verify_info(tmp_path: Path, counts_movie: Path, capsys:
     assert temporaries_in(tmp_path) == []
 
 
-def test_convert_json_and_codec_options(tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_json_and_codec_options(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "z.tif"
-    code, out, err = run(capsys, "convert", str(counts_movie), "-o", str(output), "--codec", "zstd", "--level", "5", "--json")
+    code, out, err = run(
+        capsys, "convert", str(counts_movie), "-o", str(output), "--codec", "zstd", "--level", "5", "--json"
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["codec"] == "zstd, level 5"
@@ -109,7 +119,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_usage_errors_exit_2(counts_movie: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["convert", str(counts_movie), "--codec", "jpeg"], ["convert", str(counts_movie), "--threads", "0"], []):
+    for argv in (
+        ["convert", str(counts_movie), "--codec", "jpeg"],
+        ["convert", str(counts_movie), "--threads", "0"],
+        [],
+    ):
         with pytest.raises(SystemExit) as caught:
             main(argv)
         assert caught.value.code == 2
@@ -154,12 +168,15 @@ def test_convert_bad_input(
     assert snapshot(tmp_path) == before  # source bytes and mtime unchanged, nothing added
 
 
-def test_convert_existing_output(tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_existing_output(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "out.tif"
     output.write_bytes(b"an older conversion")
     before = snapshot(tmp_path)
     code, out, err = run(capsys, "convert", str(counts_movie), "-o", str(output))
     assert code == 1
+    assert out == ""
     assert_one_error_line(err, "out.tif")
     assert "--overwrite" in err
     assert snapshot(tmp_path) == before
@@ -168,8 +185,12 @@ def test_convert_existing_output(tmp_path: Path, counts_movie: Path, capsys: pyt
     assert output.read_bytes()[:4] == b"II*\0"
 
 
-@pytest.mark.parametrize("argv", [["--codec", "deflate", "--level", "11"], ["--level", "42"], ["--codec", "lzw", "--level", "2"]])
-def test_convert_bad_level(tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    "argv", [["--codec", "deflate", "--level", "11"], ["--level", "42"], ["--codec", "lzw", "--level", "2"]]
+)
+def test_convert_bad_level(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     before = snapshot(tmp_path)
     code, _, err = run(capsys, "convert", str(counts_movie), "-o", str(tmp_path / "o.tif"), *argv)
     assert code == 1
@@ -191,7 +212,9 @@ def test_convert_directory_and_missing_output_directory(
 
 @pytest.mark.parametrize("command", ["restore", "verify", "info"])
 @pytest.mark.parametrize("kind", ["missing", "empty", "plain_tiff", "text"])
-def test_other_commands_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, kind: str) -> None:
+def test_other_commands_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, kind: str
+) -> None:
     path = tmp_path / f"{kind}.tif"
     if kind == "empty":
         path.write_bytes(b"")
@@ -210,7 +233,9 @@ def test_other_commands_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert snapshot(tmp_path) == before
 
 
-def test_verify_against_bad_source(tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_against_bad_source(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "out.tif"
     assert main(["convert", str(counts_movie), "-o", str(output), "-q"]) == 0
     capsys.readouterr()

@@ -39,7 +39,9 @@ def expected_storage(values: np.ndarray) -> str:
         with np.errstate(invalid="ignore"):
             wide = native.astype(np.float64)
         integral = bool(
-            np.all(np.isfinite(wide)) and np.all(wide == np.floor(wide)) and not np.any((wide == 0) & np.signbit(wide))
+            np.all(np.isfinite(wide))
+            and np.all(wide == np.floor(wide))
+            and not np.any((wide == 0) & np.signbit(wide))
         )
         if not integral:
             return native.dtype.name
@@ -128,7 +130,9 @@ def float_values(draw: st.DrawFn, dtype: str) -> np.ndarray:
         if kind == "special":
             values[position] = draw(st.sampled_from(FLOAT32_SPECIALS if is32 else FLOAT16_SPECIALS))
         elif kind == "payload":
-            values.view(bits_dtype)[position] = draw(st.sampled_from(NAN_PAYLOADS_32 if is32 else NAN_PAYLOADS_16))
+            values.view(bits_dtype)[position] = draw(
+                st.sampled_from(NAN_PAYLOADS_32 if is32 else NAN_PAYLOADS_16)
+            )
         else:
             values[position] = draw(st.floats(width=32 if is32 else 16, allow_nan=True, allow_infinity=True))
     return values
@@ -292,7 +296,9 @@ def test_levels(tmp_path: Path, counts_movie: Path, codec: str, level: int) -> N
     assert (tmp_path / "back.mrc").read_bytes() == counts_movie.read_bytes()
 
 
-@pytest.mark.parametrize(("codec", "level"), [("deflate", 10), ("zstd", 0), ("lzw", 3), ("auto", 12), ("auto", -1)])
+@pytest.mark.parametrize(
+    ("codec", "level"), [("deflate", 10), ("zstd", 0), ("lzw", 3), ("auto", 12), ("auto", -1)]
+)
 def test_bad_level_is_an_input_error(tmp_path: Path, counts_movie: Path, codec: str, level: int) -> None:
     with pytest.raises(InputError, match="level"):
         convert_movie(counts_movie, tmp_path / "out.tif", codec=codec, level=level)
@@ -305,7 +311,14 @@ def test_bad_level_is_an_input_error(tmp_path: Path, counts_movie: Path, codec: 
 def test_result_and_record(tmp_path: Path, rng: np.random.Generator) -> None:
     values = counts(rng, (3, 40, 50))
     extended = bytes(range(256)) * 2
-    source = write_mrc(tmp_path / "rec.mrc", values, mode=2, extended_header=extended, exttyp=b"FEI1", pixel_size_angstrom=1.1)
+    source = write_mrc(
+        tmp_path / "rec.mrc",
+        values,
+        mode=2,
+        extended_header=extended,
+        exttyp=b"FEI1",
+        pixel_size_angstrom=1.1,
+    )
     raw = source.read_bytes()
     output = tmp_path / "rec.tif"
     result = convert_movie(source, output)
@@ -354,7 +367,9 @@ def test_several_strips_per_frame(tmp_path: Path, rng: np.random.Generator) -> N
     assert (tmp_path / "wide_back.mrc").read_bytes() == source.read_bytes()
 
 
-def test_bigtiff_output_round_trips(tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bigtiff_output_round_trips(
+    tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(write, "CLASSIC_TIFF_LIMIT_BYTES", 4096)
     convert_movie(counts_movie, tmp_path / "big.tif")
     with tifffile.TiffFile(tmp_path / "big.tif") as tiff:
@@ -375,7 +390,9 @@ def test_progress_reports_every_pass(tmp_path: Path, counts_movie: Path) -> None
     assert seen == {"survey": data_bytes, "encode": data_bytes, "verify": data_bytes}
 
 
-def test_packed_4bit_lookalike_warns(tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packed_4bit_lookalike_warns(
+    tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(write, "PACKED_4BIT_LOOKALIKE_SHAPES", {(64, 80)})
     result = convert_movie(counts_movie, tmp_path / "w.tif")
     assert len(result.warnings) == 1

@@ -76,7 +76,9 @@ def test_zstd_level_changes_output(count_frame: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", ["deflate", "lzw", "zstd"])
-def test_float_predictor_reads_back_with_tifffile(tmp_path: Path, rng: np.random.Generator, name: str) -> None:
+def test_float_predictor_reads_back_with_tifffile(
+    tmp_path: Path, rng: np.random.Generator, name: str
+) -> None:
     frames = (rng.standard_normal((3, 40, 24)) * 50).astype(np.float32)
     frames[0, 0, 0] = -0.0
     frames[1, 2, 3] = np.inf
@@ -106,7 +108,9 @@ def test_predictor_helps_smooth_floats() -> None:
     y, x = np.mgrid[0:64, 0:64]
     smooth = (np.sin(x / 9.0) * np.cos(y / 7.0) * 1000).astype(np.float32)
     plain = sum(map(len, encode_frame_strips(smooth, Codec("deflate", level=6), rows=64)))
-    predicted = sum(map(len, encode_frame_strips(smooth, Codec("deflate", level=6, predictor=PREDICTOR_FLOAT), rows=64)))
+    predicted = sum(
+        map(len, encode_frame_strips(smooth, Codec("deflate", level=6, predictor=PREDICTOR_FLOAT), rows=64))
+    )
     assert predicted < plain
 
 

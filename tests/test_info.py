@@ -63,13 +63,13 @@ def test_describe_our_tiff(tmp_path: Path, counts_movie: Path) -> None:
 
 
 def test_describe_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="missing.mrc"):
+    with pytest.raises(InputError, match=r"missing\.mrc"):
         describe_file(tmp_path / "missing.mrc")
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, np.zeros((3, 3), dtype=np.uint8))
-    with pytest.raises(NotOurTiffError, match="plain.tif"):
+    with pytest.raises(NotOurTiffError, match=r"plain\.tif"):
         describe_file(plain)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"junk" * 400)
-    with pytest.raises(NotMrcError, match="junk.bin"):
+    with pytest.raises(NotMrcError, match=r"junk\.bin"):
         describe_file(junk)

@@ -61,6 +61,8 @@ def test_restore_peak_memory_does_not_grow_with_frames(tmp_path: Path) -> None:
     for n_frames in (4, 32):
         source = make_movie(tmp_path / f"m{n_frames}.mrc", n_frames)
         convert_movie(source, tmp_path / f"m{n_frames}.tif", threads=2)
-        peaks.append(traced_peak_bytes(restore_movie, tmp_path / f"m{n_frames}.tif", tmp_path / f"r{n_frames}.mrc"))
+        peaks.append(
+            traced_peak_bytes(restore_movie, tmp_path / f"m{n_frames}.tif", tmp_path / f"r{n_frames}.mrc")
+        )
     print(f"peak traced memory of restore: {peaks[0] / 2**20:.1f} MiB, {peaks[1] / 2**20:.1f} MiB")
     assert peaks[1] < peaks[0] * 1.05 + FRAME_BYTES // 4

@@ -60,7 +60,9 @@ def assert_same_values(actual: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize("mode", [0, 1, 2, 6, 12])
 def test_frames_equal_mrcfile(tmp_path: Path, rng: np.random.Generator, mode: int, byte_order: str) -> None:
     values = values_for_mode(mode, rng)
-    path = write_mrc(tmp_path / "m.mrc", values, mode=mode, byte_order=byte_order, labels=["made by the tests"])
+    path = write_mrc(
+        tmp_path / "m.mrc", values, mode=mode, byte_order=byte_order, labels=["made by the tests"]
+    )
     with mrcfile.open(path, permissive=False) as reference, MrcMovie(path) as movie:
         header = movie.header
         assert (header.nx, header.ny, header.nz, header.mode) == (NX, NY, NZ, mode)
@@ -115,12 +117,16 @@ def test_mode_101_low_nibble_first(tmp_path: Path) -> None:
 
 
 @given(
-    values=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=9), elements=st.integers(0, 15)),
+    values=hnp.arrays(
+        np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=9), elements=st.integers(0, 15)
+    ),
     pad=st.integers(0, 15),
 )
 def test_pack_unpack_round_trip(values: np.ndarray, pad: int) -> None:
     ny, nx = values.shape
-    packed_reference = np.frombuffer(pack_nibbles(values, pad_nibble=pad), dtype=np.uint8).reshape(ny, (nx + 1) // 2)
+    packed_reference = np.frombuffer(pack_nibbles(values, pad_nibble=pad), dtype=np.uint8).reshape(
+        ny, (nx + 1) // 2
+    )
     assert np.array_equal(unpack_4bit(packed_reference, nx=nx), values)
     pads = np.full(ny, pad, dtype=np.uint8)
     assert np.array_equal(pack_4bit(values, pad_nibbles=pads), packed_reference)
@@ -152,14 +158,18 @@ def test_mode_0_signedness_follows_imod_flags(
 
 
 @pytest.mark.parametrize("byte_order", ["<", ">"])
-@pytest.mark.parametrize(("exttyp", "extended_size"), [(b"FEI1", 128 * 3), (b"FEI2", 100), (b"SERI", 1024), (b"", 7)])
+@pytest.mark.parametrize(
+    ("exttyp", "extended_size"), [(b"FEI1", 128 * 3), (b"FEI2", 100), (b"SERI", 1024), (b"", 7)]
+)
 def test_extended_header_and_labels(
     tmp_path: Path, rng: np.random.Generator, byte_order: str, exttyp: bytes, extended_size: int
 ) -> None:
     extended = rng.integers(0, 256, size=extended_size).astype(np.uint8).tobytes()
     values = values_for_mode(2, rng)
     labels = [f"label {index}" for index in range(10)]
-    raw = mrc_bytes(values, mode=2, byte_order=byte_order, extended_header=extended, exttyp=exttyp, labels=labels)
+    raw = mrc_bytes(
+        values, mode=2, byte_order=byte_order, extended_header=extended, exttyp=exttyp, labels=labels
+    )
     path = tmp_path / "ext.mrc"
     path.write_bytes(raw)
     with MrcMovie(path) as movie:
@@ -191,7 +201,9 @@ def test_header_fields(tmp_path: Path, rng: np.random.Generator) -> None:
 
 
 def test_label_count_is_clipped(tmp_path: Path, rng: np.random.Generator) -> None:
-    path = write_mrc(tmp_path / "l.mrc", values_for_mode(2, rng), mode=2, labels=["x"], header_overrides={"nlabl": 99})
+    path = write_mrc(
+        tmp_path / "l.mrc", values_for_mode(2, rng), mode=2, labels=["x"], header_overrides={"nlabl": 99}
+    )
     assert len(read_header(path).labels) == 10
     path = write_mrc(tmp_path / "l2.mrc", values_for_mode(2, rng), mode=2, header_overrides={"nlabl": -3})
     assert read_header(path).labels == ()
@@ -199,9 +211,13 @@ def test_label_count_is_clipped(tmp_path: Path, rng: np.random.Generator) -> Non
 
 @pytest.mark.parametrize("byte_order", ["<", ">"])
 @pytest.mark.parametrize("map_word", [True, False])
-def test_machine_stamp_zeroed(tmp_path: Path, rng: np.random.Generator, byte_order: str, map_word: bool) -> None:
+def test_machine_stamp_zeroed(
+    tmp_path: Path, rng: np.random.Generator, byte_order: str, map_word: bool
+) -> None:
     values = values_for_mode(6, rng)
-    path = write_mrc(tmp_path / "z.mrc", values, mode=6, byte_order=byte_order, machst=False, map_word=map_word)
+    path = write_mrc(
+        tmp_path / "z.mrc", values, mode=6, byte_order=byte_order, machst=False, map_word=map_word
+    )
     with MrcMovie(path) as movie:
         assert movie.header.byte_order == byte_order
         assert_same_values(movie.read_frame(2), values[2])
@@ -237,8 +253,14 @@ def bad_inputs(rng: np.random.Generator) -> dict[str, tuple[bytes, type[InputErr
         "zero_frames": (mrc_bytes(values, mode=2, header_overrides={"nz": 0}), HeaderMismatchError),
         "zero_width": (mrc_bytes(values, mode=2, header_overrides={"nx": 0}), HeaderMismatchError),
         "negative_height": (mrc_bytes(values, mode=2, header_overrides={"ny": -4}), HeaderMismatchError),
-        "negative_extended": (mrc_bytes(values, mode=2, header_overrides={"nsymbt": -8}), HeaderMismatchError),
-        "extended_too_large": (mrc_bytes(values, mode=2, header_overrides={"nsymbt": 64}), TruncatedFileError),
+        "negative_extended": (
+            mrc_bytes(values, mode=2, header_overrides={"nsymbt": -8}),
+            HeaderMismatchError,
+        ),
+        "extended_too_large": (
+            mrc_bytes(values, mode=2, header_overrides={"nsymbt": 64}),
+            TruncatedFileError,
+        ),
     }
 
 
@@ -246,7 +268,9 @@ BAD_INPUT_NAMES = sorted(bad_inputs(np.random.default_rng(0)))
 
 
 @pytest.mark.parametrize("kind", BAD_INPUT_NAMES)
-def test_bad_headers_raise_input_errors_naming_the_file(tmp_path: Path, rng: np.random.Generator, kind: str) -> None:
+def test_bad_headers_raise_input_errors_naming_the_file(
+    tmp_path: Path, rng: np.random.Generator, kind: str
+) -> None:
     raw, error_type = bad_inputs(rng)[kind]
     path = write_raw(tmp_path, raw, name=f"{kind}.mrc")
     with pytest.raises(error_type) as caught:
@@ -273,7 +297,9 @@ def test_parse_header_directly(rng: np.random.Generator) -> None:
         parse_header(raw[:1024], path_name="x.mrc", file_size_bytes=len(raw) - 1)
 
 
-@pytest.mark.parametrize("error_type", [NotMrcError, TruncatedFileError, UnsupportedModeError, HeaderMismatchError])
+@pytest.mark.parametrize(
+    "error_type", [NotMrcError, TruncatedFileError, UnsupportedModeError, HeaderMismatchError]
+)
 def test_errors_pickle(error_type: type[EmpCompressError]) -> None:
     error = error_type("/data/movie.mrc: something is wrong; do this")
     copy = pickle.loads(pickle.dumps(error))

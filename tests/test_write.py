@@ -26,7 +26,12 @@ SAMPLE_FORMAT = {"u": 1, "i": 2, "f": 3}
 
 
 def write_stack(
-    path: Path, frames: np.ndarray, *, codec: Codec | None = None, rows: int = 8, pixel_size_angstrom: float = 1.0
+    path: Path,
+    frames: np.ndarray,
+    *,
+    codec: Codec | None = None,
+    rows: int = 8,
+    pixel_size_angstrom: float = 1.0,
 ) -> Path:
     write_tiff_stack(
         path,
@@ -111,15 +116,21 @@ def test_needs_bigtiff_boundaries() -> None:
     assert not needs_bigtiff(n_frames=1, frame_shape=(64, 80), itemsize=4, codec=lzw, extra_bytes=10_000)
 
 
-@pytest.mark.parametrize("codec", [Codec("deflate", huffman_only=True), Codec("lzw"), Codec("zstd"), Codec("none")])
+@pytest.mark.parametrize(
+    "codec", [Codec("deflate", huffman_only=True), Codec("lzw"), Codec("zstd"), Codec("none")]
+)
 def test_needs_bigtiff_exactly_around_the_limit(codec: Codec) -> None:
     """Raw sizes just under 4 GiB need BigTIFF: header, IFDs and expansion count too."""
     n_frames = CLASSIC_TIFF_LIMIT_BYTES // (1024 * 1024)  # 4095 frames of 1 MiB
     assert needs_bigtiff(n_frames=n_frames, frame_shape=(1024, 1024), itemsize=1, codec=codec, extra_bytes=0)
-    assert not needs_bigtiff(n_frames=n_frames // 2, frame_shape=(1024, 1024), itemsize=1, codec=codec, extra_bytes=0)
+    assert not needs_bigtiff(
+        n_frames=n_frames // 2, frame_shape=(1024, 1024), itemsize=1, codec=codec, extra_bytes=0
+    )
 
 
-def test_bigtiff_is_written_when_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+def test_bigtiff_is_written_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
     monkeypatch.setattr(write, "CLASSIC_TIFF_LIMIT_BYTES", 1000)
     for dtype in ("uint8", "int16", "float32"):
         frames = rng.integers(0, 50, size=(3, 20, 16)).astype(dtype)
