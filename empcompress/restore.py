@@ -45,6 +45,8 @@ def restore_movie(
         raise RestoreError(f"{output_path}: already exists; choose another name or pass --overwrite")
     if output_path.exists() and output_path.resolve() == tiff_path.resolve():
         raise RestoreError(f"{output_path}: is the TIFF being restored; choose another output name")
+    if not output_path.parent.is_dir():
+        raise RestoreError(f"{output_path.parent}: the output directory does not exist")
     with (
         CompressedMovie(tiff_path, threads=threads, gain_path=gain_path) as movie,
         temporary_output(output_path) as temporary,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import counts, temporaries_in
+from conftest import TEMP_MARKER, counts, temporaries_in
 from mrc_factory import mrc_bytes
 
 from empcompress import __version__
@@ -288,4 +288,32 @@ def test_console_script(tmp_path: Path, counts_movie: Path) -> None:
     assert done.stdout == ""
     assert_one_error_line(done.stderr, "cut.mrc")
     assert not (tmp_path / "cut.tif").exists()
+    assert temporaries_in(tmp_path) == []
+
+
+def test_interrupt_exits_130(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import empcompress.convert
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(empcompress.convert, "convert_movie", interrupted)
+    code, _, err = run(capsys, "convert", str(counts_movie), "-o", str(tmp_path / "o.tif"))
+    assert code == 130
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_restore_into_missing_directory(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.tif"
+    assert main(["convert", str(counts_movie), "-o", str(output), "-q"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "restore", str(output), "-o", str(tmp_path / "missing" / "x.mrc"))
+    assert code == 1
+    assert_one_error_line(err, "missing")
+    assert TEMP_MARKER not in err
     assert temporaries_in(tmp_path) == []

@@ -447,3 +447,17 @@ def test_mode_101_odd_width_with_padding_bits(tmp_path: Path, rng: np.random.Gen
 def test_source_values_dtype_helper_agrees() -> None:
     assert source_values_dtype(2, ">") == np.dtype(">f4")
     assert source_values_dtype(0, "<", unsigned_bytes=True) == np.dtype("u1")
+
+
+@pytest.mark.parametrize("stage", ["survey", "encode", "verify"])
+def test_interrupted_conversion_leaves_nothing(tmp_path: Path, counts_movie: Path, stage: str) -> None:
+    raw = counts_movie.read_bytes()
+
+    def progress(current: str, n_bytes: int) -> None:
+        if current == stage:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_movie(counts_movie, tmp_path / "out.tif", progress=progress, threads=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["movie.mrc"]
+    assert counts_movie.read_bytes() == raw

@@ -110,3 +110,10 @@ def test_missing_pages_are_detected(tmp_path: Path, converted: tuple[Path, Path]
     with pytest.raises(EmpCompressError, match="2 pages"):
         restore_movie(shortened, tmp_path / "y.mrc")
     assert not (tmp_path / "y.mrc").exists()
+
+
+def test_output_directory_must_exist(tmp_path: Path, converted: tuple[Path, Path]) -> None:
+    _, output = converted
+    with pytest.raises(RestoreError, match="directory does not exist"):
+        restore_movie(output, tmp_path / "nowhere" / "x.mrc")
+    assert temporaries_in(tmp_path) == []
