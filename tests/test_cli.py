@@ -317,3 +317,20 @@ def test_restore_into_missing_directory(
     assert_one_error_line(err, "missing")
     assert TEMP_MARKER not in err
     assert temporaries_in(tmp_path) == []
+
+
+def test_names_with_spaces_and_unicode(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "grid 3 (mövie) 001.mrc"
+    source.write_bytes(mrc_bytes(counts(rng, (2, 16, 12)), mode=2, labels=["Grid #3"]))
+    code, _, err = run(capsys, "convert", str(source), "-q")
+    assert code == 0, err
+    output = source.with_suffix(".tif")
+    with tifffile.TiffFile(output) as tiff:
+        assert json.loads(tiff.pages.first.description)["source"]["name"] == source.name
+    restored_dir = tmp_path / "restored"
+    restored_dir.mkdir()
+    code, _, err = run(capsys, "restore", str(output), "-o", str(restored_dir / source.name), "-q")
+    assert code == 0, err
+    assert (restored_dir / source.name).read_bytes() == source.read_bytes()

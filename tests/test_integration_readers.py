@@ -144,3 +144,12 @@ def test_relion_reads_bigtiff(tmp_path: Path, movies: dict[str, tuple[Path, np.n
         assert tiff.is_bigtiff
     read = relion_read(output, tmp_path)
     assert np.array_equal(read.astype(np.float64), values.astype(np.float64))
+
+
+def test_missing_tool_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        require_tool("no-such-program-empcompress")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("no-such-program-empcompress")
