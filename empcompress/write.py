@@ -83,8 +83,8 @@ def write_tiff_stack(
         extra_bytes=len(description),
     )
     resolution = None
-    if pixel_size_angstrom > 0:
-        pixels_per_cm = 1e8 / pixel_size_angstrom
+    pixels_per_cm = 1e8 / pixel_size_angstrom if pixel_size_angstrom > 0 else 0.0
+    if 0 < pixels_per_cm < 2**32 - 1:  # a TIFF rational cannot hold more (nonsense header values)
         resolution = (pixels_per_cm, pixels_per_cm)
     with (
         StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder,

@@ -461,3 +461,13 @@ def test_interrupted_conversion_leaves_nothing(tmp_path: Path, counts_movie: Pat
         convert_movie(counts_movie, tmp_path / "out.tif", progress=progress, threads=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["movie.mrc"]
     assert counts_movie.read_bytes() == raw
+
+
+@pytest.mark.parametrize("cella_x", [1e-20, 1e-3, 0.8, 1e30, math.inf, math.nan, -5.0, 0.0])
+def test_any_pixel_size_in_the_header(tmp_path: Path, cella_x: float) -> None:
+    """Garbage cell sizes are common in old headers; they must not stop a conversion."""
+    values = np.ones((1, 4, 4), dtype=np.float32)
+    source = write_mrc(tmp_path / "px.mrc", values, mode=2, header_overrides={"cella_x": cella_x})
+    convert_movie(source, tmp_path / "px.tif")
+    restore_movie(tmp_path / "px.tif", tmp_path / "back.mrc")
+    assert (tmp_path / "back.mrc").read_bytes() == source.read_bytes()
