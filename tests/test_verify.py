@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import counts
+from hypothesis import given
+from hypothesis import strategies as st
 from mrc_factory import mrc_bytes, write_mrc
 
 from empcompress.cli import main
 from empcompress.convert import convert_movie
 from empcompress.errors import InputError, NotOurTiffError, VerificationError
-from empcompress.verify import verify_tiff
+from empcompress.verify import _same_bytes, verify_tiff
 
 
 @pytest.fixture(params=["lzw", "deflate", "zstd", "none"])
@@ -152,3 +154,20 @@ def test_truncated_output_fails(converted: tuple[Path, Path]) -> None:
     with pytest.raises((VerificationError, NotOurTiffError)):
         verify_tiff(output)
     assert main(["verify", str(output), "-q"]) != 0
+
+
+@given(
+    data=st.binary(min_size=0, max_size=80),
+    flip_at=st.integers(min_value=0, max_value=79),
+    flip_bits=st.integers(min_value=1, max_value=255),
+)
+def test_same_bytes_word_comparison_sees_every_byte(data: bytes, flip_at: int, flip_bits: int) -> None:
+    """The 8-bytes-at-a-time comparison used by verification misses no byte, tail included."""
+    first = np.frombuffer(data, dtype=np.uint8)
+    assert _same_bytes(first, first.copy())
+    if data:
+        other = first.copy()
+        other[flip_at % len(data)] ^= flip_bits
+        assert not _same_bytes(first, other)
+        assert not _same_bytes(first, first[:-1].copy())
+    assert _same_bytes(first[::2], first[::2].copy()) and np.array_equal(first[::2], first[::2])
