@@ -277,3 +277,32 @@ def test_two_runs_on_one_destination(tmp_path: Path, processes: list[subprocess.
     assert f"pid {os.getpid()}" in stderr
     assert not (dest / "data" / "a.txt").exists()
     shutil.rmtree(dest)
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    source = make_drive(tmp_path / "drive", shape=(384, 384), n_frames=24, n_extra_movies=12)
+    dest = tmp_path / "bag"
+    command = [*EMPCOMPRESS, "compress", str(source), str(dest), "--no-gain-sets", *LOCAL]
+    running = start(processes, command)
+    deadline = time.monotonic() + 120
+    while done_rows(dest) < 2 and running.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running.poll() is None, "the run finished before it could be interrupted; make the drive bigger"
+    os.killpg(running.pid, signal.SIGINT)  # as a terminal does: the whole foreground group
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 130, stdout + stderr
+    assert "Stopped:" in stdout and "Traceback" not in stderr
+    assert temporaries(dest) == []
+    assert not (dest / "bagit.txt").exists()
+    with Journal.open(dest, source=str(source.resolve())) as journal:
+        rows = [row for row in journal.entries().values() if row.state == "done"]
+    assert rows
+    for row in rows:
+        assert (dest / "data" / row.output_rel_path).stat().st_size == row.output_size_bytes
+    code, stdout, stderr = run(processes, command)
+    assert code == 3, stdout + stderr
+    assert f"{len(rows)} already done" in stdout
+    assert_valid_bag(dest)
+    recover_everything(source, dest, tmp_path / "scratch")
