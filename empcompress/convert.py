@@ -28,7 +28,7 @@ import numpy.typing as npt
 from . import __version__, kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
 from .encode import Codec, choose_codec, make_codec, rows_per_strip
-from .errors import InputError
+from .errors import InputError, VerificationError
 from .gain import GainCounter, GainOutcome, gain_stored_frames, plan_gain, settle_gain
 from .metadata import MovieRecord, SourceRecord, StorageRecord
 from .mrc import MrcHeader, MrcMovie, read_header
@@ -282,7 +282,12 @@ def convert_movie(
                 threads=threads,
             )
             gain_path = gain_outcome.reference_path if applied_gain is not None and gain_outcome else None
-            verify_tiff(temporary, against=source, threads=threads, progress=progress, gain_path=gain_path)
+            try:
+                verify_tiff(temporary, against=source, threads=threads, progress=progress, gain_path=gain_path)
+            except VerificationError as error:
+                # name the output the user asked for, not our hidden temporary file
+                message = str(error).replace(str(temporary), str(output))
+                raise VerificationError(f"{message} (nothing was written to {output})") from None
             output_sha256, output_md5 = file_digests(temporary)
             output_size = temporary.stat().st_size
             commit_output(temporary, output)
