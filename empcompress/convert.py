@@ -290,6 +290,11 @@ def convert_movie(
                 raise VerificationError(f"{message} (nothing was written to {output})") from None
             output_sha256, output_md5 = file_digests(temporary)
             output_size = temporary.stat().st_size
+            if output_size > header.file_size_bytes:
+                warnings.append(
+                    f"{output.name}: codec {chosen.label} made the output larger than the source "
+                    f"({output_size} > {header.file_size_bytes} bytes); --codec auto never does"
+                )
             commit_output(temporary, output)
     finally:
         numba.set_num_threads(previous_threads)
