@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -63,11 +64,13 @@ class Run:
     wall_seconds: float
     peak_rss_bytes: dict[int, int]  # by process id (children of the command)
     own_peak_rss_bytes: int
+    cpu_seconds: float  # user + system time of the command and every process it waited for
     stdout: str
 
 
 def run_measured(command: list[str]) -> Run:
     """Run ``command``, sampling the resident memory of it and its child processes."""
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(process.pid)
@@ -95,9 +98,11 @@ def run_measured(command: list[str]) -> Run:
     done.set()
     sampler.join()
     wall = time.perf_counter() - started
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}")
-    return Run(wall, peaks, own_peak, stdout)
+    return Run(wall, peaks, own_peak, cpu, stdout)
 
 
 def compress(source: Path, dest: Path, *, workers: int) -> tuple[Run, dict[str, object]]:
@@ -154,6 +159,7 @@ def main() -> None:
 
         print("convert one by one ...", flush=True)
         convert_wall = 0.0
+        convert_cpu = 0.0
         convert_peak = 0
         out = workdir / "single"
         out.mkdir()
@@ -171,6 +177,7 @@ def main() -> None:
                 ]
             )
             convert_wall += run.wall_seconds
+            convert_cpu += run.cpu_seconds
             convert_peak = max(convert_peak, run.own_peak_rss_bytes)
 
         def worker_peak(run: Run) -> int:
@@ -190,6 +197,7 @@ def main() -> None:
                     f"{drive_bytes / elapsed / 1e6:.0f}",
                     f"{base_elapsed / elapsed:.2f}x",
                     f"{worker_peak(run) / 2**20:.0f}",
+                    f"{run.cpu_seconds:.1f}",
                 )
             )
         rows.append(
@@ -201,6 +209,7 @@ def main() -> None:
                 "-",
                 "-",
                 f"{convert_peak / 2**20:.0f}",
+                f"{convert_cpu:.1f}",
             )
         )
         overhead = base_run.wall_seconds / convert_wall - 1
@@ -208,7 +217,7 @@ def main() -> None:
         payload = int(base_summary["payload_size_bytes"])  # type: ignore[call-overload]
         header = (
             "| run | wall s | job s (no cluster start) | MB/s (wall) | MB/s (job) | speed-up (job) "
-            "| peak MiB per worker |"
+            "| peak MiB per worker | CPU s |"
         )
         lines = [
             "# Pipeline benchmark (`empcompress compress`)",
@@ -219,7 +228,7 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
             "",
             header,
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
             *("| " + " | ".join(row) + " |" for row in rows),
             "",
             f"- 2 workers vs 1 (job time, without the cluster's start-up): "
@@ -229,6 +238,11 @@ def main() -> None:
             f"{100 * overhead:+.0f}% wall clock, {100 * overhead_inner:+.0f}% without the cluster's start-up "
             "(each `convert` pays its own interpreter start-up; the pipeline also copies, journals and "
             "writes the manifests and reports).",
+            f"- CPU time (user + system, every process): compress with 1 worker {base_run.cpu_seconds:.1f} s "
+            f"against {convert_cpu:.1f} s for `convert` one by one "
+            f"({100 * (base_run.cpu_seconds / convert_cpu - 1):+.0f}%); "
+            f"unlike wall time this does not depend on other load on the machine (load average at the end: "
+            f"{os.getloadavg()[0]:.1f}).",
             "- Peak memory is the largest resident size of any process the command started (the workers), "
             "sampled every 50 ms; `convert` is the process itself.",
             "",
