@@ -946,7 +946,13 @@ def compress_drive(
         rows = journal.entries()
         planned_outputs = {entry.output_rel_path for entry in plan.files}
         n_stale = _forget_vanished(journal, rows, entries, payload, planned_outputs)
-        work = [entry for entry in plan.files if not _up_to_date(entry, rows.get(entry.rel_path), payload)]
+        lost_gains = _forget_lost_gain_references(journal, payload)
+        work = [
+            entry
+            for entry in plan.files
+            if not _up_to_date(entry, rows.get(entry.rel_path), payload)
+            or rows[entry.rel_path].gain_reference in lost_gains
+        ]
         n_up_to_date = len(plan.files) - len(work)
         emit(
             PlanEvent(
@@ -993,6 +999,7 @@ def compress_drive(
         n_orphans = 0
         if not driver.interrupted:
             emit(StageEvent("writing the bag's manifests and reports"))
+            generated = _forget_unused_gain_references(journal, rows, generated, payload)
             n_orphans = _remove_orphans(payload, rows, generated, entries)
         summary = _summary(
             plan=plan,
@@ -1048,6 +1055,32 @@ def _forget_vanished(
         del rows[rel_path]
         removed += 1
     return removed
+
+
+def _forget_lost_gain_references(journal: Journal, payload: Path) -> set[str]:
+    """Gain references of ours that are no longer in DEST as written; their movies must be redone."""
+    lost = set()
+    for name, entry in journal.generated_entries().items():
+        if entry.state != STATE_DONE or not _size_is(payload / name, entry.output_size_bytes):
+            journal.remove_generated(name)
+            lost.add(name)
+    return lost
+
+
+def _forget_unused_gain_references(
+    journal: Journal, rows: dict[str, JournalEntry], generated: dict[str, GeneratedEntry], payload: Path
+) -> dict[str, GeneratedEntry]:
+    """Remove gain references no converted movie uses any more (after a complete run)."""
+    used = {row.gain_reference for row in rows.values() if row.state == STATE_DONE and row.gain_reference}
+    kept = {}
+    for name, entry in generated.items():
+        if name in used:
+            kept[name] = entry
+            continue
+        journal.remove_generated(name)
+        with contextlib.suppress(OSError):
+            (payload / name).unlink()
+    return kept
 
 
 def _remove_orphans(

@@ -271,3 +271,9 @@ def test_gain_normalised_sets_get_one_gain_reference(tmp_path: Path, client: Any
     # resumed runs reuse the gain reference
     again = compress_drive(source, dest, client=client)
     assert again.n_done_this_run == 0 and len(again.gain_references) == 1
+    # a lost gain reference is estimated again, and the movies that used it are redone
+    (dest / "data" / "Gain set" / "gain-reference.mrc").unlink()
+    redone = compress_drive(source, dest, client=client)
+    assert redone.n_converted == 3 and redone.n_up_to_date == redone.n_files - 3
+    assert verify_bag(dest).ok
+    recover_everything(source, dest, tmp_path / "scratch")
