@@ -7,6 +7,7 @@ Every process started here is killed in a ``finally`` (its whole process group).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -103,6 +104,10 @@ def test_whole_drive_end_to_end(tmp_path: Path, processes: list[subprocess.Popen
     code, stdout, stderr = run(processes, [*EMPCOMPRESS, "scan", str(source)])
     assert code == 0, stderr
     assert "corrupt.mrc" in stdout and "Expected:" in stdout
+    code, stdout, stderr = run(processes, [*EMPCOMPRESS, "scan", str(source), "--json"])
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert len(plan["files"]) == len(before) and plan["expected_output_size_bytes"] > 0
 
     code, stdout, stderr = run(
         processes, [*EMPCOMPRESS, "compress", str(source), str(dest), "--workers", "2", *LOCAL]
