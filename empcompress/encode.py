@@ -22,6 +22,8 @@ import imagecodecs
 import numpy as np
 import numpy.typing as npt
 
+from .huffman import deflate_huffman_only_zlib
+
 __all__ = [
     "CODEC_NAMES",
     "Codec",
@@ -84,9 +86,10 @@ class Codec:
             return bytes(imagecodecs.lzw_encode(data))
         if self.name == "zstd":
             return bytes(imagecodecs.zstd_encode(data, level=self.level if self.level is not None else 3))
+        if self.huffman_only:  # same stream kind as zlib's Z_HUFFMAN_ONLY, ~3x faster (see huffman.py)
+            return deflate_huffman_only_zlib(data)
         level = self.level if self.level is not None else 6
-        strategy = zlib.Z_HUFFMAN_ONLY if self.huffman_only else zlib.Z_DEFAULT_STRATEGY
-        compressor = zlib.compressobj(9 if self.huffman_only else level, zlib.DEFLATED, 15, 9, strategy)
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY)
         return compressor.compress(data) + compressor.flush()
 
 
