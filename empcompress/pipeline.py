@@ -979,6 +979,7 @@ def compress_drive(
         try:
             if work:
                 remove_bag_declaration(dest_path)
+                emit(StageEvent("checking that the workers see SRC and DEST (waits for the first worker)"))
                 _check_workers_see(client, (source_path, payload))
                 tasks = _make_tasks(
                     work, source=source_path, payload=payload, options=options, stop_path=stop_path
