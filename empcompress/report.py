@@ -153,7 +153,6 @@ def human_bytes(n_bytes: float) -> str:
 def bag_info_fields(summary: CompressSummary) -> list[tuple[str, str]]:
     """bag-info.txt fields: source, tool, totals and storage decisions."""
     fields = [
-        ("Source-Organization", "EMPIAR deposition prepared with empcompress"),
         (
             "External-Description",
             f"Lossless compression of {summary.source}: MRC movies as verified TIFF stacks",
