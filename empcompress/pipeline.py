@@ -332,6 +332,12 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
         os.utime(task.output_path, ns=(base.source_mtime_ns, base.source_mtime_ns))
     decision = result.decision
     warnings = "; ".join(result.warnings)
+    outcome = getattr(result, "gain", None)
+    if gain and (outcome is None or getattr(outcome, "action", "") != "applied"):
+        # convert_movie kept the values as floats: the set's gain did not fit this movie
+        reason = getattr(outcome, "reason", "") or "the gain was not applied"
+        note = f"did not fit its set's gain reference ({reason}); stored without it"
+        gain = None
     return replace(
         base,
         ok=True,

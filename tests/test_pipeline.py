@@ -277,3 +277,29 @@ def test_gain_normalised_sets_get_one_gain_reference(tmp_path: Path, client: Any
     assert redone.n_converted == 3 and redone.n_up_to_date == redone.n_files - 3
     assert verify_bag(dest).ok
     recover_everything(source, dest, tmp_path / "scratch")
+
+
+@pytest.mark.skipif(gain_support() is None, reason="needs empcompress.gain (issue 3)")
+def test_a_movie_from_another_gain_is_not_forced_onto_the_sets_gain(tmp_path: Path, client: Any) -> None:
+    from drives import gain_normalised_movie
+
+    rng = np.random.default_rng(5)
+    source = tmp_path / "src"
+    gain_a = rng.uniform(0.8, 1.25, (48, 48)).astype(np.float32)
+    gain_b = rng.uniform(0.8, 1.25, (48, 48)).astype(np.float32)
+    for index in range(4):
+        write_mrc(source / "set" / f"a_{index}.mrc", gain_normalised_movie(rng, gain_a, 16))
+    write_mrc(source / "set" / "b_other_session.mrc", gain_normalised_movie(rng, gain_b, 16))
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client, options=CompressOptions(gain_sample_movies=4))
+    assert summary.complete and not summary.kept_as_is
+    with Journal.open(dest, source=str(source.resolve())) as journal:
+        rows = journal.entries()
+    assert rows["set/b_other_session.mrc"].gain_reference == ""
+    assert rows["set/b_other_session.mrc"].stored_dtype == "float32"
+    assert "did not fit its set's gain" in rows["set/b_other_session.mrc"].message
+    assert all(rows[f"set/a_{index}.mrc"].gain_reference == "set/gain-reference.mrc" for index in range(4))
+    (gain,) = summary.gain_references
+    assert (gain.n_members, gain.n_converted_with_gain) == (5, 4)
+    assert verify_bag(dest, full=True).ok
+    recover_everything(source, dest, tmp_path / "scratch")
