@@ -61,6 +61,7 @@ def make_drive(root: Path, *, n_movies: int, n_frames: int, size: int) -> int:
 
 @dataclass
 class Run:
+    load_before: float  # 1-minute load average when the run started (other work on the machine)
     wall_seconds: float
     peak_rss_bytes: dict[int, int]  # by process id (children of the command)
     own_peak_rss_bytes: int
@@ -68,8 +69,21 @@ class Run:
     stdout: str
 
 
+QUIET_LOAD = 0.7
+WAIT_FOR_QUIET_SECONDS = 0.0
+
+
+def wait_for_quiet() -> None:
+    """Wait (up to --wait-quiet seconds) until the 1-minute load average is low."""
+    deadline = time.monotonic() + WAIT_FOR_QUIET_SECONDS
+    while os.getloadavg()[0] > QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def run_measured(command: list[str]) -> Run:
     """Run ``command``, sampling the resident memory of it and its child processes."""
+    wait_for_quiet()
+    load_before = os.getloadavg()[0]
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -102,7 +116,7 @@ def run_measured(command: list[str]) -> Run:
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}")
-    return Run(wall, peaks, own_peak, cpu, stdout)
+    return Run(load_before, wall, peaks, own_peak, cpu, stdout)
 
 
 def compress(source: Path, dest: Path, *, workers: int) -> tuple[Run, dict[str, object]]:
@@ -132,7 +146,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--output", type=Path, default=HERE / "results-pipeline.md")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds before each run for the "
+        "load average to drop (other work on the machine distorts the timings)",
+    )
     args = parser.parse_args()
+    global WAIT_FOR_QUIET_SECONDS
+    WAIT_FOR_QUIET_SECONDS = args.wait_quiet
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=args.workdir))
     try:
@@ -161,6 +184,7 @@ def main() -> None:
         convert_wall = 0.0
         convert_cpu = 0.0
         convert_peak = 0
+        convert_load = os.getloadavg()[0]
         out = workdir / "single"
         out.mkdir()
         for movie in sorted((source / "Movies").glob("*.mrc")):
@@ -198,6 +222,7 @@ def main() -> None:
                     f"{base_elapsed / elapsed:.2f}x",
                     f"{worker_peak(run) / 2**20:.0f}",
                     f"{run.cpu_seconds:.1f}",
+                    f"{run.load_before:.1f}",
                 )
             )
         rows.append(
@@ -210,6 +235,7 @@ def main() -> None:
                 "-",
                 f"{convert_peak / 2**20:.0f}",
                 f"{convert_cpu:.1f}",
+                f"{convert_load:.1f}",
             )
         )
         overhead = base_run.wall_seconds / convert_wall - 1
@@ -217,7 +243,7 @@ def main() -> None:
         payload = int(base_summary["payload_size_bytes"])  # type: ignore[call-overload]
         header = (
             "| run | wall s | job s (no cluster start) | MB/s (wall) | MB/s (job) | speed-up (job) "
-            "| peak MiB per worker | CPU s |"
+            "| peak MiB per worker | CPU s | load before |"
         )
         lines = [
             "# Pipeline benchmark (`empcompress compress`)",
@@ -228,7 +254,7 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
             "",
             header,
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
             *("| " + " | ".join(row) + " |" for row in rows),
             "",
             f"- 2 workers vs 1 (job time, without the cluster's start-up): "
@@ -243,6 +269,9 @@ def main() -> None:
             f"({100 * (base_run.cpu_seconds / convert_cpu - 1):+.0f}%); "
             f"unlike wall time this does not depend on other load on the machine (load average at the end: "
             f"{os.getloadavg()[0]:.1f}).",
+            "- Load before: the 1-minute load average when the run started; on this 2-core machine a value "
+            "well above 0.5 means other work competed with the run, and its wall-clock numbers (and the "
+            "speed-up) are not reliable, unlike the CPU times.",
             "- Peak memory is the largest resident size of any process the command started (the workers), "
             "sampled every 50 ms; `convert` is the process itself.",
             "",
