@@ -493,11 +493,21 @@ def _check_locations(source: Path, dest: Path) -> None:
         raise PipelineError(f"{dest}: contains the source {source}; choose a destination outside it")
     if dest.exists() and not dest.is_dir():
         raise PipelineError(f"{dest}: exists and is not a folder; choose a new or empty folder")
-    if dest.is_dir() and any(dest.iterdir()) and not is_journal_dest(dest):
+    if dest.is_dir() and not is_journal_dest(dest) and not _only_our_empty_start(dest):
         raise PipelineError(
             f"{dest}: is not empty and was not made by empcompress; choose a new or empty folder "
             f"(nothing in it was changed)"
         )
+
+
+def _only_our_empty_start(dest: Path) -> bool:
+    """DEST is empty, or holds only what a run killed before its journal existed left: no files."""
+    for child in dest.iterdir():
+        if child.name not in (STATE_DIRNAME, PAYLOAD_DIRNAME) or not child.is_dir():
+            return False
+        if child.name == PAYLOAD_DIRNAME and any(path.is_file() for path in child.rglob("*")):
+            return False
+    return True
 
 
 def _up_to_date(entry: FileEntry, row: JournalEntry | None, payload: Path) -> bool:
