@@ -172,6 +172,10 @@ def main() -> None:
         make_drive(warm, n_movies=1, n_frames=2, size=256)
         compress(warm, workdir / "warm-bag", workers=2)
 
+        print("scan (prediction) ...", flush=True)
+        scan = run_measured(["empcompress", "scan", str(source), "--json", "--workers", "1"])
+        plan = json.loads(scan.stdout)
+
         rows = []
         results: dict[int, tuple[Run, dict[str, object]]] = {}
         for workers in (1, 2):
@@ -269,6 +273,9 @@ def main() -> None:
             f"({100 * (base_run.cpu_seconds / convert_cpu - 1):+.0f}%); "
             f"unlike wall time this does not depend on other load on the machine (load average at the end: "
             f"{os.getloadavg()[0]:.1f}).",
+            f"- `empcompress scan` (2 frames of 2 movies read, {scan.wall_seconds:.1f} s) predicted "
+            f"{plan['expected_output_size_bytes'] / 1e9:.3f} GB and {plan['expected_seconds']:.0f} s with 1 worker; "
+            f"measured {payload / 1e9:.3f} GB and {base_elapsed:.0f} s.",
             "- Load before: the 1-minute load average when the run started; on this 2-core machine a value "
             "well above 0.5 means other work competed with the run, and its wall-clock numbers (and the "
             "speed-up) are not reliable, unlike the CPU times.",
