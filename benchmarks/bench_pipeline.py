@@ -274,7 +274,8 @@ def main() -> None:
             f"unlike wall time this does not depend on other load on the machine (load average at the end: "
             f"{os.getloadavg()[0]:.1f}).",
             f"- `empcompress scan` (2 frames of 2 movies read, {scan.wall_seconds:.1f} s) predicted "
-            f"{plan['expected_output_size_bytes'] / 1e9:.3f} GB and {plan['expected_seconds']:.0f} s with 1 worker; "
+            f"{plan['expected_output_size_bytes'] / 1e9:.3f} GB and {plan['expected_seconds']:.0f} s "
+            f"with 1 worker; "
             f"measured {payload / 1e9:.3f} GB and {base_elapsed:.0f} s.",
             "- Load before: the 1-minute load average when the run started; on this 2-core machine a value "
             "well above 0.5 means other work competed with the run, and its wall-clock numbers (and the "
