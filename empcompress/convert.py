@@ -283,7 +283,9 @@ def convert_movie(
             )
             gain_path = gain_outcome.reference_path if applied_gain is not None and gain_outcome else None
             try:
-                verify_tiff(temporary, against=source, threads=threads, progress=progress, gain_path=gain_path)
+                verify_tiff(
+                    temporary, against=source, threads=threads, progress=progress, gain_path=gain_path
+                )
             except VerificationError as error:
                 # name the output the user asked for, not our hidden temporary file
                 message = str(error).replace(str(temporary), str(output))

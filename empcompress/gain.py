@@ -107,6 +107,10 @@ __all__ = [
 MAX_EXCEPTION_FRACTION = 1e-3
 #: Frames read by :func:`classify_movie` (evenly spaced through the movie).
 DEFAULT_SAMPLE_FRAMES = 8
+#: Frames conversion samples to decide what to try with a gain, and of those,
+#: how many orient a supplied gain (the survey pass then checks every frame).
+PLAN_SAMPLE_FRAMES = 4
+ORIENT_SAMPLE_FRAMES = 2
 #: Without a given gain, at least this fraction of the hit pixels must confirm
 #: an estimated gain (two or more distinct values reproduced) to call a movie
 #: gain-normalised: a sample too sparse to tell is classified "float" (lossless).
@@ -450,11 +454,12 @@ class MovieClass:
 
 
 def read_sample_frames(movie: MrcMovie, n_sample_frames: int | None) -> list[npt.NDArray[np.generic]]:
-    """Copies of evenly spaced frames (native byte order)."""
+    """Evenly spaced frames, each in its own array (native byte order)."""
     frames = []
     for index in sample_frame_indices(movie.header.nz, n_sample_frames):
-        values = movie.read_frame(index)
-        frames.append(values.astype(values.dtype.newbyteorder("="), copy=True))
+        raw = movie.read_raw_frame(index, out=np.empty(movie.header.frame_size_bytes, dtype=np.uint8))
+        values = movie.values_from_raw(raw)
+        frames.append(values if values.dtype.isnative else values.astype(values.dtype.newbyteorder("=")))
     return frames
 
 
@@ -670,7 +675,7 @@ def _supplied_plan(
     try:
         oriented = orient_gain(
             reference.data,
-            frames,
+            frames[:ORIENT_SAMPLE_FRAMES],
             max_exception_fraction=MAX_EXCEPTION_FRACTION,
             try_reciprocal=reference.file_format == "tiff",
             name=reference.path,
@@ -715,7 +720,7 @@ def plan_gain(
     reference = None if str(gain) == "auto" else read_gain_reference(gain)
     with MrcMovie(source) as movie:
         header = movie.header
-        frames = read_sample_frames(movie, DEFAULT_SAMPLE_FRAMES)
+        frames = read_sample_frames(movie, PLAN_SAMPLE_FRAMES)
     if header.value_dtype.kind in "iu" or _integral(frames):
         if reference is None:
             return GainPlan("none", notes=("raw counts (integer values): no gain needed",))

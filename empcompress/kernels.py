@@ -156,12 +156,14 @@ def _native(frame: npt.NDArray[Any]) -> npt.NDArray[Any]:
 # ---------------------------------------------------------------- gain-normalised movies
 #
 # A gain-normalised value is v = float32(n * g): an electron count n >= 0 times a
-# per-pixel float32 gain g, rounded once to float32 (float32(n) * g in float32
-# arithmetic gives the same for n < 2**24). The kernels below compute that
-# product in float64, where it is exact for the counts we store (n <= 65535),
-# and round it to float32 once, so conversion check, restore and downstream
-# programs all agree bit for bit. "Exact" means the same bits: the sign of zero
-# counts, NaN never equals anything.
+# per-pixel float32 gain g, rounded once to float32. float32(n) * g in float32
+# arithmetic is exactly that (IEEE multiplication rounds the exact product once,
+# and n <= 65535 is exact in float32), so the kernels work in float32: the
+# conversion check, restore and downstream programs agree bit for bit. The
+# count is rint(v / g) in float32, which is n whenever v = float32(n * g) (the
+# two roundings move v / g by at most n * 2**-23 < 0.5); any other value fails
+# the check and becomes an exception. "Exact" means the same bits: the sign of
+# zero counts, NaN never equals anything.
 
 #: Distinct positive values kept per pixel by the gain summary.
 GAIN_SUMMARY_KEPT = 4
@@ -197,18 +199,17 @@ __all__ += [
 
 @numba.njit(inline="always", **_JIT)
 def _count_for(v: Any, g: Any, limit: Any) -> Any:
-    q = np.float64(v) / np.float64(g)
-    if q >= 0.5 and q <= limit + 0.5:  # below 0.5 the count is +0 (rint(-0.0) would be -0.0)
-        return np.rint(q)
-    if q > limit:
-        return np.float64(limit)
-    return 0.0
+    # float32 throughout, branch-free so that it vectorises; NaN, negatives and
+    # anything below 0.5 (including -0.0) give +0, anything above limit gives limit
+    n = np.rint(v / g)
+    n = n if n >= np.float32(0.5) else np.float32(0.0)
+    return n if n <= limit else limit
 
 
 @numba.njit(inline="always", **_JIT)
 def _reproduces(v: Any, n: Any, g: Any) -> bool:
-    p = np.float32(n * np.float64(g))
-    return p == v and math.copysign(1.0, p) == math.copysign(1.0, v)
+    p = n * g  # float32: the exact product rounded once
+    return (p == v) & (math.copysign(np.float32(1.0), p) == math.copysign(np.float32(1.0), v))
 
 
 @numba.njit(inline="always", **_JIT)
@@ -340,7 +341,7 @@ def _n_reproduced(kept: Any, i: int, j: int, m: int, g: Any, limit: Any) -> int:
     for t in range(m):
         v = kept[i, j, t]
         n = _count_for(v, g, limit)
-        if n >= 1.0 and _reproduces(v, n, g):
+        if n >= np.float32(1.0) and _reproduces(v, n, g):
             score += 1
     return score
 
@@ -418,7 +419,7 @@ def gain_finalize(
         flags,
         np.array(_GAIN_DIVISORS, dtype=np.int64),
         np.array(_GAIN_ULP_STEPS, dtype=np.int64),
-        np.float64(GAIN_COUNT_LIMIT),
+        np.float32(GAIN_COUNT_LIMIT),
         gain,
         status,
     )
@@ -427,18 +428,18 @@ def gain_finalize(
 
 def _count_for_numpy(
     values: npt.NDArray[np.float32], gain: npt.NDArray[np.float32], limit: int
-) -> npt.NDArray[np.float64]:
+) -> npt.NDArray[np.float32]:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        q = values.astype(np.float64) / gain.astype(np.float64)
-        inside = (q >= 0.5) & (q <= limit + 0.5)
-        return np.where(inside, np.rint(np.where(inside, q, 0.0)), np.where(q > limit, float(limit), 0.0))
+        n = np.rint(values.astype(np.float32) / gain.astype(np.float32))
+        n = np.where(n >= 0.5, n, np.float32(0))
+        return np.where(n <= limit, n, np.float32(limit)).astype(np.float32)
 
 
 def _reproduces_numpy(
-    values: npt.NDArray[np.float32], counts: npt.NDArray[np.float64], gain: npt.NDArray[np.float32]
+    values: npt.NDArray[np.float32], counts: npt.NDArray[np.float32], gain: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.bool_]:
     with np.errstate(invalid="ignore", over="ignore"):
-        product = (counts * gain.astype(np.float64)).astype(np.float32)
+        product = (counts * gain.astype(np.float32)).astype(np.float32)
     return (product == values) & (np.signbit(product) == np.signbit(values))
 
 
@@ -481,16 +482,15 @@ def _gain_counts(values: Any, gain: Any, out: Any, limit: Any, row_exceptions: A
     for i in numba.prange(ny):
         k = ny - 1 - i
         n_bad = 0
-        top = 0.0
+        top = np.float32(0.0)
         for j in range(nx):
             v = values[i, j]
             g = gain[i, j]
             n = _count_for(v, g, limit)
             out[k, j] = n
-            if _reproduces(v, n, g):
-                top = max(top, n)
-            else:
-                n_bad += 1
+            exact = _reproduces(v, n, g)
+            n_bad += not exact
+            top = max(top, n if exact else np.float32(0.0))
         row_exceptions[i] = n_bad
         row_max[i] = top
 
@@ -530,7 +530,7 @@ def gain_counts(
     if out.shape != values.shape or out.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError("gain_counts writes uint8 or uint16 counts of the frame's shape")
     ny = values.shape[0]
-    limit = np.float64(np.iinfo(out.dtype).max)
+    limit = np.float32(np.iinfo(out.dtype).max)
     row_exceptions = np.empty(ny, dtype=np.int64)
     row_max = np.empty(ny, dtype=np.float64)
     _gain_counts(values, _native(gain), out, limit, row_exceptions, row_max)
@@ -563,7 +563,7 @@ def _gain_apply(counts: Any, gain: Any, out: Any) -> None:
     for i in numba.prange(ny):
         k = ny - 1 - i
         for j in range(nx):
-            out[i, j] = np.float32(np.float64(counts[k, j]) * np.float64(gain[i, j]))
+            out[i, j] = np.float32(counts[k, j]) * gain[i, j]  # float32: the exact product rounded once
 
 
 def gain_apply(
@@ -581,5 +581,5 @@ def gain_apply_numpy(
 ) -> npt.NDArray[np.float32]:
     """NumPy twin of :func:`gain_apply`."""
     with np.errstate(invalid="ignore", over="ignore"):
-        out[...] = (counts[::-1].astype(np.float64) * gain.astype(np.float64)).astype(np.float32)
+        out[...] = counts[::-1].astype(np.float32) * gain.astype(np.float32)
     return out

@@ -20,7 +20,7 @@ from test_gainref import dm4_bytes
 from empcompress.cli import main
 from empcompress.convert import convert_movie
 from empcompress.errors import GainError
-from empcompress.gain import classify_movie
+from empcompress.gain import ORIENT_SAMPLE_FRAMES, PLAN_SAMPLE_FRAMES, classify_movie, sample_frame_indices
 from empcompress.gainref import GAIN_REFERENCE_NAME, read_gain_array, write_gain_reference
 from empcompress.reconstruct import CompressedMovie, read_record
 from empcompress.restore import restore_movie
@@ -221,7 +221,8 @@ def test_too_many_exceptions_fall_back_to_float_and_say_why(
 ) -> None:
     values = normalised(rng.poisson(1.0, size=(12, *SHAPE)), gain)
     odd = rng.random(values.shape) < 0.01  # 1% of the values are not counts x gain ...
-    odd[[0, 2, 3, 5, 6, 8, 9, 11]] = False  # ... outside the frames sampled to orient the gain
+    sampled_frames = sample_frame_indices(12, PLAN_SAMPLE_FRAMES)
+    odd[sampled_frames] = False  # ... outside the frames sampled to orient the gain
     values[odd] += np.float32(0.1234)
     source = write_mrc(tmp_path / "odd.mrc", values, mode=2)
     write_gain_reference(out / "gain.mrc", gain)
@@ -230,7 +231,8 @@ def test_too_many_exceptions_fall_back_to_float_and_say_why(
     assert "does not reproduce" in result.gain.reason and "0.1% allowed" in result.gain.reason
     assert result.decision.stored_dtype == "float32"
     assert restores_exactly(out / "odd.tif", source)
-    values[[0, 2, 3]] += np.float32(0.1234) * (rng.random((3, *SHAPE)) < 0.01)  # now in the sample too
+    oriented_on = sampled_frames[:ORIENT_SAMPLE_FRAMES]
+    values[oriented_on] += np.float32(0.1234) * (rng.random((len(oriented_on), *SHAPE)) < 0.01)  # sampled too
     sampled = write_mrc(tmp_path / "sampled.mrc", values, mode=2)
     result = convert_movie(sampled, out / "sampled.tif", gain=out / "gain.mrc")
     assert result.gain is not None and result.gain.action == "not-applied"
