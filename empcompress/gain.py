@@ -479,7 +479,8 @@ def classify_movie(
     that gain reproduces all but :data:`MAX_EXCEPTION_FRACTION` of the sampled
     values; a movie from another gain is "float". Without, a gain is estimated
     from the sample itself and must both reproduce the values and be confirmed
-    (two distinct values) at :data:`MIN_RELIABLE_FRACTION` of the hit pixels.
+    (two distinct values) at :data:`MIN_RELIABLE_FRACTION` of the hit pixels;
+    a sample too sparse to confirm it is grown 4x at a time, up to every frame.
     """
     name = str(path)
     with MrcMovie(path) as movie:
@@ -514,9 +515,15 @@ def classify_movie(
             n,
             fraction,
         )
-    estimate = finalize_gain(gain_partial_from_frames(values))
-    fraction = exception_fraction(values, estimate.gain)
-    confirmed = estimate.n_reliable / max(1, estimate.n_hit)
+    while True:
+        estimate = finalize_gain(gain_partial_from_frames(values))
+        fraction = exception_fraction(values, estimate.gain)
+        confirmed = estimate.n_reliable / max(1, estimate.n_hit)
+        if fraction > MAX_EXCEPTION_FRACTION or confirmed >= MIN_RELIABLE_FRACTION or n >= header.nz:
+            break
+        with MrcMovie(path) as movie:  # sparse frames: look at more of them
+            values = [f.astype(np.float32, copy=False) for f in read_sample_frames(movie, 4 * n)]
+        n = len(values)
     if fraction > MAX_EXCEPTION_FRACTION:
         return MovieClass(
             name,

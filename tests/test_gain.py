@@ -365,6 +365,16 @@ def test_classify_refuses_a_sample_too_sparse_to_confirm(tmp_path: Path, rng: np
     kind = classify_movie(path, n_sample_frames=2)
     assert kind.kind == "float"
     assert "too few pixels" in kind.reason
+    assert kind.n_sampled_frames == 4  # it looked at every frame before giving up
+
+
+def test_classify_grows_a_sparse_sample(tmp_path: Path, rng: np.random.Generator) -> None:
+    gain = random_gain(rng)
+    values = normalised(rng.poisson(0.05, size=(64, *SHAPE)), gain)
+    path = write_mrc(tmp_path / "sparse.mrc", values, mode=2)
+    kind = classify_movie(path, n_sample_frames=2)
+    assert kind.kind == "gain-normalised"
+    assert kind.n_sampled_frames > 2
 
 
 def test_set_estimate_skips_counts_and_flags_another_session(
