@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def verify_tiff(
         movie.load_gain()
         record = movie.record.source
         source = MrcMovie(against) if against is not None else None
+        # With threads to spare, frame i is hashed while frame i+1 is decoded (hashlib releases
+        # the GIL; each rebuilt frame is a fresh array, and updates stay in frame order).
+        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-hash") if threads > 1 else None
+        hashing: Future[None] | None = None
         try:
             digest = hashlib.sha256()
             header, extended = record.header_bytes, record.extended_header_bytes
@@ -66,7 +71,12 @@ def verify_tiff(
                 _compare_headers(path, source, header, extended)
             for index in range(movie.n_pages):
                 rebuilt = movie.source_frame_bytes(movie.read_stored_frame(index), index=index)
-                digest.update(rebuilt.data)
+                if hasher is None:
+                    digest.update(rebuilt.data)
+                else:
+                    if hashing is not None:
+                        hashing.result()
+                    hashing = hasher.submit(digest.update, rebuilt.data)
                 size_bytes += rebuilt.size
                 if source is not None:
                     original = source.read_raw_frame(index)
@@ -78,7 +88,11 @@ def verify_tiff(
                         )
                 if progress is not None:
                     progress("verify", rebuilt.size)
+            if hashing is not None:
+                hashing.result()
         finally:
+            if hasher is not None:
+                hasher.shutdown(wait=True, cancel_futures=True)
             if source is not None:
                 source.close()
         if size_bytes != record.size_bytes or digest.hexdigest() != record.sha256:

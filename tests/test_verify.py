@@ -171,3 +171,17 @@ def test_same_bytes_word_comparison_sees_every_byte(data: bytes, flip_at: int, f
         assert not _same_bytes(first, other)
         assert not _same_bytes(first, first[:-1].copy())
     assert _same_bytes(first[::2], first[::2].copy()) and np.array_equal(first[::2], first[::2])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_hashing_beside_decoding_passes_and_still_catches_a_changed_record(
+    converted: tuple[Path, Path], threads: int
+) -> None:
+    """With threads > 1 frames are hashed on a helper thread: same verdicts as serially."""
+    source, output = converted
+    assert verify_tiff(output, against=source, threads=threads).n_frames == 3
+    digest = hashlib.sha256(source.read_bytes()).hexdigest().encode()
+    data = output.read_bytes()
+    output.write_bytes(data.replace(digest, (b"0" if digest[:1] != b"0" else b"1") + digest[1:]))
+    with pytest.raises(VerificationError, match="sha256"):
+        verify_tiff(output, threads=threads)
