@@ -18,6 +18,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -83,21 +84,31 @@ def survey_movie(
     *,
     progress: ProgressCallback | None = None,
     frame_hook: Callable[[int, npt.NDArray[np.generic]], None] | None = None,
+    threads: int = 1,
 ) -> MovieSurvey:
     """Pass 1: sha256 of the whole file and stats of every frame, in one read.
 
     ``frame_hook(index, values)``, if given, sees every frame's values in the
-    same pass (the gain survey uses it).
+    same pass (the gain survey uses it). With ``threads`` > 1 each frame is
+    hashed on a helper thread while its stats are computed (two read buffers).
     """
-    with MrcMovie(path) as movie:
+    with MrcMovie(path) as movie, ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hasher:
         header = movie.header
         digest = hashlib.sha256()
         digest.update(movie.read_header_bytes())
         digest.update(movie.read_extended_header_bytes())
         merged: FrameStats | None = None
+        buffers = [np.empty(header.frame_size_bytes, dtype=np.uint8) for _ in range(2)] if threads > 1 else []
+        hashing: Future[None] | None = None
         for index in range(header.nz):
-            raw = movie.read_raw_frame(index)
-            digest.update(raw.data)
+            # buffer index % 2 was last hashed two frames ago, and that hash has been waited for
+            raw = movie.read_raw_frame(index, out=buffers[index % 2] if buffers else None)
+            if not buffers:
+                digest.update(raw.data)
+            else:
+                if hashing is not None:
+                    hashing.result()
+                hashing = hasher.submit(digest.update, raw.data)
             values = movie.values_from_raw(raw)
             stats = frame_stats(values)
             merged = stats if merged is None else merged.merge(stats)
@@ -105,6 +116,8 @@ def survey_movie(
                 frame_hook(index, values)
             if progress is not None:
                 progress("survey", raw.size)
+        if hashing is not None:
+            hashing.result()
     assert merged is not None
     decision = decide_storage(source_dtype=header.value_dtype, stats=merged)
     return MovieSurvey(str(path), header, digest.hexdigest(), merged, decision)
@@ -207,7 +220,9 @@ def convert_movie(
         counter = None
         if plan is not None and plan.action == "apply" and plan.gain is not None:
             counter = GainCounter(plan.gain, n_frames=read_header(source).nz, reference_name=plan.label)
-        survey = survey_movie(source, progress=progress, frame_hook=counter.add if counter else None)
+        survey = survey_movie(
+            source, progress=progress, frame_hook=counter.add if counter else None, threads=threads
+        )
         header, decision = survey.header, survey.decision
         gain_record = gain_outcome = applied_gain = None
         if plan is not None:

@@ -474,3 +474,22 @@ def test_any_pixel_size_in_the_header(tmp_path: Path, cella_x: float) -> None:
     convert_movie(source, tmp_path / "px.tif")
     restore_movie(tmp_path / "px.tif", tmp_path / "back.mrc")
     assert (tmp_path / "back.mrc").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 5])
+def test_survey_hashes_the_same_with_a_hashing_thread(
+    tmp_path: Path, rng: np.random.Generator, n_frames: int
+) -> None:
+    """survey_movie(threads > 1) hashes on a helper thread from two alternating read buffers."""
+    from empcompress.convert import survey_movie
+
+    frames = counts(rng, (n_frames, 48, 40), dose=2.0)
+    frames[-1, 0, 0] = 0.5  # the last frame decides the storage type: it must be seen
+    source = write_mrc(tmp_path / "src.mrc", frames, mode=2)
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    serial = survey_movie(source)
+    for threads in (2, 3):
+        threaded = survey_movie(source, threads=threads)
+        assert threaded.sha256 == serial.sha256 == expected
+        assert threaded.stats == serial.stats and threaded.decision == serial.decision
+        assert not threaded.decision.is_integer
