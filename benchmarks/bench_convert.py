@@ -550,6 +550,12 @@ def format_report(results: RunResults) -> str:
         f"Movies: {o['frames']} frames of {o['nx']}x{o['ny']} float32 (integer counts), seed {o['seed']}; "
         "sources read from the page cache."
     )
+    loads = [m.load_average for m in results.measurements + results.memory]
+    if loads:
+        lines.append(
+            f"1-minute load average before each measurement: {min(loads):.2f} to {max(loads):.2f} "
+            "(this benchmark's own processes count for 1-2 of it; the rest is other work on the machine)."
+        )
     lines.append("")
     lines.append("| dose | entropy (bits/px) | floor (MiB) | MRC (MiB) | max count |")
     lines.append("|---|---|---|---|---|")
@@ -605,6 +611,14 @@ def format_report(results: RunResults) -> str:
 
 def _verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
+
+
+def load_results(path: Path) -> RunResults:
+    """Read back what ``--json`` wrote (to reprint the report)."""
+    data = json.loads(path.read_text())
+    data["measurements"] = [Measurement(**m) for m in data["measurements"]]
+    data["memory"] = [Measurement(**m) for m in data["memory"]]
+    return RunResults(**data)
 
 
 def format_goals(results: RunResults) -> list[str]:
@@ -837,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="scratch directory (default benchmarks/_work)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--report-from", type=Path, metavar="JSON", help="reprint a --json file's report")
     parser.add_argument(
         "--profile", action="store_true", help="time the stages of one conversion instead (dose 1)"
     )
@@ -858,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.profile:
             profile_conversion(args, work)
+            return 0
+        if args.report_from:
+            print(format_report(load_results(args.report_from)))
             return 0
         command = "python benchmarks/bench_convert.py " + " ".join(sys.argv[1:] if argv is None else argv)
         results = RunResults(
