@@ -1,9 +1,11 @@
 """TIFF strip codecs: LZW, deflate (tag 8) and zstd, and the per-movie choice among them.
 
-We encode strips ourselves (in a thread pool: zlib, LZW and zstd release the GIL)
-and hand the encoded bytes to tifffile, which writes the file structure. That
-gives us zlib's Huffman-only strategy, which is within a few percent of the
-order-0 entropy of electron counts at LZW's speed, and that any inflater reads.
+We encode strips ourselves (in a thread pool: our Numba Huffman encoder, zlib, LZW
+and zstd release the GIL) and hand the encoded bytes to tifffile, which writes the
+file structure. That gives us Huffman-only deflate (what zlib's Z_HUFFMAN_ONLY
+strategy writes; we write it ~3x faster, see :mod:`empcompress.huffman`), which is
+within a few percent of the order-0 entropy of electron counts and that any
+inflater reads.
 
 ``auto`` (the default) trial-encodes a sample of the movie with the codecs every
 reader decodes (LZW, deflate) and keeps the smaller: Huffman-only deflate wins
@@ -47,7 +49,7 @@ class Codec:
 
     name: str  # "lzw" | "deflate" | "zstd" | "none"
     level: int | None = None  # deflate 0-9, zstd 1-22; None: codec default
-    huffman_only: bool = False  # deflate with zlib's Z_HUFFMAN_ONLY strategy
+    huffman_only: bool = False  # deflate of literals only (like zlib's Z_HUFFMAN_ONLY; see huffman.py)
     predictor: int = PREDICTOR_NONE  # TIFF Predictor tag: 1 none, 3 floating point
 
     def __post_init__(self) -> None:
