@@ -103,9 +103,10 @@ OUTPUT_SUFFIX = ".tif"
 
 #: Rough speeds for the time estimate where nothing was measured (bytes per second).
 COPY_BYTES_PER_SECOND = 400e6
-#: Whole conversion (survey, encode, verify, hashes) against trial encoding alone, measured
-#: with benchmarks/bench_pipeline.py on 4096x4096 counts.
-CONVERT_TIME_FACTOR = 1.7
+#: Whole conversion (read, survey, encode, verify, hashes, classification) against the trial
+#: encoding of one frame with one codec; calibrated with benchmarks/bench_pipeline.py (4096x4096
+#: float32 counts, 1 worker: 1.7 predicted 9 s for a measured 22 s).
+CONVERT_TIME_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
