@@ -442,7 +442,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     from .cluster import ClusterOptions, open_cluster, parse_adapt
     from .journal import ensure_not_locked
-    from .pipeline import CompressOptions, compress_drive
+    from .pipeline import CompressOptions, compress_drive, warm_up_worker
 
     cluster_options = ClusterOptions(
         scheduler_address=args.scheduler_address,
@@ -464,7 +464,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     ensure_not_locked(args.dest)
     progress = _CompressProgress(quiet=args.quiet, log_interval_seconds=args.log_interval)
     stop = threading.Event()
-    with open_cluster(cluster_options) as (client, info):
+    with open_cluster(cluster_options, worker_setup=warm_up_worker) as (client, info):
         if not args.quiet:
             dashboard = f"; dashboard: {info.dashboard_link}" if info.dashboard_link else ""
             print(f"Running on {info.description}{dashboard}", file=sys.stderr, flush=True)

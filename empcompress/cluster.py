@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,25 +184,55 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _setup_plugin(setup: Callable[[], None]) -> Any:
+    """A worker plugin running ``setup`` on every worker, present and future, as it starts."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class SetupPlugin(WorkerPlugin):
+        name = "empcompress-worker-setup"
+
+        def __init__(self, function: Callable[[], None]) -> None:
+            self.function = function
+
+        def setup(self, worker: Any) -> None:
+            with contextlib.suppress(Exception):  # a failed warm-up only costs time later
+                self.function()
+
+    return SetupPlugin(setup)
+
+
+def _register_setup(client: Any, setup: Callable[[], None] | None) -> None:
+    if setup is not None:
+        with contextlib.suppress(Exception):
+            client.register_plugin(_setup_plugin(setup))
+
+
 @contextlib.contextmanager
 def open_cluster(
-    options: ClusterOptions, *, environ: Mapping[str, str] | None = None
+    options: ClusterOptions,
+    *,
+    environ: Mapping[str, str] | None = None,
+    worker_setup: Callable[[], None] | None = None,
 ) -> Iterator[tuple[Any, ClusterInfo]]:
     """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
 
-    Raises :class:`PipelineError` with a hint when the cluster cannot be reached
-    or configured.
+    ``worker_setup`` runs on every worker as it joins (and on those already
+    there), e.g. to import the code and load compiled kernels before the first
+    task. Raises :class:`PipelineError` with a hint when the cluster cannot be
+    reached or configured.
     """
     from distributed import Client
 
     kind, target = choose_connection(options, environ=os.environ if environ is None else environ)
     if kind == "local":
         with _local_client(options) as (client, info):
+            _register_setup(client, worker_setup)
             yield client, info
         return
     if kind in ("address", "scheduler-file"):
         client = _connect(kind, target)
         try:
+            _register_setup(client, worker_setup)
             info = ClusterInfo(
                 kind=kind,
                 scheduler_address=str(client.scheduler.address),
@@ -224,6 +254,7 @@ def open_cluster(
             scaling = f"{jobs} job{'s' if jobs != 1 else ''}"
         client = Client(cluster)
         try:
+            _register_setup(client, worker_setup)
             info = ClusterInfo(
                 kind=kind,
                 scheduler_address=str(cluster.scheduler_address),
@@ -269,6 +300,7 @@ def _connect(kind: str, target: str) -> Any:
 
 @contextlib.contextmanager
 def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
+    import dask
     from distributed import Client, LocalCluster
 
     sizing = local_sizing(
@@ -278,7 +310,11 @@ def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
         threads_per_worker=options.threads_per_worker,
         memory_limit_bytes=options.memory_limit_bytes,
     )
-    with _sigint_ignored():
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 so that they hand memory back to the OS at
+    # once; a conversion allocates frame-sized buffers over and over, and two workers doing that on
+    # two cores ran ~14% slower than without it (benchmarks/bench_pipeline.py). Unset it for our workers.
+    no_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with _sigint_ignored(), dask.config.set(no_trim):
         cluster = LocalCluster(
             n_workers=sizing.n_workers,
             threads_per_worker=sizing.threads_per_worker,

@@ -99,6 +99,7 @@ __all__ = [
     "StageEvent",
     "PipelineEvent",
     "run_file_task",
+    "warm_up_worker",
     "copy_with_digests",
     "sweep_temporaries",
     "compress_drive",
@@ -110,7 +111,6 @@ STOP_CHECK_SECONDS = 0.2
 STOP_GRACE_SECONDS = 60.0
 GAIN_REFERENCE_NAME = "gain-reference.mrc"
 FLOAT_MODES = (2, 12)
-PRIORITY_CLASSIFY = 10
 PRIORITY_GAIN = 5
 
 
@@ -148,6 +148,8 @@ class FileTask:
     gain_reference_path: str = ""
     gain_reference_rel_path: str = ""
     source_size_bytes: int = 0  # as scanned, for ordering and progress
+    classify_first: bool = False  # float movie: stop before converting if it is gain-normalised
+    classify_sample_frames: int = 4
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class FileOutcome:
     output_rel_path: str
     message: str = ""
     stopped: bool = False
+    needs_gain: bool = False  # gain-normalised: to be converted with its set's gain (nothing written)
     source_size_bytes: int = 0
     source_mtime_ns: int = 0
     source_sha256: str = ""
@@ -272,6 +275,8 @@ def run_file_task(task: FileTask) -> FileOutcome:
         )
     base = replace(base, source_size_bytes=status.st_size, source_mtime_ns=status.st_mtime_ns)
     try:
+        if task.classify_first and _kind_of(task) == KIND_GAIN_NORMALISED:
+            return replace(base, needs_gain=True, elapsed_seconds=time.perf_counter() - started)
         Path(task.output_path).parent.mkdir(parents=True, exist_ok=True)
         if task.action == ACTION_CONVERT:
             outcome = _convert_or_keep(task, stop, base)
@@ -355,12 +360,59 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
     )
 
 
+def warm_up_worker() -> None:
+    """Import the conversion code and load its compiled kernels (run once per worker as it starts).
+
+    Converts a tiny synthetic movie in a temporary folder, so that the first real
+    task does not pay for imports and Numba's cache loading; with the gain module,
+    its kernels are loaded too.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from .convert import convert_movie
+
+    with tempfile.TemporaryDirectory(prefix="empcompress-warm-up-") as directory:
+        movie = Path(directory) / "warm-up.mrc"
+        header = np.zeros(256, dtype="<i4")
+        header[0:4] = (8, 8, 2, 2)  # nx, ny, nz, mode 2
+        header[7:10] = (8, 8, 2)
+        header.view("<f4")[10:13] = 8.0
+        header[16:19] = (1, 2, 3)
+        header.view("S4")[52] = b"MAP "
+        header.view("u1")[212:214] = (0x44, 0x44)
+        frames = np.arange(128, dtype="<f4").reshape(2, 8, 8) % 5
+        movie.write_bytes(header.tobytes() + frames.tobytes())
+        convert_movie(movie, Path(directory) / "warm-up.tif")
+        gain = gain_support()
+        if gain is not None:
+            gain.classify_movie(movie, n_sample_frames=2)
+            partial = gain.gain_partial_from_movie(movie)
+            gain.finalize_gain(gain.merge_gain_partials(partial, partial))
+
+
 def check_paths_task(paths: tuple[str, ...]) -> tuple[str, ...]:
     """The paths this worker cannot see (runs on a worker)."""
     return tuple(path for path in paths if not os.path.isdir(path))
 
 
 # ---------------------------------------------------------------- gain tasks (run on workers)
+
+
+def _kind_of(task: FileTask) -> str:
+    """counts | gain-normalised | float, cheaply: one frame tells integer counts at once."""
+    from . import kernels
+    from .mrc import MrcMovie
+
+    try:
+        with MrcMovie(task.source_path) as movie:
+            frame = movie.read_frame(movie.header.nz // 2)
+            if frame.dtype.kind != "f" or kernels.float_frame_stats(frame)[0]:
+                return "counts"
+    except EmpCompressError:
+        return "float"  # not readable as MRC: the conversion says why and keeps it as it is
+    return classify_task(task.source_path, task.classify_sample_frames)
 
 
 def classify_task(path: str, n_sample_frames: int) -> str:
@@ -599,25 +651,13 @@ class _Driver:
     def refill(self) -> None:
         while self.queue and len(self.in_flight) < self.window() and not self.stop.is_set():
             kind, payload = self.queue.popleft()
-            if kind == "classify":
-                task: FileTask = payload
-                self._submit(
-                    kind,
-                    task,
-                    classify_task,
-                    task.source_path,
-                    self.options.classify_sample_frames,
-                    priority=PRIORITY_CLASSIFY,
-                )
-            else:
-                self._submit(kind, payload, run_file_task, payload)
+            self._submit(kind, payload, run_file_task, payload)
 
     # ---------------------------------------------------------- planning the work
 
     def plan_tasks(self, tasks: list[FileTask], entries: dict[str, FileEntry]) -> None:
         gain = gain_support() if self.options.gain_sets else None
-        classify: list[FileTask] = []
-        plain: list[FileTask] = []
+        queued: list[FileTask] = []
         for task in tasks:
             entry = entries[task.rel_path]
             if (
@@ -632,13 +672,12 @@ class _Driver:
                 )
                 gain_set.n_pending_classifications += 1
                 self.gain_set_of[task.rel_path] = key
-                classify.append(task)
-            else:
-                plain.append(task)
+                task = replace(
+                    task, classify_first=True, classify_sample_frames=self.options.classify_sample_frames
+                )
+            queued.append(task)
         self._name_gain_references()
-        for task in classify:
-            self.queue.append(("classify", task))
-        for task in sorted(plain, key=lambda t: -t.source_size_bytes):
+        for task in sorted(queued, key=lambda t: -t.source_size_bytes):
             self.queue.append(("file", task))
 
     def _name_gain_references(self) -> None:
@@ -665,8 +704,6 @@ class _Driver:
         kind, payload = self.in_flight.pop(future)
         if kind == "file":
             self._handle_file(future, payload)
-        elif kind == "classify":
-            self._handle_classified(future, payload)
         elif kind == "gain":
             self._handle_gain(future, payload)
 
@@ -682,10 +719,13 @@ class _Driver:
                 message=f"the task failed on the cluster ({type(error).__name__}: {error}); "
                 "run again to retry",
             )
-        self.record(task, outcome)
+        if task.classify_first and not outcome.stopped:
+            self._classified(task, needs_gain=outcome.needs_gain)
+        if not outcome.needs_gain:
+            self.record(task, outcome)
 
     def record(self, task: FileTask, outcome: FileOutcome) -> None:
-        if outcome.stopped:
+        if outcome.stopped or outcome.needs_gain:
             self.counts["stopped"] += 1
             return
         previous = self.previous_rows.get(task.rel_path)
@@ -729,18 +769,12 @@ class _Driver:
             )
         )
 
-    def _handle_classified(self, future: Any, task: FileTask) -> None:
-        try:
-            kind = str(future.result())
-        except Exception:
-            kind = "float"
-        key = self.gain_set_of[task.rel_path]
-        gain_set = self.gain_sets[key]
+    def _classified(self, task: FileTask, *, needs_gain: bool) -> None:
+        """A float movie came back: converted already, or gain-normalised (then it waits for its set)."""
+        gain_set = self.gain_sets[self.gain_set_of[task.rel_path]]
         gain_set.n_pending_classifications -= 1
-        if kind == KIND_GAIN_NORMALISED:
-            gain_set.members.append(task)
-        else:
-            self.queue.appendleft(("file", task))
+        if needs_gain:
+            gain_set.members.append(replace(task, classify_first=False))
         if gain_set.n_pending_classifications == 0 and gain_set.members:
             self._start_gain_set(gain_set)
 
