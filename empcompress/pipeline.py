@@ -32,9 +32,11 @@ Safety rules:
   recorded size is not touched again. A changed source is redone; outputs of sources
   that disappeared are removed. A re-run over a finished DEST converts nothing.
 
-Gain-normalised movies (with :mod:`empcompress.gain`, issue 3): float movies are
-classified from a few frames; those found gain-normalised are grouped per folder and
-frame size into sets; one gain is estimated per set from a sample of its movies
+Gain-normalised movies (with :mod:`empcompress.gain`, issue 3): the task of a float
+movie first looks at its middle frame (integer counts: converted at once) and otherwise
+classifies it from a few frames; a gain-normalised movie is handed back unconverted and
+grouped with the others of its folder and frame size into a set; once every float movie
+of a set is classified, one gain is estimated per set from a sample of its movies
 (partial estimates computed in parallel and merged pairwise on the cluster), written
 once as ``gain-reference.mrc`` in the set's folder in DEST, and the set's movies are
 converted with it. A movie that does not fit its set's gain is converted without it.
