@@ -592,9 +592,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from .example import write_example_movie
+    from .example import write_example_drive, write_example_movie
 
     directory = Path(args.directory)
+    if args.drive:
+        if directory.exists() and any(directory.iterdir()) and not args.overwrite:
+            print(
+                f"Error: {directory}: is not empty; pass --overwrite to write the drive into it",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        write_example_drive(directory, frame_shape=(args.size, args.size))
+        print(f"wrote an example drive to {directory}: count movies, a gain-normalised set, other files")
+        return EXIT_OK
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "example_movie.mrc"
     if path.exists() and not args.overwrite:
@@ -722,6 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--frames", type=_positive_int, default=8)
     example.add_argument("--size", type=_positive_int, default=512, help="frame width and height in pixels")
     example.add_argument("--overwrite", action="store_true")
+    example.add_argument(
+        "--drive",
+        action="store_true",
+        help="write a small drive (movies of several kinds and other files) instead",
+    )
     example.set_defaults(handler=_cmd_example)
 
     scan = commands.add_parser(

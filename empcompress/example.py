@@ -14,7 +14,7 @@ import numpy as np
 
 from .mrc import HEADER_SIZE_BYTES
 
-__all__ = ["write_example_movie", "example_counts"]
+__all__ = ["write_example_movie", "write_example_drive", "example_counts", "example_gain"]
 
 
 def example_counts(
@@ -32,6 +32,12 @@ def example_counts(
     return counts
 
 
+def example_gain(*, frame_shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A float32 per-pixel gain reference around 1 (MRC row order)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.8, 1.25, size=frame_shape).astype(np.float32)
+
+
 def write_example_movie(
     path: str | os.PathLike[str],
     *,
@@ -40,13 +46,16 @@ def write_example_movie(
     dose_per_pixel: float = 1.0,
     pixel_size_angstrom: float = 0.83,
     seed: int = 0,
+    gain: np.ndarray | None = None,
 ) -> Path:
-    """Write a float32 MRC movie of integer counts; returns its path."""
+    """Write a float32 MRC movie of integer counts (times ``gain`` if given); returns its path."""
     path = Path(path)
     counts = example_counts(
         n_frames=n_frames, frame_shape=frame_shape, dose_per_pixel=dose_per_pixel, seed=seed
     )
     data = counts.astype("<f4")
+    if gain is not None:
+        data = (data * gain.astype("<f4")).astype("<f4")  # float32(count x gain): gain-normalised
     ny, nx = frame_shape
     header = np.zeros(HEADER_SIZE_BYTES, dtype=np.uint8)
     words = header.view("<i4")
@@ -69,3 +78,38 @@ def write_example_movie(
         handle.write(header.tobytes())
         handle.write(data.tobytes())
     return path
+
+
+def write_example_drive(
+    directory: str | os.PathLike[str], *, frame_shape: tuple[int, int] = (256, 256)
+) -> Path:
+    """Write a small depositor's drive: count movies, a gain-normalised set, other files.
+
+    Layout::
+
+        counts/Movie 1.mrc, counts/Movie 2.mrc   float32 integer counts
+        gain-normalised/frames_001.mrc ...       float32 counts x one shared gain
+        gain-normalised/README.txt, run_it001_data.star, notes/ünïcode notes.txt
+    """
+    root = Path(directory)
+    for sub in ("counts", "gain-normalised", "notes"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for index in (1, 2):
+        write_example_movie(root / "counts" / f"Movie {index}.mrc", frame_shape=frame_shape, seed=index)
+    gain = example_gain(frame_shape=frame_shape, seed=99)
+    for index in (1, 2, 3):
+        write_example_movie(
+            root / "gain-normalised" / f"frames_{index:03d}.mrc",
+            n_frames=24,
+            frame_shape=frame_shape,
+            seed=10 + index,
+            gain=gain,
+        )
+    (root / "gain-normalised" / "README.txt").write_text(
+        "Movies normalised by the session's gain reference.\n"
+    )
+    (root / "run_it001_data.star").write_text(
+        "data_\nloop_\n_rlnMicrographMovieName #1\ncounts/Movie 1.mrc\n"
+    )
+    (root / "notes" / "ünïcode notes.txt").write_text("collected 2026-11-20, 300 kV\n", encoding="utf-8")
+    return root
