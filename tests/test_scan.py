@@ -19,6 +19,7 @@ from empcompress.scan import (
     CATEGORY_MICROGRAPH,
     CATEGORY_MOVIE,
     CATEGORY_OTHER,
+    gain_support,
     scan_drive,
 )
 
@@ -128,3 +129,13 @@ def test_prediction_reads_a_sample_and_predicts_the_storage(drive: Path) -> None
 def test_scanning_something_that_is_not_a_folder_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a folder"):
         scan_drive(tmp_path / "missing")
+
+
+@pytest.mark.skipif(gain_support() is None, reason="needs empcompress.gain (issue 3)")
+def test_prediction_recognises_gain_normalised_sets(tmp_path: Path) -> None:
+    source = make_drive(tmp_path / "src", gain_sets=True, n_frames=16)
+    plan = scan_drive(source, n_sample_movies=2, n_sample_frames=4)
+    assert plan.gain_sets_supported
+    (group,) = [group for group in plan.predictions if group.folder == "Gain set"]
+    assert group.kind == "gain-normalised" and group.n_movies == 3
+    assert group.predicted_ratio > 4
