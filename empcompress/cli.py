@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import EmpCompressError
+from .report import human_bytes
 
 if TYPE_CHECKING:
     from .gain import GainOutcome
@@ -36,14 +37,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 ProgressCallback = Callable[[str, int], None]
-
-
-def _human_bytes(n_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n_bytes) < 1024 or unit == "TiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.2f} {unit}"
-        n_bytes /= 1024
-    return f"{n_bytes:.2f} TiB"
 
 
 @contextmanager
@@ -114,8 +107,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f"{result.source_path} -> {result.output_path}\n"
         f"  {result.n_frames} frames of {result.frame_shape[1]}x{result.frame_shape[0]}, "
         f"{result.decision.reason}\n"
-        f"  codec {result.codec}; {_human_bytes(result.source_size_bytes)} -> "
-        f"{_human_bytes(result.output_size_bytes)} ({result.ratio:.2f}x smaller)\n"
+        f"  codec {result.codec}; {human_bytes(result.source_size_bytes)} -> "
+        f"{human_bytes(result.output_size_bytes)} ({result.ratio:.2f}x smaller)\n"
         f"  verified bit for bit in {seconds:.1f} s ({result.source_size_bytes / seconds / 1e6:.0f} MB/s)"
     )
     return EXIT_OK
@@ -280,21 +273,21 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
         return EXIT_OK
-    print(f"{plan.source}: {len(plan.files)} files, {_human_bytes(plan.total_size_bytes)}")
+    print(f"{plan.source}: {len(plan.files)} files, {human_bytes(plan.total_size_bytes)}")
     print("\nBy category:")
     for category in plan.categories:
         if category.n_files:
             print(
                 f"  {category.category:15s} {category.n_files:7d} files "
-                f"{_human_bytes(category.size_bytes):>12s}"
+                f"{human_bytes(category.size_bytes):>12s}"
                 f"   ({category.n_convert} to convert, {category.n_copy} to copy)"
             )
     print("\nBy folder:")
     for folder in plan.folders:
         movies = (
-            f", {folder.n_movies} movies ({_human_bytes(folder.movie_size_bytes)})" if folder.n_movies else ""
+            f", {folder.n_movies} movies ({human_bytes(folder.movie_size_bytes)})" if folder.n_movies else ""
         )
-        print(f"  {folder.folder}: {folder.n_files} files, {_human_bytes(folder.size_bytes)}{movies}")
+        print(f"  {folder.folder}: {folder.n_files} files, {human_bytes(folder.size_bytes)}{movies}")
     if plan.predictions:
         print("\nMovies (predicted from a sample of frames):")
         for group in plan.predictions:
@@ -309,7 +302,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(
                 f"  {group.folder or '.'}: {group.n_movies} x {shape}: {group.kind}, "
                 f"{group.stored_dtype or 'kept as is'} {group.codec}, ~{group.predicted_ratio:.2f}x "
-                f"({_human_bytes(group.size_bytes)} -> ~{_human_bytes(group.predicted_output_size_bytes)})"
+                f"({human_bytes(group.size_bytes)} -> ~{human_bytes(group.predicted_output_size_bytes)})"
             )
         if not plan.gain_sets_supported:
             print("  (gain-normalised movies are not recognised by this version: they count as float)")
@@ -324,8 +317,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(f"  {skipped.rel_path}: {skipped.reason}")
     minutes = plan.expected_seconds / 60
     print(
-        f"\nExpected: {_human_bytes(plan.total_size_bytes)} -> "
-        f"~{_human_bytes(plan.expected_output_size_bytes)}, "
+        f"\nExpected: {human_bytes(plan.total_size_bytes)} -> "
+        f"~{human_bytes(plan.expected_output_size_bytes)}, "
         f"~{minutes:.1f} min with {plan.n_workers_assumed} workers (scan took {plan.scan_seconds:.1f} s)"
     )
     return EXIT_OK
@@ -378,7 +371,7 @@ class _CompressProgress:
         if event.n_not_touched:
             notes.append(f"{event.n_not_touched} not touched (links, special files)")
         extra = f" ({'; '.join(notes)})" if notes else ""
-        self._log(f"{event.n_files} files; {event.n_todo} to do, {_human_bytes(event.bytes_todo)}{extra}")
+        self._log(f"{event.n_files} files; {event.n_todo} to do, {human_bytes(event.bytes_todo)}{extra}")
         if self.interactive and event.n_todo:
             self.files_bar = tqdm(total=event.n_todo, desc="files", unit="file", file=sys.stderr, position=0)
             self.bytes_bar = tqdm(
@@ -408,7 +401,7 @@ class _CompressProgress:
             left = (self.bytes_todo - self.bytes_done) / rate if rate > 0 else 0.0
             self._log(
                 f"{self.n_done}/{self.n_todo} files, "
-                f"{_human_bytes(self.bytes_done)}/{_human_bytes(self.bytes_todo)}, "
+                f"{human_bytes(self.bytes_done)}/{human_bytes(self.bytes_todo)}, "
                 f"{rate / 1e6:.0f} MB/s, ETA {left / 60:.1f} min"
             )
 
@@ -510,19 +503,19 @@ def _print_compress_summary(summary: Any) -> None:
             f"{summary.n_converted} converted, {summary.n_copied} copied, "
             f"{summary.n_kept_as_is} kept as they were, "
             f"{summary.n_failed} failed, {summary.n_up_to_date} already done "
-            f"({_human_bytes(summary.bytes_read)} read in {summary.elapsed_seconds:.1f} s, "
+            f"({human_bytes(summary.bytes_read)} read in {summary.elapsed_seconds:.1f} s, "
             f"{summary.bytes_read / max(summary.elapsed_seconds, 1e-9) / 1e6:.0f} MB/s)"
         )
     for category in summary.categories:
         if category.n_files:
             print(
                 f"  {category.category:15s} {category.n_files:7d} files  "
-                f"{_human_bytes(category.source_size_bytes):>11s}"
-                f" -> {_human_bytes(category.output_size_bytes):>11s}"
+                f"{human_bytes(category.source_size_bytes):>11s}"
+                f" -> {human_bytes(category.output_size_bytes):>11s}"
             )
     print(
-        f"  {'total':15s} {summary.n_files:7d} files  {_human_bytes(summary.source_size_bytes):>11s} -> "
-        f"{_human_bytes(summary.payload_size_bytes):>11s} ({summary.ratio:.2f}x smaller)"
+        f"  {'total':15s} {summary.n_files:7d} files  {human_bytes(summary.source_size_bytes):>11s} -> "
+        f"{human_bytes(summary.payload_size_bytes):>11s} ({summary.ratio:.2f}x smaller)"
     )
     for decision in summary.decisions:
         print(f"  {decision.n_movies} movies stored as {decision.stored_dtype} with {decision.codec}")
@@ -563,7 +556,7 @@ def _verify_bag(args: argparse.Namespace) -> int:
     if result.ok:
         print(
             f"OK {result.dest}: {result.n_payload_files} payload files "
-            f"({_human_bytes(result.payload_size_bytes)}) "
+            f"({human_bytes(result.payload_size_bytes)}) "
             f"and {result.n_tag_files} tag files match their checksums{decoded}"
         )
         return EXIT_OK
