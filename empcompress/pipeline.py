@@ -4,7 +4,7 @@ DEST mirrors SRC's tree under ``DEST/data/``: every MRC movie becomes a verified
 TIFF stack (``x.mrc`` -> ``x.tif``), every other file is copied byte for byte.
 The driver (the process calling :func:`compress_drive`) scans SRC, compares the
 plan with the journal, and hands the remaining work to the Dask cluster as one
-task per file, a few more tasks in flight than there are worker threads, the
+task per file, a bounded number of tasks in flight (a few per worker thread), the
 largest files first, collected with ``as_completed`` (dynamic scheduling: a big
 movie never holds up the others). Only the driver writes the journal.
 
@@ -114,6 +114,10 @@ STOP_GRACE_SECONDS = 60.0
 GAIN_REFERENCE_NAME = "gain-reference.mrc"
 FLOAT_MODES = (2, 12)
 PRIORITY_GAIN = 5
+#: Tasks handed to the scheduler ahead of the workers (small files finish in milliseconds; the
+#: scheduler keeps the queue, so big movies are still taken dynamically by whichever worker is free).
+MIN_IN_FLIGHT = 32
+POLL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class CompressOptions:
     gain_sets: bool = True  # estimate one gain per set of gain-normalised movies (needs empcompress.gain)
     gain_sample_movies: int = 8  # movies per set used to estimate its gain
     classify_sample_frames: int = 4
-    max_in_flight: int | None = None  # default: 2 x worker threads, at least 4
+    max_in_flight: int | None = None  # default: 4 x worker threads, at least 32
 
 
 # ---------------------------------------------------------------- tasks (run on workers)
@@ -626,7 +630,7 @@ class _Driver:
         self.gain_set_of: dict[str, tuple[str, int, int]] = {}
         self.previous_rows: dict[str, JournalEntry] = {}
         self.interrupted = False
-        self._window = 4
+        self._window = MIN_IN_FLIGHT
         self._window_checked = 0.0
 
     # ---------------------------------------------------------- submitting
@@ -638,7 +642,7 @@ class _Driver:
         if now - self._window_checked > 10:
             self._window_checked = now
             with contextlib.suppress(Exception):
-                self._window = max(4, 2 * sum(self.client.nthreads().values()))
+                self._window = max(MIN_IN_FLIGHT, 4 * sum(self.client.nthreads().values()))
         return self._window
 
     def _submit(
@@ -861,7 +865,7 @@ class _Driver:
         self.refill()
         while self.in_flight and not self.stop.is_set():
             if not self.completed.has_ready():
-                time.sleep(0.05)
+                time.sleep(POLL_SECONDS)
                 continue
             for future in self.completed.next_batch(block=False):
                 if future in self.in_flight:
