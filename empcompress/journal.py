@@ -26,7 +26,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
@@ -275,14 +275,17 @@ class Journal:
     def record(self, entry: JournalEntry) -> JournalEntry:
         """Insert or replace one file's row (one transaction); returns it with its time stamp."""
         entry = replace(entry, updated_at=time.time())
-        values = asdict(entry)
+        self._upsert("files", _ENTRY_FIELDS, asdict(entry))
+        return entry
+
+    def _upsert(self, table: str, columns: Sequence[str], values: dict[str, Any]) -> None:
+        """Insert or replace one row of ``table`` (one transaction)."""
         with self._transaction() as cursor:
             cursor.execute(
-                f"INSERT OR REPLACE INTO files ({', '.join(_ENTRY_FIELDS)}) "
-                f"VALUES ({', '.join('?' for _ in _ENTRY_FIELDS)})",
-                [values[name] for name in _ENTRY_FIELDS],
+                f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                [values[name] for name in columns],
             )
-        return entry
 
     def remove(self, rel_path: str) -> None:
         with self._transaction() as cursor:
@@ -298,13 +301,7 @@ class Journal:
 
     def record_generated(self, entry: GeneratedEntry) -> GeneratedEntry:
         entry = replace(entry, updated_at=time.time())
-        values = asdict(entry)
-        with self._transaction() as cursor:
-            cursor.execute(
-                f"INSERT OR REPLACE INTO generated ({', '.join(_GENERATED_FIELDS)}) "
-                f"VALUES ({', '.join('?' for _ in _GENERATED_FIELDS)})",
-                [values[name] for name in _GENERATED_FIELDS],
-            )
+        self._upsert("generated", _GENERATED_FIELDS, asdict(entry))
         return entry
 
     def remove_generated(self, output_rel_path: str) -> None:
