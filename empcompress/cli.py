@@ -615,6 +615,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _add_gain_reference_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gain", metavar="FILE", help="the gain reference, when it is not beside the TIFF (sha256 checked)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .encode import CODEC_NAMES
 
@@ -666,9 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("-o", "--output", metavar="ORIGINAL.mrc", help="default: the recorded source name")
     restore.add_argument("--threads", type=_positive_int, default=_default_threads())
     restore.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    restore.add_argument(
-        "--gain", metavar="FILE", help="the gain reference, when it is not beside the TIFF (sha256 checked)"
-    )
+    _add_gain_reference_option(restore)
     _add_common(restore)
     restore.set_defaults(handler=_cmd_restore)
 
@@ -682,9 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--against", metavar="SRC.mrc", help="the source MRC file to compare with")
     verify.add_argument("--full", action="store_true", help="bag: also decode every TIFF stack and check it")
     verify.add_argument("--threads", type=_positive_int, default=_default_threads())
-    verify.add_argument(
-        "--gain", metavar="FILE", help="the gain reference, when it is not beside the TIFF (sha256 checked)"
-    )
+    _add_gain_reference_option(verify)
     _add_common(verify)
     verify.set_defaults(handler=_cmd_verify)
 
