@@ -30,13 +30,14 @@ from . import __version__, kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
 from .encode import Codec, choose_codec, make_codec, rows_per_strip
 from .errors import InputError, VerificationError
+from .files import commit_output, file_digests, temporary_output
 from .gain import GainCounter, GainOutcome, gain_stored_frames, plan_gain, settle_gain
 from .metadata import MovieRecord, SourceRecord, StorageRecord
 from .mrc import MrcHeader, MrcMovie, read_header
 from .verify import verify_tiff
-from .write import commit_output, looks_like_packed_4bit, temporary_output, write_tiff_stack
+from .write import looks_like_packed_4bit, write_tiff_stack
 
-__all__ = ["MovieSurvey", "ConversionResult", "survey_movie", "convert_movie", "file_digests"]
+__all__ = ["MovieSurvey", "ConversionResult", "survey_movie", "convert_movie"]
 
 ProgressCallback = Callable[[str, int], None]
 HASH_CHUNK_BYTES = 8 << 20
@@ -149,17 +150,6 @@ def _sample_frames(
     rows = rows_per_strip(frame_shape=movie.header.frame_shape, itemsize=out.dtype.itemsize)
     bands = [out[start : start + rows] for start in range(0, out.shape[0], 4 * rows)]
     return [np.ascontiguousarray(np.concatenate(bands))]
-
-
-def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(sha256, md5) of a file, read once in chunks."""
-    sha256, md5 = hashlib.sha256(), hashlib.md5()
-    buffer = memoryview(bytearray(HASH_CHUNK_BYTES))  # reused: memory stays flat whatever the file size
-    with open(path, "rb") as handle:
-        while n_read := handle.readinto(buffer):
-            sha256.update(buffer[:n_read])
-            md5.update(buffer[:n_read])
-    return sha256.hexdigest(), md5.hexdigest()
 
 
 def _resolve_codec(
@@ -305,7 +295,8 @@ def convert_movie(
                 # name the output the user asked for, not our hidden temporary file
                 message = str(error).replace(str(temporary), str(output))
                 raise VerificationError(f"{message} (nothing was written to {output})") from None
-            output_sha256, output_md5 = file_digests(temporary)
+            digests = file_digests(temporary)
+            output_sha256, output_md5 = digests["sha256"], digests["md5"]
             output_size = temporary.stat().st_size
             if output_size > header.file_size_bytes:
                 warnings.append(

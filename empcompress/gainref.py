@@ -23,7 +23,6 @@ same gain twice gives the same sha256.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -37,8 +36,8 @@ import tifffile
 
 from . import kernels
 from .errors import EmpCompressError, GainError
+from .files import file_sha256, temporary_path_for
 from .mrc import MrcMovie
-from .write import temporary_path_for
 
 __all__ = [
     "GAIN_REFERENCE_NAME",
@@ -61,7 +60,6 @@ __all__ = [
 GAIN_REFERENCE_NAME = "gain-reference.mrc"
 #: The label our gain references carry (no time stamp: same gain, same bytes).
 GAIN_LABEL = b"empcompress gain reference: float32, MRC row order of the movies"
-_HASH_CHUNK_BYTES = 8 << 20
 
 GainArray = npt.NDArray[np.float32]
 
@@ -132,14 +130,6 @@ class OrientedGain:
     gain: GainArray
     orientation: GainOrientation
     is_identity: bool  # the file's array applies as it is (same size, as stored, not inverted)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- reading

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EmpCompressError, NotOurTiffError, PipelineError
-from .write import TEMP_MARKER, commit_output, temporary_output
+from .files import TEMP_MARKER, commit_output, file_digests, temporary_output
 
 __all__ = [
     "BAGIT_VERSION",
@@ -127,15 +127,6 @@ def write_text_atomically(path: Path, text: str) -> None:
         commit_output(temporary, path)
 
 
-def _digests_of(path: Path) -> tuple[str, str]:
-    sha256, md5 = hashlib.sha256(), hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            sha256.update(chunk)
-            md5.update(chunk)
-    return sha256.hexdigest(), md5.hexdigest()
-
-
 def _manifest_text(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{digest}  {encode_manifest_path(path)}\n" for path, digest in sorted(entries))
 
@@ -186,9 +177,9 @@ def write_bag(
     write_text_atomically(dest / "bag-info.txt", _bag_info_text(info))
     write_text_atomically(dest / "bagit.txt", bagit_text)
     tagged = ["bagit.txt", "bag-info.txt", *(f"manifest-{a}.txt" for a in MANIFEST_ALGORITHMS), *tag_files]
-    digests = {name: _digests_of(dest / name) for name in tagged}
-    for index, algorithm in enumerate(MANIFEST_ALGORITHMS):
-        entries = [(name, digests[name][index]) for name in tagged]
+    digests = {name: file_digests(dest / name, algorithms=MANIFEST_ALGORITHMS) for name in tagged}
+    for algorithm in MANIFEST_ALGORITHMS:
+        entries = [(name, digests[name][algorithm]) for name in tagged]
         write_text_atomically(dest / f"tagmanifest-{algorithm}.txt", _manifest_text(entries))
 
 

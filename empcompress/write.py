@@ -5,18 +5,15 @@ MINISBLACK, no private tags; our JSON record goes in the first page's
 ImageDescription. BigTIFF is used when the file could pass 4 GiB.
 
 Outputs are written to a hidden temporary name beside the final one and only
-renamed into place after verification (see :func:`temporary_output`), so a file
-under its final name is always complete and verified.
+renamed into place after verification (see :mod:`empcompress.files`, re-exported
+here), so a file under its final name is always complete and verified.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import struct
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +21,7 @@ import tifffile
 
 from . import __version__
 from .encode import Codec, StripEncoder
+from .files import TEMP_MARKER, commit_output, temporary_output
 
 __all__ = [
     "CLASSIC_TIFF_LIMIT_BYTES",
@@ -38,7 +36,6 @@ CLASSIC_TIFF_LIMIT_BYTES = 2**32 - 1
 SAMPLE_FORMAT_TAG = 339
 SAMPLE_FORMAT_UINT = 1
 PLACEHOLDER_TAG = 340  # SMinSampleValue, renamed to SampleFormat after writing
-TEMP_MARKER = ".empcompress-tmp-"
 #: Frame sizes some readers take for packed 4-bit data whatever the TIFF says.
 PACKED_4BIT_LOOKALIKE_SHAPES = {(8184, 5760), (11520, 4092), (7676, 3710), (7420, 3838)}
 
@@ -137,37 +134,3 @@ def _checked(
         if frame.shape != frame_shape or frame.dtype != dtype:
             raise ValueError(f"frame of shape {frame.shape} {frame.dtype}, expected {frame_shape} {dtype}")
         yield frame
-
-
-def temporary_path_for(final_path: Path) -> Path:
-    """A hidden, unique temporary name in the final file's directory."""
-    return final_path.with_name(f".{final_path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
-
-
-@contextlib.contextmanager
-def temporary_output(final_path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path; on error the temporary file is removed.
-
-    The caller renames it into place with :func:`commit_output` once verified.
-    """
-    final = Path(final_path)
-    temporary = temporary_path_for(final)
-    try:
-        yield temporary
-    finally:
-        # whatever happened, a temporary that was not committed is not left behind
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
-def commit_output(temporary: Path, final_path: str | os.PathLike[str]) -> None:
-    """fsync the verified temporary file and atomically rename it to its final name."""
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, final_path)
-    with contextlib.suppress(OSError):
-        directory = os.open(Path(final_path).parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)

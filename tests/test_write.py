@@ -7,16 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import temporaries_in
 
 from empcompress import write
 from empcompress.encode import Codec
 from empcompress.write import (
     CLASSIC_TIFF_LIMIT_BYTES,
-    commit_output,
     looks_like_packed_4bit,
     needs_bigtiff,
-    temporary_output,
     write_tiff_stack,
 )
 
@@ -159,37 +156,3 @@ def test_bigtiff_is_written_when_needed(
 )
 def test_looks_like_packed_4bit(shape: tuple[int, int], dtype: str, expected: bool) -> None:
     assert looks_like_packed_4bit(shape, np.dtype(dtype)) is expected
-
-
-# ------------------------------------------------------------------ temporary files
-
-
-def test_temporary_output_is_removed_on_error(tmp_path: Path) -> None:
-    final = tmp_path / "out.tif"
-    with pytest.raises(RuntimeError), temporary_output(final) as temporary:
-        assert write.TEMP_MARKER in temporary.name
-        assert temporary.parent == tmp_path
-        assert temporary.name.startswith(".")
-        temporary.write_bytes(b"half written")
-        raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_temporary_output_without_commit_leaves_nothing(tmp_path: Path) -> None:
-    with temporary_output(tmp_path / "out.tif") as temporary:
-        temporary.write_bytes(b"data")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_commit_output_renames(tmp_path: Path) -> None:
-    final = tmp_path / "out.tif"
-    with temporary_output(final) as temporary:
-        temporary.write_bytes(b"verified")
-        commit_output(temporary, final)
-    assert final.read_bytes() == b"verified"
-    assert temporaries_in(tmp_path) == []
-
-
-def test_temporary_names_are_unique(tmp_path: Path) -> None:
-    names = {write.temporary_path_for(tmp_path / "x.tif").name for _ in range(50)}
-    assert len(names) == 50
