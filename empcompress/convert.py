@@ -180,6 +180,7 @@ def convert_movie(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     gain: str | os.PathLike[str] | None = None,
+    gain_reference_output: str | os.PathLike[str] | None = None,
 ) -> ConversionResult:
     """Convert one MRC movie to a verified TIFF stack at ``output``.
 
@@ -193,6 +194,9 @@ def convert_movie(
     gain-normalised float32 movie is then stored as counts, its gain reference
     placed beside the output (see :mod:`empcompress.gain`); a raw-count movie
     gets no gain, and a supplied file is carried over unchanged.
+    ``gain_reference_output``, when given, is the exact path of any gain reference
+    file the conversion must write (the whole-drive pipeline owns every name);
+    without it a new reference is placed beside the output.
     """
     started = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -217,7 +221,11 @@ def convert_movie(
         gain_record = gain_outcome = applied_gain = None
         if plan is not None:
             gain_survey, gain_record, gain_outcome = settle_gain(
-                plan, source_is_integer=decision.is_integer, counter=counter, output=output
+                plan,
+                source_is_integer=decision.is_integer,
+                counter=counter,
+                output=output,
+                reference_output=gain_reference_output,
             )
             if gain_record is not None and gain_survey is not None and gain_survey.stored_dtype is not None:
                 applied_gain = plan.gain

@@ -55,7 +55,7 @@ __all__ = [
 STATE_DIRNAME = ".empcompress"
 JOURNAL_FILENAME = "journal.sqlite"
 LOCK_FILENAME = "lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATE_PENDING = "pending"
 STATE_DONE = "done"
@@ -73,13 +73,13 @@ OUTCOME_KEPT_AS_IS = "kept-as-is"
 class JournalEntry:
     """One source file's state. Paths are POSIX, relative to SRC and to the payload (``data/``)."""
 
-    rel_path: str
+    rel_path: str  # as os.fsdecode gives it (non-UTF-8 bytes as surrogates); stored as bytes
     category: str
     action: str  # "convert" | "copy"
     state: str  # pending | done | failed
     source_size_bytes: int
     source_mtime_ns: int
-    output_rel_path: str
+    output_rel_path: str  # always a portable name (see empcompress.pipeline.layout)
     source_sha256: str = ""
     outcome: str = ""  # converted | copied | kept-as-is (when done)
     output_size_bytes: int = 0
@@ -93,6 +93,8 @@ class JournalEntry:
     attempts: int = 0
     elapsed_seconds: float = 0.0
     updated_at: float = 0.0
+    source_ctime_ns: int = 0  # 0 where the file system gives none
+    source_inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,39 @@ _SQL_TYPES = {
     "float": "REAL",
     "str": "TEXT",
 }  # field types are strings (postponed annotations)
+#: Columns that hold file names exactly as the file system gives them: stored as bytes (BLOB), so that a
+#: name that is not valid UTF-8 is kept as it is.
+_BYTES_COLUMNS = frozenset({"rel_path"})
 
 
 def _columns(cls: type, key: str) -> str:
     parts = []
     for field in fields(cls):
-        sql_type = _SQL_TYPES.get(str(field.type), "TEXT")
-        parts.append(f"{field.name} {sql_type}{' PRIMARY KEY' if field.name == key else ' NOT NULL'}")
+        sql_type = "BLOB" if field.name in _BYTES_COLUMNS else _SQL_TYPES.get(str(field.type), "TEXT")
+        default = {"INTEGER": " DEFAULT 0", "REAL": " DEFAULT 0", "TEXT": " DEFAULT ''"}.get(sql_type, "")
+        parts.append(
+            f"{field.name} {sql_type}{' PRIMARY KEY' if field.name == key else ' NOT NULL' + default}"
+        )
     return ", ".join(parts)
+
+
+def _to_sql(name: str, value: Any) -> Any:
+    if name in _BYTES_COLUMNS:
+        return os.fsencode(value)
+    if isinstance(value, str):
+        # messages may quote file names that are not UTF-8: keep them readable, never fail to store them
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _from_sql(name: str, value: Any) -> Any:
+    if name in _BYTES_COLUMNS and isinstance(value, bytes):
+        return os.fsdecode(value)
+    return value
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    return JournalEntry(*(_from_sql(name, value) for name, value in zip(_ENTRY_FIELDS, row, strict=True)))
 
 
 def journal_path(dest: str | os.PathLike[str]) -> Path:
@@ -176,11 +203,16 @@ class Journal:
             journal = cls(dest, connection, lock_handle)
             journal._create_schema()
             journal._check_source(source)
-        except sqlite3.DatabaseError as error:
+        except sqlite3.Error as error:
             _release_lock(lock_handle)
+            if "full" in str(error).lower():
+                raise PipelineError(
+                    f"{state_dir / JOURNAL_FILENAME}: the disk holding the destination is full ({error}); "
+                    f"free space there and run the same command again: every file finished so far is kept"
+                ) from None
             raise PipelineError(
-                f"{state_dir / JOURNAL_FILENAME}: the journal cannot be opened ({error}); "
-                f"move it away to start this destination afresh"
+                f"{state_dir / JOURNAL_FILENAME}: the journal cannot be opened ({error}); if the disk is "
+                f"healthy and the file is damaged, move the whole destination aside and compress again"
             ) from None
         except BaseException:
             _release_lock(lock_handle)
@@ -195,6 +227,9 @@ class Journal:
                 f"CREATE TABLE IF NOT EXISTS generated ({_columns(GeneratedEntry, 'output_rel_path')})"
             )
             cursor.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            row = cursor.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and row[0] == "1":
+                _migrate_from_1(cursor)
         version = self.get_meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise PipelineError(
@@ -237,23 +272,47 @@ class Journal:
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         if self._lock_handle is None:
             raise PipelineError(f"{journal_path(self.dest)}: the journal is closed")
-        cursor = self._connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise self._error(error) from None
         try:
             yield cursor
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        else:
             cursor.execute("COMMIT")
+        except BaseException as error:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                raise self._error(error) from None
+            raise
         finally:
             cursor.close()
 
     # ------------------------------------------------------------ meta
 
     def get_meta(self, key: str) -> str | None:
-        row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def _read(self, query: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._connection.execute(query, parameters).fetchall()
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+
+    def _error(self, error: sqlite3.Error) -> PipelineError:
+        path = journal_path(self.dest)
+        text = str(error)
+        if "full" in text.lower():
+            return PipelineError(
+                f"{path}: the disk holding the destination is full ({text}); free space there and run the "
+                f"same command again: every file finished so far is kept"
+            )
+        return PipelineError(
+            f"{path}: the journal cannot be read or written ({text}); check the destination's disk and "
+            f"run the same command again"
+        )
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as cursor:
@@ -263,14 +322,14 @@ class Journal:
 
     def entries(self) -> dict[str, JournalEntry]:
         """Every file's row, by source-relative path."""
-        rows = self._connection.execute(f"SELECT {', '.join(_ENTRY_FIELDS)} FROM files ORDER BY rel_path")
-        return {row[0]: JournalEntry(*row) for row in rows}
+        rows = self._read(f"SELECT {', '.join(_ENTRY_FIELDS)} FROM files ORDER BY rel_path")
+        return {entry.rel_path: entry for entry in map(_entry, rows)}
 
     def get(self, rel_path: str) -> JournalEntry | None:
-        row = self._connection.execute(
-            f"SELECT {', '.join(_ENTRY_FIELDS)} FROM files WHERE rel_path = ?", (rel_path,)
-        ).fetchone()
-        return None if row is None else JournalEntry(*row)
+        rows = self._read(
+            f"SELECT {', '.join(_ENTRY_FIELDS)} FROM files WHERE rel_path = ?", (os.fsencode(rel_path),)
+        )
+        return _entry(rows[0]) if rows else None
 
     def record(self, entry: JournalEntry) -> JournalEntry:
         """Insert or replace one file's row (one transaction); returns it with its time stamp."""
@@ -284,19 +343,17 @@ class Journal:
             cursor.execute(
                 f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' for _ in columns)})",
-                [values[name] for name in columns],
+                [_to_sql(name, values[name]) for name in columns],
             )
 
     def remove(self, rel_path: str) -> None:
         with self._transaction() as cursor:
-            cursor.execute("DELETE FROM files WHERE rel_path = ?", (rel_path,))
+            cursor.execute("DELETE FROM files WHERE rel_path = ?", (os.fsencode(rel_path),))
 
     # ------------------------------------------------------------ generated files
 
     def generated_entries(self) -> dict[str, GeneratedEntry]:
-        rows = self._connection.execute(
-            f"SELECT {', '.join(_GENERATED_FIELDS)} FROM generated ORDER BY output_rel_path"
-        )
+        rows = self._read(f"SELECT {', '.join(_GENERATED_FIELDS)} FROM generated ORDER BY output_rel_path")
         return {row[0]: GeneratedEntry(*row) for row in rows}
 
     def record_generated(self, entry: GeneratedEntry) -> GeneratedEntry:
@@ -307,6 +364,21 @@ class Journal:
     def remove_generated(self, output_rel_path: str) -> None:
         with self._transaction() as cursor:
             cursor.execute("DELETE FROM generated WHERE output_rel_path = ?", (output_rel_path,))
+
+
+def _migrate_from_1(cursor: sqlite3.Cursor) -> None:
+    """Schema 1 -> 2: file names as bytes (BLOB), ctime and inode columns (inside the open transaction)."""
+    old = [row[1] for row in cursor.execute("PRAGMA table_info(files)")]
+    cursor.execute("ALTER TABLE files RENAME TO files_v1")
+    cursor.execute(f"CREATE TABLE files ({_columns(JournalEntry, 'rel_path')})")
+    shared = [name for name in _ENTRY_FIELDS if name in old]
+    for row in cursor.execute(f"SELECT {', '.join(shared)} FROM files_v1").fetchall():
+        values = [_to_sql(name, value) for name, value in zip(shared, row, strict=True)]
+        cursor.execute(
+            f"INSERT INTO files ({', '.join(shared)}) VALUES ({', '.join('?' for _ in shared)})", values
+        )
+    cursor.execute("DROP TABLE files_v1")
+    cursor.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 # ---------------------------------------------------------------- the lock

@@ -20,6 +20,7 @@ the run that wrote them last.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -122,6 +123,10 @@ class CompressSummary:
     kept_as_is: tuple[FileProblem, ...]
     not_touched: tuple[FileProblem, ...]
     bag_written: bool
+    sealed: bool = False  # the audit passed and bagit.txt was written
+    audit_problems: tuple[FileProblem, ...] = ()
+    empty_folders: tuple[str, ...] = ()
+    n_unchanged: int = 0  # recheck: sources whose sha256 matched the journal
 
     @property
     def n_done_this_run(self) -> int:
@@ -129,8 +134,15 @@ class CompressSummary:
 
     @property
     def complete(self) -> bool:
-        """Every file of SRC is in the bag (converted, copied or kept as it was)."""
-        return self.bag_written and not self.failures and not self.interrupted
+        """Every file of SRC is in the bag (converted, copied or kept as it was), proven by the audit."""
+        return self.bag_written and self.sealed and not self.failures and not self.interrupted
+
+    @property
+    def exit_code(self) -> int:
+        """0 complete, 130 interrupted, 1 anything less than a sealed bag holding every file."""
+        if self.interrupted and not self.sealed:
+            return 130
+        return 0 if self.complete else 1
 
     @property
     def all_converted(self) -> bool:
@@ -193,9 +205,22 @@ def bag_info_fields(summary: CompressSummary) -> list[tuple[str, str]]:
     return fields
 
 
+def display_path(rel_path: str) -> str:
+    """A source path as text: bytes that are not UTF-8 shown as ``\\xNN`` (see ``source_path_hex``)."""
+    return os.fsencode(rel_path).decode("utf-8", "backslashreplace")
+
+
+def _path_fields(rel_path: str) -> dict[str, str]:
+    raw = os.fsencode(rel_path)
+    try:
+        return {"source": raw.decode("utf-8")}
+    except UnicodeDecodeError:  # the exact bytes, so that the original tree can be rebuilt
+        return {"source": display_path(rel_path), "source_path_hex": raw.hex()}
+
+
 def _file_record(entry: JournalEntry) -> dict[str, Any]:
     return {
-        "source": entry.rel_path,
+        **_path_fields(entry.rel_path),
         "output": f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" if entry.state == STATE_DONE else None,
         "category": entry.category,
         "state": entry.state,
@@ -237,6 +262,8 @@ def report_document(
         "source": summary.source,
         "destination": summary.dest,
         "complete": summary.complete,
+        "audit": "passed" if not summary.audit_problems else "failed",
+        "audit_problems": [asdict(problem) for problem in summary.audit_problems],
         "all_movies_converted": summary.all_converted,
         "totals": {
             "files": summary.n_files,
@@ -257,6 +284,7 @@ def report_document(
         "failures": [asdict(problem) for problem in summary.failures],
         "kept_as_is": [asdict(problem) for problem in summary.kept_as_is],
         "not_touched": [asdict(problem) for problem in summary.not_touched],
+        "empty_folders": [display_path(folder) for folder in summary.empty_folders],
         "last_run": last_run,
         "files": [_file_record(entry) for entry in entries],
     }
@@ -271,9 +299,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -> str:
     """The content of report.md."""
     status = (
-        "complete: every movie converted and verified, every other file copied"
+        "INCOMPLETE: the audit of the bag failed (see Audit problems); it is not sealed"
+        if summary.audit_problems
+        else "complete: every movie converted and verified, every other file copied; audit passed"
         if summary.all_converted
-        else "complete, but some movies were kept as they were (see below)"
+        else "complete, but some movies were kept as they were (see below); audit passed"
         if summary.complete
         else "INCOMPLETE: some files are not in the bag (see Failures)"
     )
@@ -323,13 +353,17 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
             for gain in summary.gain_references
         ]
     for title, problems in (
-        ("Failures (not in the bag)", summary.failures),
+        ("Audit problems", summary.audit_problems),
+        ("Failures (not in the bag; the same command retries them)", summary.failures),
         ("Movies kept as they were (copied byte for byte, not converted)", summary.kept_as_is),
         ("Not touched", summary.not_touched),
     ):
         if problems:
             lines += ["", f"## {title}", ""]
-            lines += [f"- `{problem.rel_path}`: {problem.reason}" for problem in problems]
+            lines += [f"- `{display_path(problem.rel_path)}`: {problem.reason}" for problem in problems]
+    if summary.empty_folders:
+        lines += ["", "## Empty folders (a bag holds files only; recreate them from this list)", ""]
+        lines += [f"- `{display_path(folder)}`" for folder in summary.empty_folders]
     lines += [
         "",
         "## Last run",
@@ -351,7 +385,7 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
             ("source", "outcome", "in the bag", "stored as"),
             [
                 (
-                    entry.rel_path,
+                    display_path(entry.rel_path),
                     entry.outcome or entry.state,
                     f"data/{entry.output_rel_path}" if entry.state == STATE_DONE else "-",
                     entry.stored_dtype or "-",
@@ -371,8 +405,13 @@ def file_list_lines(entries: Sequence[JournalEntry], generated: Sequence[Generat
     payload += [
         f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" for entry in generated if entry.state == STATE_DONE
     ]
-    # a name with a line break cannot be listed one per line
-    return sorted(tag_files) + sorted(path for path in payload if "\n" not in path and "\r" not in path)
+    # payload names are portable (empcompress.pipeline.layout): never a line break, always UTF-8
+    return sorted(tag_files) + sorted(payload)
+
+
+def _utf8(text: str) -> str:
+    """Text that encodes as UTF-8 (messages may quote names that are not)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_reports(
@@ -385,7 +424,8 @@ def write_reports(
     """Write report.json, report.md and ascp-file-list.txt into DEST; returns their names."""
     dest = Path(dest)
     document = report_document(summary, entries, generated)
-    write_text_atomically(dest / REPORT_JSON, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomically(dest / REPORT_MARKDOWN, render_markdown(summary, entries))
+    document_text = _utf8(json.dumps(document, indent=2, ensure_ascii=False))
+    write_text_atomically(dest / REPORT_JSON, document_text + "\n")
+    write_text_atomically(dest / REPORT_MARKDOWN, _utf8(render_markdown(summary, entries)))
     write_text_atomically(dest / FILE_LIST, "\n".join(file_list_lines(entries, generated)) + "\n")
     return REPORT_FILES

@@ -2,20 +2,22 @@
 
 The walk never follows a symbolic link (so it never leaves SRC and never loops);
 links, special files and unreadable folders are listed as files it will not
-touch, with the reason. Every regular file is classified from its name and, for
-MRC files, its 1024-byte header:
+touch, with the reason; an unreadable file or folder is marked so (a compress
+run counts it as a failure). Every regular file is classified by its content,
+names only breaking ties:
 
 ========== ==================================================================
-movie      an MRC file (.mrc, .mrcs) with two or more frames: converted to a
-           verified TIFF stack (``x.mrc`` -> ``x.tif``). An MRC-named file whose
-           header cannot be read is a movie too: it is kept as it is (copied
-           byte for byte) and reported, so nothing is lost. TIFF and EER movies
-           are already compressed and are copied.
+movie      an MRC file (.mrc, .mrcs, any case) whose header holds two or more
+           frames, whatever its name (``again_001.mrc`` is a movie): converted
+           to a verified TIFF stack. An MRC-named file whose header cannot be
+           read is a movie too: it is kept as it is (copied byte for byte) and
+           reported, so nothing is lost. TIFF and EER movies are already
+           compressed and are copied.
 micrograph an MRC file with one frame, or a single-page TIFF: copied.
-gain       a gain reference by name (``*gain*``, ``CountRef*``, ``SuperRef*``,
-           ``*.gain``): copied byte for byte.
+gain       a single-image MRC, or a non-MRC file, named like a gain reference
+           (``*gain*``, ``CountRef*``, ``SuperRef*``, ``*.gain``): copied.
 defects    a defect file by name (``*defect*``): copied.
-other      everything else (STAR, mdoc, logs, volumes, ...): copied.
+other      everything else (STAR, mdoc, logs, volumes, empty files): copied.
 ========== ==================================================================
 
 With prediction on, a few frames of a few movies of each group (same folder,
@@ -72,7 +74,6 @@ __all__ = [
     "gain_support",
     "GainApi",
     "iter_classified",
-    "OUTPUT_SUFFIX",
     "MRC_SUFFIXES",
 ]
 
@@ -99,7 +100,6 @@ KIND_UNREADABLE = "unreadable"
 
 MRC_SUFFIXES = (".mrc", ".mrcs")
 TIFF_SUFFIXES = (".tif", ".tiff")
-OUTPUT_SUFFIX = ".tif"
 
 #: Rough speeds for the time estimate where nothing was measured (bytes per second).
 COPY_BYTES_PER_SECOND = 400e6
@@ -118,7 +118,9 @@ class FileEntry:
     mtime_ns: int
     category: str
     action: str
-    output_rel_path: str  # relative to the bag's payload directory (data/)
+    output_rel_path: str  # relative to the bag's payload directory (data/), from the layout
+    ctime_ns: int = 0
+    inode: int = 0
     note: str = ""
     mode: int = -1  # MRC mode, -1 when not an MRC file
     n_frames: int = 0
@@ -134,10 +136,15 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class SkippedEntry:
-    """Something in SRC that will not be touched, and why."""
+    """Something in SRC that will not be archived, and why.
+
+    ``unreadable`` entries (a file or folder the run cannot read) are failures of a
+    compress run; the others (links, devices, pipes) are not archived by design.
+    """
 
     rel_path: str
     reason: str
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,7 @@ class ScanPlan:
     source: str
     files: tuple[FileEntry, ...]
     skipped: tuple[SkippedEntry, ...]
+    empty_folders: tuple[str, ...]  # a bag holds files only: these are listed in the report
     categories: tuple[CategoryTotals, ...]
     folders: tuple[FolderTotals, ...]
     predictions: tuple[GroupPrediction, ...]
@@ -249,8 +257,15 @@ def gain_support() -> GainApi | None:
 
 def walk_source(
     source: str | os.PathLike[str],
+    *,
+    empty_folders: list[str] | None = None,
 ) -> tuple[list[tuple[str, os.stat_result]], list[SkippedEntry]]:
-    """Every regular file under ``source`` (POSIX relative path, lstat), never following links."""
+    """Every regular file under ``source`` (POSIX relative path, lstat), never following links.
+
+    Names are ``str`` as :func:`os.fsdecode` gives them (bytes that are not UTF-8
+    become surrogates and are kept exactly). Folders that hold nothing are appended
+    to ``empty_folders`` when given.
+    """
     root = Path(source)
     files: list[tuple[str, os.stat_result]] = []
     skipped: list[SkippedEntry] = []
@@ -259,22 +274,29 @@ def walk_source(
     def visit(directory: Path, rel: str) -> None:
         try:
             with os.scandir(directory) as iterator:
-                entries = sorted(iterator, key=lambda entry: entry.name)
+                entries = sorted(iterator, key=lambda entry: os.fsencode(entry.name))
         except OSError as error:
-            skipped.append(SkippedEntry(rel or ".", f"folder cannot be read ({error.strerror})"))
+            reason = f"folder cannot be read ({error.strerror}); its files are not in the bag"
+            skipped.append(SkippedEntry(rel or ".", reason, unreadable=True))
             return
+        if not entries and rel and empty_folders is not None:
+            empty_folders.append(rel)
         for entry in entries:
             rel_path = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError as error:
-                skipped.append(SkippedEntry(rel_path, f"cannot be read ({error.strerror})"))
+                skipped.append(SkippedEntry(rel_path, f"cannot be read ({error.strerror})", unreadable=True))
                 continue
             if stat.S_ISLNK(info.st_mode):
                 skipped.append(SkippedEntry(rel_path, _link_reason(Path(entry.path), real_root)))
             elif stat.S_ISDIR(info.st_mode):
                 visit(Path(entry.path), rel_path)
             elif stat.S_ISREG(info.st_mode):
+                if not os.access(entry.path, os.R_OK):
+                    reason = "cannot be read (permission denied); it is not in the bag"
+                    skipped.append(SkippedEntry(rel_path, reason, unreadable=True))
+                    continue
                 files.append((rel_path, info))
             else:
                 skipped.append(SkippedEntry(rel_path, "not a regular file (device, pipe or socket)"))
@@ -331,17 +353,19 @@ def classify_file(path: Path, *, rel_path: str, info: os.stat_result) -> FileEnt
         rel_path=rel_path,
         size_bytes=info.st_size,
         mtime_ns=info.st_mtime_ns,
+        ctime_ns=info.st_ctime_ns,
+        inode=info.st_ino,
         category=CATEGORY_OTHER,
         action=ACTION_COPY,
         output_rel_path=rel_path,
         note="copied",
     )
+    if suffix in MRC_SUFFIXES:
+        return _classify_mrc(path, base, gain_name=_is_gain_name(name))
     if _is_gain_name(name):
         return replace(base, category=CATEGORY_GAIN_REFERENCE, note="gain reference: copied")
     if "defect" in name.lower():
         return replace(base, category=CATEGORY_DEFECT_FILE, note="defect file: copied")
-    if suffix in MRC_SUFFIXES:
-        return _classify_mrc(path, base)
     if suffix == ".eer":
         return replace(base, category=CATEGORY_MOVIE, note="EER movie: already compressed, copied")
     if suffix in TIFF_SUFFIXES:
@@ -355,10 +379,16 @@ def classify_file(path: Path, *, rel_path: str, info: os.stat_result) -> FileEnt
     return base
 
 
-def _classify_mrc(path: Path, base: FileEntry) -> FileEntry:
+def _classify_mrc(path: Path, base: FileEntry, *, gain_name: bool) -> FileEntry:
+    """What the header says: a stack of frames is a movie whatever its name; the name only tells a
+    single image that is a gain reference from a micrograph."""
+    if base.size_bytes == 0:
+        return replace(base, note="empty file: copied")
     try:
         header = read_header(path)
     except EmpCompressError as error:
+        if gain_name:
+            return replace(base, category=CATEGORY_GAIN_REFERENCE, note="gain reference: copied")
         return replace(
             base,
             category=CATEGORY_MOVIE,
@@ -370,40 +400,24 @@ def _classify_mrc(path: Path, base: FileEntry) -> FileEntry:
         base, mode=header.mode, n_frames=header.nz, frame_width=header.nx, frame_height=header.ny
     )
     if header.nz == 1:
+        if gain_name:
+            return replace(shaped, category=CATEGORY_GAIN_REFERENCE, note="gain reference: copied")
         return replace(shaped, category=CATEGORY_MICROGRAPH, note="single image: copied")
     if _is_volume(header):
         return replace(shaped, note="3D volume: copied")
     return replace(shaped, category=CATEGORY_MOVIE, action=ACTION_CONVERT, note="converted to TIFF")
 
 
-def _assign_output_names(entries: list[FileEntry]) -> list[FileEntry]:
-    """Movies become ``stem.tif``; ``name.tif`` where that collides; copied when both collide."""
-    taken = {entry.output_rel_path for entry in entries if entry.action == ACTION_COPY}
-    result: list[FileEntry] = []
-    converts = [entry for entry in entries if entry.action == ACTION_CONVERT]
-    stems: dict[str, int] = defaultdict(int)
-    for entry in converts:
-        stems[str(PurePosixPath(entry.rel_path).with_suffix(OUTPUT_SUFFIX))] += 1
-    names: dict[str, str] = {}
-    for entry in converts:
-        short = str(PurePosixPath(entry.rel_path).with_suffix(OUTPUT_SUFFIX))
-        long = entry.rel_path + OUTPUT_SUFFIX
-        if short not in taken and stems[short] == 1:
-            names[entry.rel_path] = short
-        elif long not in taken:
-            names[entry.rel_path] = long
-    for entry in entries:
-        if entry.action != ACTION_CONVERT:
-            result.append(entry)
-        elif entry.rel_path in names:
-            result.append(replace(entry, output_rel_path=names[entry.rel_path]))
-        else:
-            result.append(
-                replace(
-                    entry, action=ACTION_COPY, note="its TIFF name is taken by another file: copied as it is"
-                )
-            )
-    return result
+def _name_outputs(entries: list[FileEntry]) -> list[FileEntry]:
+    """Each entry with the payload path the bag's layout gives it (see empcompress.pipeline.layout)."""
+    from .pipeline.layout import KIND_CONVERTED, KIND_COPIED, PayloadLayout, PlannedSource
+
+    layout = PayloadLayout()
+    layout.assign_sources(
+        PlannedSource(entry.rel_path, KIND_CONVERTED if entry.action == ACTION_CONVERT else KIND_COPIED)
+        for entry in entries
+    )
+    return [replace(entry, output_rel_path=layout.output_of(entry.rel_path)) for entry in entries]
 
 
 # ---------------------------------------------------------------- prediction
@@ -614,8 +628,9 @@ def scan_drive(
     """
     started = time.perf_counter()
     root = Path(source).resolve()
-    listing, skipped = walk_source(root)
-    files = _assign_output_names(list(iter_classified(root, listing)))
+    empty_folders: list[str] = []
+    listing, skipped = walk_source(root, empty_folders=empty_folders)
+    files = _name_outputs(list(iter_classified(root, listing)))
     movies = [entry for entry in files if entry.action == ACTION_CONVERT]
     predictions: tuple[GroupPrediction, ...] = ()
     if predict and n_sample_movies > 0:
@@ -635,6 +650,7 @@ def scan_drive(
         source=str(root),
         files=tuple(files),
         skipped=tuple(skipped),
+        empty_folders=tuple(empty_folders),
         categories=categories,
         folders=folders,
         predictions=predictions,

@@ -1,0 +1,361 @@
+"""``compress_drive``: a whole drive (SRC) to an audited, sealed BagIt bag (DEST), on Dask.
+
+The stages, each in its own module of this package:
+
+1. **reconcile** (:mod:`.reconcile`): remove temporaries of interrupted runs, check
+   the generated files against their sha256, draw the layout (:mod:`.layout`, journal
+   names first), and compare each source with its journal row (size, mtime, ctime,
+   inode; with ``recheck`` its sha256) to find the work;
+2. **drive** (:mod:`.driver`, tasks in :mod:`.tasks`): convert and copy on the
+   cluster, gain sets included; the journal records each finished file;
+3. **seal** (:mod:`.seal`): remove what no row accounts for, write manifests and
+   reports, audit the payload against the journal and every TIFF's dependencies;
+   a failed audit redoes the affected files once, then seals (``bagit.txt``) only
+   when everything is proven. Failures of this run (unreadable files and folders,
+   I/O errors, lost workers) leave DEST unsealed, exit code 1, and the same
+   command retries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..journal import STATE_DIRNAME, GeneratedEntry, Journal, JournalEntry, is_journal_dest
+from ..manifest import PAYLOAD_DIRNAME, BagProblem, remove_bag_declaration
+from ..report import CompressSummary, FileProblem, bag_info_fields, write_reports
+from ..scan import FileEntry, ScanPlan, scan_drive
+from .driver import Driver, DriverOptions
+from .events import EventCallback, PlanEvent, StageEvent
+from .layout import PayloadLayout
+from .reconcile import (
+    check_generated,
+    draw_layout,
+    forget_unused_generated,
+    forget_vanished,
+    is_up_to_date,
+    remove_orphans,
+    sweep_temporaries,
+)
+from .seal import audit_mapping, expected_payload, write_and_seal
+from .summary import build_summary
+from .tasks import FileTask, check_paths_task
+
+__all__ = ["CompressOptions", "compress_drive", "check_locations"]
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Options of the compress job."""
+
+    codec: str = "auto"
+    level: int | None = None
+    threads_per_task: int = 1
+    retries: int = 2  # re-runs of a task that raised unexpectedly (a lost worker is retried by the scheduler)
+    gain_sets: bool = True  # estimate one gain per set of gain-normalised movies
+    gain_sample_movies: int = 8  # movies per set used to estimate its gain
+    classify_sample_frames: int = 4
+    max_in_flight: int | None = None  # default: 4 x worker threads, at least 32
+    recheck: bool = False  # compare every source's sha256 with the journal, not only size and times
+
+
+def check_locations(source: Path, dest: Path) -> None:
+    """Refuse DEST inside SRC, SRC inside DEST, the same folder (paths already fully resolved)."""
+    if not source.is_dir():
+        raise PipelineError(f"{source}: not a folder; give the top folder of the drive to compress")
+    if dest == source or dest.is_relative_to(source):
+        raise PipelineError(f"{dest}: is inside the source {source}; choose a destination outside it")
+    if source.is_relative_to(dest):
+        raise PipelineError(f"{dest}: contains the source {source}; choose a destination outside it")
+    if dest.exists() and not dest.is_dir():
+        raise PipelineError(f"{dest}: exists and is not a folder; choose a new or empty folder")
+    if dest.is_dir() and not is_journal_dest(dest) and not _only_our_empty_start(dest):
+        raise PipelineError(
+            f"{dest}: is not empty and was not made by empcompress; choose a new or empty folder "
+            f"(nothing in it was changed)"
+        )
+
+
+def _only_our_empty_start(dest: Path) -> bool:
+    """DEST is empty, or holds only what a run killed before its journal existed left: no files."""
+    for child in dest.iterdir():
+        if child.name not in (STATE_DIRNAME, PAYLOAD_DIRNAME) or not child.is_dir():
+            return False
+        if child.name == PAYLOAD_DIRNAME and any(path.is_file() for path in child.rglob("*")):
+            return False
+    return True
+
+
+def _check_workers_see(client: object, paths: tuple[Path, ...]) -> None:
+    wanted = tuple(str(path) for path in paths)
+    try:
+        missing = client.submit(check_paths_task, wanted, pure=False).result()  # type: ignore[attr-defined]
+    except Exception as error:
+        raise PipelineError(f"the Dask cluster cannot run tasks ({type(error).__name__}: {error})") from None
+    if missing:
+        raise PipelineError(
+            f"the Dask workers cannot see {', '.join(missing)}; SRC and DEST must be on a file system "
+            f"shared by the workers, under the same paths"
+        )
+
+
+def _task(
+    entry: FileEntry,
+    *,
+    layout: PayloadLayout,
+    source: Path,
+    payload: Path,
+    options: CompressOptions,
+    stop_path: Path,
+    expected_sha256: str = "",
+) -> FileTask:
+    output = layout.output_of(entry.rel_path)
+    return FileTask(
+        rel_path=entry.rel_path,
+        source_path=str(source / entry.rel_path),
+        output_path=str(payload / output),
+        output_rel_path=output,
+        kept_output_path=str(payload / layout.kept_output_of(entry.rel_path)),
+        kept_output_rel_path=layout.kept_output_of(entry.rel_path),
+        action=entry.action,
+        category=entry.category,
+        stop_path=str(stop_path),
+        payload_root=str(payload),
+        codec=options.codec,
+        level=options.level,
+        threads=options.threads_per_task,
+        source_size_bytes=entry.size_bytes,
+        expected_source_sha256=expected_sha256,
+    )
+
+
+def _redo_for(problems: tuple[BagProblem, ...], rows: dict[str, JournalEntry]) -> set[str]:
+    """The sources whose outputs (or the files their outputs need) an audit found wrong."""
+    by_output = {f"{PAYLOAD_DIRNAME}/{row.output_rel_path}": name for name, row in rows.items()}
+    redo = set()
+    for problem in problems:
+        if problem.rel_path in by_output:
+            redo.add(by_output[problem.rel_path])
+        for name, row in rows.items():
+            if row.gain_reference and f"{PAYLOAD_DIRNAME}/{row.gain_reference}" == problem.rel_path:
+                redo.add(name)
+        if problem.rel_path in rows:  # a source with no row, or a mapping problem
+            redo.add(problem.rel_path)
+    return redo
+
+
+def compress_drive(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    client: object,
+    options: CompressOptions | None = None,
+    on_event: EventCallback | None = None,
+    stop: threading.Event | None = None,
+    cluster_description: str = "",
+    dashboard_link: str = "",
+) -> CompressSummary:
+    """Compress the drive ``source`` into the bag ``dest`` on the Dask ``client``'s cluster.
+
+    Returns the summary (``summary.complete`` and ``summary.exit_code`` say what was
+    proven). Raises :class:`PipelineError` when the job cannot start (bad locations,
+    DEST held by another run, workers that cannot see the files).
+    """
+    options = options or CompressOptions()
+    emit: EventCallback = on_event or (lambda event: None)
+    stop = stop or threading.Event()
+    started_wall = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started = time.perf_counter()
+    source_path = Path(source).resolve()
+    dest_path = Path(dest).resolve()  # DEST itself, symlinks included, not only its parent
+    check_locations(source_path, dest_path)
+    payload = dest_path / PAYLOAD_DIRNAME
+    try:
+        payload.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PipelineError(f"{payload}: cannot create the destination ({error.strerror})") from None
+    with Journal.open(dest_path, source=str(source_path)) as journal:
+        n_temporaries = sweep_temporaries(dest_path)
+        for old in (dest_path / STATE_DIRNAME).glob("stop-*"):
+            with contextlib.suppress(OSError):
+                old.unlink()
+        stop_path = dest_path / STATE_DIRNAME / f"stop-{secrets.token_hex(8)}"
+        emit(StageEvent(f"scanning {source_path}"))
+        plan = scan_drive(source_path, predict=False)
+        entries = {entry.rel_path: entry for entry in plan.files}
+        rows = journal.entries()
+        lost = check_generated(journal, payload)
+        layout, displaced = draw_layout(plan.files, rows, journal.generated_entries())
+        for name in displaced:
+            journal.remove_generated(name)
+        lost |= set(displaced)
+        n_stale = forget_vanished(journal, rows, entries, payload, layout)
+        work: list[FileEntry] = []
+        recheck: list[FileEntry] = []
+        for entry in plan.files:
+            row = rows.get(entry.rel_path)
+            if not is_up_to_date(entry, row, payload, layout, lost):
+                work.append(entry)
+            elif options.recheck and row is not None and row.source_sha256:
+                recheck.append(entry)
+        n_up_to_date = len(plan.files) - len(work) - len(recheck)
+        emit(
+            PlanEvent(
+                n_files=len(plan.files),
+                n_todo=len(work) + len(recheck),
+                n_up_to_date=n_up_to_date,
+                bytes_todo=sum(entry.size_bytes for entry in work + recheck),
+                n_stale_removed=n_stale,
+                n_not_touched=sum(not item.unreadable for item in plan.skipped),
+                n_temporaries_removed=n_temporaries,
+                n_unreadable=sum(item.unreadable for item in plan.skipped),
+            )
+        )
+        driver = Driver(
+            client=client,
+            journal=journal,
+            dest=dest_path,
+            layout=layout,
+            options=DriverOptions(
+                retries=options.retries,
+                gain_sets=options.gain_sets,
+                gain_sample_movies=options.gain_sample_movies,
+                classify_sample_frames=options.classify_sample_frames,
+                max_in_flight=options.max_in_flight,
+            ),
+            on_event=emit,
+            stop=stop,
+            stop_path=stop_path,
+            previous_rows=rows,
+        )
+
+        def make_tasks(todo: list[FileEntry], checks: list[FileEntry]) -> list[FileTask]:
+            def task(entry: FileEntry, expected_sha256: str = "") -> FileTask:
+                return _task(
+                    entry,
+                    layout=layout,
+                    source=source_path,
+                    payload=payload,
+                    options=options,
+                    stop_path=stop_path,
+                    expected_sha256=expected_sha256,
+                )
+
+            return [task(entry) for entry in todo] + [
+                task(entry, rows[entry.rel_path].source_sha256) for entry in checks
+            ]
+
+        def drive(todo: list[FileEntry], checks: list[FileEntry]) -> None:
+            try:
+                if todo or checks:
+                    remove_bag_declaration(dest_path)
+                    emit(
+                        StageEvent("checking that the workers see SRC and DEST (waits for the first worker)")
+                    )
+                    _check_workers_see(client, (source_path, payload))
+                    driver.plan_tasks(make_tasks(todo, checks), entries)
+                    driver.run()
+            except KeyboardInterrupt:
+                driver.interrupted = True
+            finally:
+                if driver.interrupted:
+                    driver.wind_down()
+                    sweep_temporaries(dest_path)
+                with contextlib.suppress(OSError):
+                    stop_path.unlink()
+
+        drive(work, recheck)
+        sealed = False
+        audit_problems: tuple[BagProblem, ...] = ()
+        for attempt in range(2):
+            if driver.interrupted:
+                break
+            emit(StageEvent("auditing the payload and writing the bag's manifests and reports"))
+            rows = journal.entries()
+            generated = forget_unused_generated(journal, rows, journal.generated_entries(), payload)
+            files = expected_payload(rows, generated, entries)
+            remove_orphans(payload, {file.rel_path for file in files})
+            summary = _summary(plan, rows, generated, driver, source_path, dest_path, started_wall, started)
+            summary = replace(
+                summary,
+                n_up_to_date=n_up_to_date,
+                n_stale_removed=n_stale,
+                cluster=cluster_description,
+                dashboard_link=dashboard_link,
+                sealed=not summary.failures,  # what the reports say if the audit passes
+            )
+            in_bag = [rows[name] for name in sorted(rows) if name in entries]
+            tag_files = write_reports(
+                dest_path, summary=summary, entries=in_bag, generated=list(generated.values())
+            )
+            result = write_and_seal(
+                dest_path,
+                payload=files,
+                bag_info=bag_info_fields(summary),
+                tag_files=tag_files,
+                mapping_problems=audit_mapping(rows, generated, entries),
+                seal=not summary.failures,
+            )
+            audit_problems = result.problems
+            sealed = result.sealed
+            if not audit_problems:
+                break
+            redo = _redo_for(audit_problems, rows)
+            if attempt == 1 or not redo:
+                problems = tuple(FileProblem(p.rel_path, p.problem) for p in audit_problems)
+                summary = replace(summary, sealed=False, audit_problems=problems)
+                write_reports(dest_path, summary=summary, entries=in_bag, generated=list(generated.values()))
+                emit(StageEvent(f"the audit found {len(audit_problems)} problems; the bag is not sealed"))
+                break
+            emit(StageEvent(f"the audit found {len(audit_problems)} problems; redoing {len(redo)} files"))
+            for name in redo:
+                journal.remove(name)
+            driver.previous_rows = journal.entries()
+            drive([entries[name] for name in sorted(redo) if name in entries], [])
+        rows = journal.entries()
+        generated = journal.generated_entries()
+        final = _summary(plan, rows, generated, driver, source_path, dest_path, started_wall, started)
+        return replace(
+            final,
+            n_up_to_date=n_up_to_date,
+            n_stale_removed=n_stale,
+            cluster=cluster_description,
+            dashboard_link=dashboard_link,
+            bag_written=not driver.interrupted,
+            sealed=sealed,
+            audit_problems=tuple(FileProblem(p.rel_path, p.problem) for p in audit_problems),
+            elapsed_seconds=time.perf_counter() - started,
+        )
+
+
+def _summary(
+    plan: ScanPlan,
+    rows: dict[str, JournalEntry],
+    generated: dict[str, GeneratedEntry],
+    driver: Driver,
+    source: Path,
+    dest: Path,
+    started_wall: str,
+    started: float,
+) -> CompressSummary:
+    return build_summary(
+        plan=plan,
+        rows=rows,
+        generated=generated,
+        driver=driver,
+        source=source,
+        dest=dest,
+        started_at=started_wall,
+        elapsed_seconds=time.perf_counter() - started,
+        n_up_to_date=0,
+        n_stale=0,
+        cluster="",
+        dashboard_link="",
+        bag_written=not driver.interrupted,
+    )

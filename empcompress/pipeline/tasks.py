@@ -1,0 +1,452 @@
+"""The tasks that run on Dask workers: convert or copy one file, classify a float movie, gain partials.
+
+A task writes only the payload paths the driver gave it (see :mod:`.layout`) and
+returns what happened as data (:class:`FileOutcome`); it never raises for a bad
+file and never touches the journal. Failures are classified:
+
+- a property of the data (the file is not readable as MRC, truncated, an
+  unsupported mode, or its TIFF does not reproduce it) keeps the original bytes:
+  the movie is copied byte for byte, ``kept-as-is``, and that is final;
+- anything else (an I/O error on a flaky drive, out of memory, the source changed
+  while it was read, a full destination) is a *failure of this run*: nothing is
+  recorded as done, the next run retries it, and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import EmpCompressError, GainError, InputError, VerificationError
+from ..files import commit_output, file_digests, file_sha256, open_regular, temporary_output
+from ..journal import OUTCOME_CONVERTED, OUTCOME_COPIED, OUTCOME_KEPT_AS_IS
+from ..scan import ACTION_CONVERT, KIND_GAIN_NORMALISED, gain_support
+
+__all__ = [
+    "FileTask",
+    "FileOutcome",
+    "GainWriteResult",
+    "run_file_task",
+    "copy_with_digests",
+    "warm_up_worker",
+    "check_paths_task",
+    "classify_task",
+    "gain_partial_task",
+    "gain_merge_task",
+    "gain_write_task",
+    "StopRequestedError",
+]
+
+COPY_CHUNK_BYTES = 8 << 20
+STOP_CHECK_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file to convert or copy. Paths are absolute and must be valid on the workers."""
+
+    rel_path: str
+    source_path: str
+    output_path: str
+    output_rel_path: str
+    action: str
+    category: str
+    stop_path: str
+    kept_output_path: str = ""  # where a movie that cannot be converted is copied as it is
+    kept_output_rel_path: str = ""
+    payload_root: str = ""
+    codec: str = "auto"
+    level: int | None = None
+    threads: int = 1
+    gain_reference_path: str = ""  # the set's gain reference (absolute), to convert with
+    gain_reference_rel_path: str = ""
+    #: where this movie may write a re-oriented gain reference of its own (claimed by the layout)
+    own_gain_reference_path: str = ""
+    own_gain_reference_rel_path: str = ""
+    source_size_bytes: int = 0  # as scanned, for ordering and progress
+    classify_first: bool = False  # float movie: stop before converting if it is gain-normalised
+    classify_sample_frames: int = 4
+    expected_source_sha256: str = ""  # recheck: only hash the source; redo only if it differs
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file (returned by the worker; errors are data, not exceptions)."""
+
+    rel_path: str
+    ok: bool
+    outcome: str  # converted | copied | kept-as-is | "" (failed or stopped)
+    output_rel_path: str
+    message: str = ""
+    stopped: bool = False
+    needs_gain: bool = False  # gain-normalised: to be converted with its set's gain (nothing written)
+    unchanged: bool = False  # recheck: the source's sha256 is the journal's (nothing written)
+    source_size_bytes: int = 0
+    source_mtime_ns: int = 0
+    source_ctime_ns: int = 0
+    source_inode: int = 0
+    source_sha256: str = ""
+    output_size_bytes: int = 0
+    output_sha256: str = ""
+    output_md5: str = ""
+    stored_dtype: str = ""
+    decision: str = ""
+    codec: str = ""
+    gain_reference_rel_path: str = ""  # payload path of the reference the TIFF's record names
+    #: a gain reference this conversion wrote (at own_gain_reference_rel_path): size, sha256, md5
+    own_reference_written: tuple[int, str, str] | None = None
+    elapsed_seconds: float = 0.0
+    worker: str = ""
+
+
+class StopRequestedError(Exception):
+    """Raised inside a task when the driver asked the job to stop."""
+
+
+class _StopCheck:
+    """Progress callback that raises :class:`StopRequestedError` once the stop file exists."""
+
+    def __init__(self, stop_path: str) -> None:
+        self.stop_path = stop_path
+        self._last_check = 0.0
+
+    def __call__(self, stage: str, n_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= STOP_CHECK_SECONDS:
+            self._last_check = now
+            if os.path.exists(self.stop_path):
+                raise StopRequestedError()
+
+
+def copy_with_digests(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    progress: Callable[[str, int], None] | None = None,
+) -> tuple[int, str, str]:
+    """Copy ``source`` to ``output`` byte for byte; returns (size, sha256, md5).
+
+    Both digests are computed while copying (one read of the source). The copy is
+    written under a temporary name, re-read and compared (sha256) before it is
+    renamed into place, with the source's modification time.
+    """
+    import hashlib
+
+    output = Path(output)
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    size_bytes = 0
+    buffer = bytearray(COPY_CHUNK_BYTES)
+    view = memoryview(buffer)
+    with temporary_output(output) as temporary:
+        with open_regular(source) as reader, open(temporary, "xb") as writer:
+            status = os.fstat(reader.fileno())
+            while n_read := reader.readinto(buffer):  # type: ignore[attr-defined]
+                chunk = view[:n_read]
+                writer.write(chunk)
+                sha256.update(chunk)
+                md5.update(chunk)
+                size_bytes += n_read
+                if progress is not None:
+                    progress("copy", n_read)
+        if file_sha256(temporary) != sha256.hexdigest() or temporary.stat().st_size != size_bytes:
+            raise VerificationError(
+                f"{output}: the copy does not read back as written; check the destination disk"
+            )
+        os.utime(temporary, ns=(status.st_atime_ns, status.st_mtime_ns))
+        commit_output(temporary, output)
+    return size_bytes, sha256.hexdigest(), md5.hexdigest()
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _stat_key(status: os.stat_result) -> tuple[int, int]:
+    return status.st_size, status.st_mtime_ns
+
+
+def run_file_task(task: FileTask) -> FileOutcome:
+    """Convert or copy one file (runs on a worker). Never raises for a bad file."""
+    started = time.perf_counter()
+    stop = _StopCheck(task.stop_path)
+    base = FileOutcome(
+        rel_path=task.rel_path,
+        ok=False,
+        outcome="",
+        output_rel_path=task.output_rel_path,
+        worker=_worker_name(),
+    )
+    try:
+        status = os.stat(task.source_path, follow_symlinks=False)
+    except OSError as error:
+        return replace(
+            base, message=f"cannot be read ({error.strerror})", elapsed_seconds=time.perf_counter() - started
+        )
+    base = replace(
+        base,
+        source_size_bytes=status.st_size,
+        source_mtime_ns=status.st_mtime_ns,
+        source_ctime_ns=status.st_ctime_ns,
+        source_inode=status.st_ino,
+    )
+    try:
+        if task.expected_source_sha256:
+            digest = file_digests(task.source_path, algorithms=("sha256",), progress=stop)["sha256"]
+            if digest == task.expected_source_sha256:
+                return replace(
+                    base,
+                    ok=True,
+                    unchanged=True,
+                    source_sha256=digest,
+                    elapsed_seconds=time.perf_counter() - started,
+                )
+        if task.classify_first and _kind_of(task) == KIND_GAIN_NORMALISED:
+            return replace(base, needs_gain=True, elapsed_seconds=time.perf_counter() - started)
+        Path(task.output_path).parent.mkdir(parents=True, exist_ok=True)
+        if task.action == ACTION_CONVERT:
+            outcome = _convert_or_keep(task, stop, base)
+        else:
+            outcome = _copy(task, stop, base, outcome=OUTCOME_COPIED, message="")
+        after = os.stat(task.source_path, follow_symlinks=False)
+        if _stat_key(after) != _stat_key(status):
+            outcome = replace(
+                base,
+                message="the source changed while it was read; it is redone by the next run",
+            )
+    except StopRequestedError:
+        outcome = replace(base, stopped=True, message="stopped before it was finished")
+    except MemoryError:
+        outcome = replace(base, message="out of memory while converting; run again with fewer workers")
+    except Exception as error:  # I/O errors, a lost file, our own errors: a failure of this run
+        outcome = replace(base, message=_error_text(error))
+    return replace(outcome, elapsed_seconds=time.perf_counter() - started)
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return f"{error.filename or ''}: {error.strerror or error}".lstrip(": ")
+    if isinstance(error, EmpCompressError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _copy(task: FileTask, stop: _StopCheck, base: FileOutcome, *, outcome: str, message: str) -> FileOutcome:
+    output_path, output_rel_path = task.output_path, task.output_rel_path
+    if outcome == OUTCOME_KEPT_AS_IS and task.kept_output_path:
+        output_path, output_rel_path = task.kept_output_path, task.kept_output_rel_path
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    size_bytes, sha256, md5 = copy_with_digests(task.source_path, output_path, progress=stop)
+    return replace(
+        base,
+        ok=True,
+        outcome=outcome,
+        output_rel_path=output_rel_path,
+        message=message,
+        source_size_bytes=size_bytes,
+        source_sha256=sha256,
+        output_size_bytes=size_bytes,
+        output_sha256=sha256,
+        output_md5=md5,
+    )
+
+
+def _convert(task: FileTask, stop: _StopCheck, *, gain: str | None) -> Any:
+    from ..convert import convert_movie
+
+    if gain is None:
+        return convert_movie(
+            task.source_path,
+            task.output_path,
+            codec=task.codec,
+            level=task.level,
+            threads=task.threads,
+            overwrite=True,
+            progress=stop,
+        )
+    return convert_movie(
+        task.source_path,
+        task.output_path,
+        codec=task.codec,
+        level=task.level,
+        threads=task.threads,
+        overwrite=True,
+        progress=stop,
+        gain=gain,
+        gain_reference_output=task.own_gain_reference_path or None,
+    )
+
+
+def _payload_relative(path: str, task: FileTask) -> str:
+    relative = PurePosixPath(Path(os.path.relpath(path, task.payload_root)).as_posix())
+    if not task.payload_root or relative.parts[:1] == ("..",):
+        raise VerificationError(f"{task.output_path}: its gain reference {path} is outside the bag")
+    return str(relative)
+
+
+def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> FileOutcome:
+    gain = task.gain_reference_path or None
+    note = ""
+    try:
+        try:
+            result = _convert(task, stop, gain=gain)
+        except GainError as error:
+            if gain is None:
+                raise
+            note = f"did not fit its set's gain reference ({error}); converted without it"
+            gain = None
+            result = _convert(task, stop, gain=None)
+    except (InputError, VerificationError) as error:
+        # a property of the data: it cannot be stored as a TIFF that gives it back exactly
+        return _copy(task, stop, base, outcome=OUTCOME_KEPT_AS_IS, message=f"not converted: {error}")
+    with contextlib.suppress(OSError):
+        os.utime(task.output_path, ns=(base.source_mtime_ns, base.source_mtime_ns))
+    decision = result.decision
+    warnings = "; ".join(result.warnings)
+    gain_outcome = getattr(result, "gain", None)
+    reference_rel_path = ""
+    own_written: tuple[int, str, str] | None = None
+    if gain and gain_outcome is not None and gain_outcome.action == "applied" and gain_outcome.reference_path:
+        reference_rel_path = _payload_relative(gain_outcome.reference_path, task)
+        if reference_rel_path == task.own_gain_reference_rel_path:
+            own_path = Path(task.own_gain_reference_path)
+            digests = file_digests(own_path)
+            own_written = (own_path.stat().st_size, digests["sha256"], digests["md5"])
+    elif gain:
+        reason = getattr(gain_outcome, "reason", "") or "the gain was not applied"
+        note = f"did not fit its set's gain reference ({reason}); stored without it"
+    return replace(
+        base,
+        ok=True,
+        outcome=OUTCOME_CONVERTED,
+        message="; ".join(part for part in (note, warnings) if part),
+        source_size_bytes=result.source_size_bytes,
+        source_sha256=result.source_sha256,
+        output_size_bytes=result.output_size_bytes,
+        output_sha256=result.output_sha256,
+        output_md5=result.output_md5,
+        stored_dtype=decision.stored_dtype,
+        decision=decision.reason,
+        codec=result.codec,
+        gain_reference_rel_path=reference_rel_path,
+        own_reference_written=own_written,
+    )
+
+
+def warm_up_worker() -> None:
+    """Import the conversion code and load its compiled kernels (run once per worker as it starts).
+
+    Converts a tiny synthetic movie in a temporary folder, so that the first real
+    task does not pay for imports and Numba's cache loading; with the gain module,
+    its kernels are loaded too.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from ..convert import convert_movie
+
+    with tempfile.TemporaryDirectory(prefix="empcompress-warm-up-") as directory:
+        movie = Path(directory) / "warm-up.mrc"
+        header = np.zeros(256, dtype="<i4")
+        header[0:4] = (8, 8, 2, 2)  # nx, ny, nz, mode 2
+        header[7:10] = (8, 8, 2)
+        header.view("<f4")[10:13] = 8.0
+        header[16:19] = (1, 2, 3)
+        header.view("S4")[52] = b"MAP "
+        header.view("u1")[212:214] = (0x44, 0x44)
+        frames = np.arange(128, dtype="<f4").reshape(2, 8, 8) % 5
+        movie.write_bytes(header.tobytes() + frames.tobytes())
+        convert_movie(movie, Path(directory) / "warm-up.tif")
+        gain = gain_support()
+        if gain is not None:
+            gain.classify_movie(movie, n_sample_frames=2)
+            partial = gain.gain_partial_from_movie(movie)
+            gain.finalize_gain(gain.merge_gain_partials(partial, partial))
+
+
+def check_paths_task(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """The paths this worker cannot see (runs on a worker)."""
+    return tuple(path for path in paths if not os.path.isdir(path))
+
+
+# ---------------------------------------------------------------- gain tasks
+
+
+def _kind_of(task: FileTask) -> str:
+    """counts | gain-normalised | float, cheaply: one frame tells integer counts at once."""
+    from .. import kernels
+    from ..mrc import MrcMovie
+
+    try:
+        with MrcMovie(task.source_path) as movie:
+            frame = movie.read_frame(movie.header.nz // 2)
+            if frame.dtype.kind != "f" or kernels.float_frame_stats(frame)[0]:
+                return "counts"
+    except InputError:
+        return "float"  # not readable as MRC: the conversion says why and keeps it as it is
+    return classify_task(task.source_path, task.classify_sample_frames)
+
+
+def classify_task(path: str, n_sample_frames: int) -> str:
+    """counts | gain-normalised | float (runs on a worker; unreadable data says float: converted as is)."""
+    gain = gain_support()
+    if gain is None:
+        return "float"
+    try:
+        movie_class = gain.classify_movie(path, n_sample_frames=n_sample_frames)
+    except InputError:
+        return "float"
+    kind = str(getattr(movie_class, "kind", movie_class)).lower().replace("_", "-")
+    return KIND_GAIN_NORMALISED if kind.startswith("gain") else kind
+
+
+def gain_partial_task(path: str, max_frames: int | None) -> Any:
+    gain = gain_support()
+    assert gain is not None
+    return gain.gain_partial_from_movie(path, max_frames=max_frames)
+
+
+def gain_merge_task(first: Any, second: Any) -> Any:
+    gain = gain_support()
+    assert gain is not None
+    return gain.merge_gain_partials(first, second)
+
+
+@dataclass(frozen=True)
+class GainWriteResult:
+    output_size_bytes: int
+    output_sha256: str
+    output_md5: str
+    detail_json: str
+
+
+def gain_write_task(partial: Any, output_path: str) -> GainWriteResult:
+    """Finalize a merged partial and write the gain reference at ``output_path`` (given by the layout)."""
+    gain = gain_support()
+    assert gain is not None
+    estimate = gain.finalize_gain(partial)
+    final = Path(output_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    written_sha256 = gain.write_gain_reference(final, getattr(estimate, "gain", estimate), overwrite=True)
+    digests = file_digests(final)
+    if isinstance(written_sha256, str) and written_sha256 and written_sha256 != digests["sha256"]:
+        raise VerificationError(f"{final}: the gain reference does not read back as written")
+    detail = (
+        {
+            key: value
+            for key, value in vars(estimate).items()
+            if isinstance(value, (int, float, str, bool)) and not key.startswith("_")
+        }
+        if hasattr(estimate, "__dict__")
+        else {}
+    )
+    return GainWriteResult(
+        final.stat().st_size, digests["sha256"], digests["md5"], json.dumps(detail, default=str)
+    )
