@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
@@ -200,7 +201,7 @@ class PayloadLayout:
            taken are returned: they must be made again);
         2. copies at their own (portable) path; a movie also reserves its own path, for
            the case where it cannot be converted and is kept as it is;
-        3. converted movies: ``stem.tif``, then ``name.tif``;
+        3. converted movies: ``stem.tif`` (unless two movies share that stem), then ``name.tif``;
         4. anything left: a ``~<hash>`` name.
         """
         planned = sorted(sources, key=lambda source: os.fsencode(source.rel_path))
@@ -216,11 +217,15 @@ class PayloadLayout:
                 self._claim(f"source:{source.rel_path}", portable_path(source.rel_path))
             else:
                 self._claim(f"kept:{source.rel_path}", portable_path(source.rel_path))
+        wanted = Counter(
+            path_key(self._candidates(source)[0]) for source in planned if source.kind == KIND_CONVERTED
+        )
         for preference in range(2):
             for source in planned:
                 if source.kind == KIND_CONVERTED:
                     candidates = self._candidates(source)
-                    if preference < len(candidates):
+                    shared = preference == 0 and wanted[path_key(candidates[0])] > 1
+                    if preference < len(candidates) and not shared:  # x.mrc and x.mrcs: neither is x.tif
                         self._claim(f"source:{source.rel_path}", candidates[preference])
         for source in planned:
             owner = f"source:{source.rel_path}"

@@ -239,8 +239,8 @@ def _error_text(error: BaseException) -> str:
 
 def _copy(task: FileTask, stop: _StopCheck, base: FileOutcome, *, outcome: str, message: str) -> FileOutcome:
     output_path, output_rel_path = task.output_path, task.output_rel_path
-    if outcome == OUTCOME_KEPT_AS_IS and task.kept_output_path:
-        output_path, output_rel_path = task.kept_output_path, task.kept_output_rel_path
+    if outcome == OUTCOME_KEPT_AS_IS:
+        output_path, output_rel_path = _kept_output(task)
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     size_bytes, sha256, md5 = copy_with_digests(task.source_path, output_path, progress=stop)
     return replace(
@@ -254,6 +254,16 @@ def _copy(task: FileTask, stop: _StopCheck, base: FileOutcome, *, outcome: str, 
         output_size_bytes=size_bytes,
         output_sha256=sha256,
         output_md5=md5,
+    )
+
+
+def _kept_output(task: FileTask) -> tuple[str, str]:
+    """Where a movie kept as it is goes: the layout's path, or its own name beside the TIFF's."""
+    if task.kept_output_path:
+        return task.kept_output_path, task.kept_output_rel_path
+    name = PurePosixPath(task.rel_path).name
+    return str(Path(task.output_path).with_name(name)), str(
+        PurePosixPath(task.output_rel_path).with_name(name)
     )
 
 
