@@ -144,6 +144,8 @@ class Driver:
         """Queue the tasks; float movies are classified first and grouped into gain sets."""
         gain = gain_support() if self.options.gain_sets else None
         generated = self.journal.generated_entries()
+        self.gain_sets.clear()  # a repair round plans afresh
+        self.gain_set_of.clear()
         queued: list[FileTask] = []
         for task in tasks:
             entry = entries[task.rel_path]
