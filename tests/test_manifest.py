@@ -20,6 +20,7 @@ from empcompress.manifest import (
     encode_manifest_path,
     read_bag_info,
     read_manifest,
+    seal_bag,
     verify_bag,
     write_bag,
 )
@@ -52,6 +53,7 @@ def bag(tmp_path: Path) -> Path:
         ],
         tag_files=["report.json"],
     )
+    seal_bag(root)
     return root
 
 
@@ -90,8 +92,10 @@ def test_line_breaks_in_names_are_percent_encoded() -> None:
     name = "data/odd\nname\r.txt"
     assert "\n" not in encode_manifest_path(name) and "\r" not in encode_manifest_path(name)
     assert decode_manifest_path(encode_manifest_path(name)) == name
-    # a literal percent sign is left alone (as bagit and sha256sum read it)
-    assert encode_manifest_path("data/100%.txt") == "data/100%.txt"
+    # RFC 8493: a literal percent sign is written %25 and read back
+    assert encode_manifest_path("data/100%.txt") == "data/100%25.txt"
+    assert decode_manifest_path("data/100%25.txt") == "data/100%.txt"
+    assert decode_manifest_path("data/a%250A%0a%0D%25") == "data/a%0A\n\r%"
 
 
 def test_verify_passes_on_a_good_bag(bag: Path) -> None:
@@ -154,6 +158,7 @@ def test_full_verification_decodes_our_tiffs_and_skips_foreign_ones(tmp_path: Pa
         ),
     ]
     write_bag(root, payload=payload, bag_info=[])
+    seal_bag(root)
     quick = verify_bag(root)
     assert quick.ok and quick.n_tiffs_decoded == 0
     full = verify_bag(root, full=True)
