@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# First of all: in the empcompress program itself (not when imported as a library), this installs the
+# handlers that turn SIGINT, SIGTERM and SIGHUP into a clean stop, so that even the imports are covered.
+from . import interrupts as _interrupts  # noqa: F401
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]

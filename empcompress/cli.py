@@ -2,29 +2,36 @@
 
 All printing and progress bars live here; the stages it calls are plain
 functions. Our errors print as ``Error: message`` and exit with status 1
-(2 for bad usage, 130 on Ctrl-C), never with a traceback.
+(2 for bad usage), never with a traceback (``--verbose`` shows one for an
+unexpected error, and the library warnings and log lines that are otherwise
+kept out of the way). A stop signal (SIGINT, SIGTERM, SIGHUP) removes what was
+half-done, prints one line and exits with 128 + its number: 130, 143, 129
+(see :mod:`empcompress.interrupts`).
+
+Only light modules are imported here: the heavy ones (NumPy, Numba, Dask) are
+imported inside the commands, after the signal handlers are in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from . import __version__
+from . import __version__, interrupts
 from .errors import EmpCompressError
-from .report import human_bytes
 
 if TYPE_CHECKING:
     from .gain import GainOutcome
@@ -34,7 +41,10 @@ __all__ = ["main", "build_parser"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; every stop signal exits with 128 + its number
+
+#: The --codec choices (the same as empcompress.encode.CODEC_NAMES, without importing the encoders).
+CODEC_NAMES: tuple[str, ...] = ("auto", "lzw", "deflate", "zstd", "none")
 
 ProgressCallback = Callable[[str, int], None]
 
@@ -42,6 +52,8 @@ ProgressCallback = Callable[[str, int], None]
 @contextmanager
 def _byte_progress(total_bytes: int, *, description: str, quiet: bool) -> Iterator[ProgressCallback]:
     """A tqdm bar over bytes (hidden when not on a terminal or when quiet)."""
+    from tqdm import tqdm
+
     bar = tqdm(
         total=total_bytes,
         desc=description,
@@ -61,6 +73,13 @@ def _byte_progress(total_bytes: int, *, description: str, quiet: bool) -> Iterat
         yield advance
     finally:
         bar.close()
+
+
+def human_bytes(n_bytes: float) -> str:
+    """``1.50 GiB`` and so on (imported when first needed: the report module is not light)."""
+    from .report import human_bytes as format_bytes
+
+    return format_bytes(n_bytes)
 
 
 def _positive_int(text: str) -> int:
@@ -83,6 +102,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     source = Path(args.source)
     output = Path(args.output) if args.output else source.with_suffix(".tif")
+    args.writing = output
     header = read_header(source)
     with _byte_progress(3 * header.data_size_bytes, description=source.name, quiet=args.quiet) as progress:
         result = convert_movie(
@@ -137,12 +157,14 @@ def _print_gain_outcome(outcome: GainOutcome) -> None:
 
 def _cmd_gain_estimate(args: argparse.Namespace) -> int:
     import numba
+    from tqdm import tqdm
 
     from .gain import estimate_set_gain
     from .gainref import write_gain_reference
 
     numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     output = Path(args.output)
+    args.writing = output
     if output.exists() and not args.overwrite:
         print(f"Error: {output}: already exists; choose another name or pass --overwrite", file=sys.stderr)
         return EXIT_FAILURE
@@ -210,6 +232,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     record = read_record(args.tiff)
     output = Path(args.output) if args.output else Path(args.tiff).with_name(record.source.name)
+    args.writing = output
     with _byte_progress(
         record.source.size_bytes, description=Path(args.tiff).name, quiet=args.quiet
     ) as progress:
@@ -339,6 +362,7 @@ class _CompressProgress:
         self.bytes_done = 0
         self.started = time.monotonic()
         self.last_log = self.started
+        self.sealing = False  # the bag's manifests are being written: too late to stop
 
     def __call__(self, event: Any) -> None:
         from .pipeline import FileEvent, PlanEvent, StageEvent
@@ -348,6 +372,11 @@ class _CompressProgress:
         elif isinstance(event, FileEvent):
             self._file(event)
         elif isinstance(event, StageEvent):
+            # the pipeline's stage messages: sealing (fast: the audit hashes nothing) or redoing files
+            if "writing the bag" in event.message:
+                self.sealing = True
+            elif "redoing" in event.message:
+                self.sealing = False
             self._log(event.message)
 
     def _log(self, message: str) -> None:
@@ -373,6 +402,8 @@ class _CompressProgress:
         extra = f" ({'; '.join(notes)})" if notes else ""
         self._log(f"{event.n_files} files; {event.n_todo} to do, {human_bytes(event.bytes_todo)}{extra}")
         if self.interactive and event.n_todo:
+            from tqdm import tqdm
+
             self.files_bar = tqdm(total=event.n_todo, desc="files", unit="file", file=sys.stderr, position=0)
             self.bytes_bar = tqdm(
                 total=event.bytes_todo,
@@ -413,29 +444,65 @@ class _CompressProgress:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event, progress: _CompressProgress) -> Iterator[None]:
-    """First Ctrl-C or SIGTERM: stop cleanly (finished files are kept); second Ctrl-C: stop now."""
+def _compress_signals(stop: threading.Event, progress: _CompressProgress) -> Iterator[list[str]]:
+    """How compress handles SIGINT, SIGTERM and SIGHUP, by phase (yields the phase, to be updated).
+
+    - ``starting`` (the cluster starting): the first signal unwinds everything, as in every command;
+    - ``running`` (compress_drive): the first signal asks the job to stop (finished files are kept,
+      running ones abandoned, their temporaries removed, the journal consistent); a second Ctrl-C
+      before the bag is being sealed stops at once (the next run removes what that leaves);
+    - ``done`` (compress_drive returned, the cluster shutting down): signals are noted; the outcome,
+      e.g. a sealed bag, stands.
+    """
+    phase = ["starting"]
+
+    def say(message: str) -> None:
+        with suppress(RuntimeError):  # stderr busy in this very thread (a write the signal interrupted)
+            progress._log(message)
 
     def handle(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-        progress._log("Stopping: running files are abandoned, finished ones are kept (Ctrl-C again to force)")
+        first = interrupts.received() is None
+        interrupts.note(signum)
+        if phase[0] == "starting":
+            if first:
+                raise interrupts.Interrupted(signum)
+        elif phase[0] == "running":
+            if not stop.is_set() and progress.sealing:
+                stop.set()
+                say(
+                    f"{interrupts.signal_name(signum)} while the bag is being sealed: finishing that first "
+                    f"(it takes seconds)"
+                )
+            elif not stop.is_set():
+                stop.set()
+                say(
+                    f"Stopping ({interrupts.signal_name(signum)}): running files are abandoned, finished "
+                    f"ones are kept (Ctrl-C again to force)"
+                )
+            elif signum == signal.SIGINT and not progress.sealing:
+                raise interrupts.Interrupted(signum)
 
-    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = interrupts.set_handlers(handle)
     try:
-        yield
+        yield phase
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        interrupts.restore(previous)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from dask.utils import parse_bytes
+    if not args.verbose:  # the worker processes' log lines and warnings (they inherit the environment)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    # Threads started meanwhile keep Ctrl-C blocked, so that only this thread ever takes it: NumPy's
+    # native threads (started by these imports) too, which would otherwise drop it while the cluster code
+    # ignores SIGINT to start its workers. A Ctrl-C during the imports is delivered right after them.
+    with interrupts.sigint_blocked():
+        import distributed  # noqa: F401
+        from dask.utils import parse_bytes
 
-    from .cluster import ClusterOptions, open_cluster, parse_adapt
-    from .journal import ensure_not_locked
-    from .pipeline import CompressOptions, compress_drive, warm_up_worker
+        from .cluster import ClusterOptions, open_cluster, parse_adapt
+        from .journal import ensure_not_locked
+        from .pipeline import CompressOptions, compress_drive, warm_up_worker
 
     cluster_options = ClusterOptions(
         scheduler_address=args.scheduler_address,
@@ -453,40 +520,61 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         level=args.level,
         threads_per_task=args.threads_per_task,
         gain_sets=not args.no_gain_sets,
+        recheck=args.recheck,
     )
+    args.writing = args.dest
     ensure_not_locked(args.dest)
     progress = _CompressProgress(quiet=args.quiet, log_interval_seconds=args.log_interval)
     stop = threading.Event()
-    with open_cluster(cluster_options, worker_setup=warm_up_worker) as (client, info):
+    with _compress_signals(stop, progress) as phase, ExitStack() as cluster:
+        # Ctrl-C is held back (not lost) while the cluster starts its workers, then delivered
+        with interrupts.sigint_blocked():
+            client, info = cluster.enter_context(open_cluster(cluster_options, worker_setup=warm_up_worker))
         if not args.quiet:
             dashboard = f"; dashboard: {info.dashboard_link}" if info.dashboard_link else ""
             print(f"Running on {info.description}{dashboard}", file=sys.stderr, flush=True)
+        phase[0] = "running"
         try:
-            with _stop_on_signals(stop, progress):
-                summary = compress_drive(
-                    args.source,
-                    args.dest,
-                    client=client,
-                    options=options,
-                    on_event=progress,
-                    stop=stop,
-                    cluster_description=info.description,
-                    dashboard_link=info.dashboard_link,
-                )
+            summary = compress_drive(
+                args.source,
+                args.dest,
+                client=client,
+                options=options,
+                on_event=progress,
+                stop=stop,
+                cluster_description=info.description,
+                dashboard_link=info.dashboard_link,
+            )
         finally:
+            phase[0] = "done"
             progress.close()
+    stopped_by = interrupts.received()
     if args.json:
         print(json.dumps(asdict(summary), indent=2, ensure_ascii=False))
     else:
         _print_compress_summary(summary)
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    if summary.failures:
-        return EXIT_FAILURE
-    return EXIT_OK if summary.all_converted else EXIT_NOT_ALL_CONVERTED
+    code: int = summary.exit_code
+    if stopped_by is not None and code == EXIT_INTERRUPTED:
+        code = interrupts.exit_status(stopped_by)  # 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+    elif stopped_by is not None and summary.bag_written and not summary.interrupted:
+        print(
+            f"{interrupts.signal_name(stopped_by)} came when the work was done: the bag was written and "
+            f"stands as reported",
+            file=sys.stderr,
+        )
+    if code == EXIT_OK and not summary.all_converted:
+        return EXIT_NOT_ALL_CONVERTED
+    return code
+
+
+def _printable(text: str) -> str:
+    """Text any terminal encoding can print (names that are not UTF-8 shown as escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _print_compress_summary(summary: Any) -> None:
+    from .report import display_path
+
     if summary.interrupted:
         print(
             f"Stopped: {summary.n_done_this_run} files finished in this run and kept; the journal is "
@@ -524,20 +612,28 @@ def _print_compress_summary(summary: Any) -> None:
             f"  gain reference data/{gain.output_rel_path}: "
             f"{gain.n_converted_with_gain} movies stored as counts"
         )
-    if summary.kept_as_is:
-        print(f"Movies kept as they were, NOT converted ({len(summary.kept_as_is)}):")
-        for problem in summary.kept_as_is:
-            print(f"  {problem.rel_path}: {problem.reason}")
-    if summary.failures:
-        print(f"FAILED, not in the bag ({len(summary.failures)}); fix them and run again:")
-        for problem in summary.failures:
-            print(f"  {problem.rel_path}: {problem.reason}")
-    if summary.not_touched:
-        print(f"Not touched ({len(summary.not_touched)}):")
-        for problem in summary.not_touched:
-            print(f"  {problem.rel_path}: {problem.reason}")
-    if summary.bag_written:
-        print(f"Bag: {summary.dest} (report: {summary.dest}/report.md)")
+    if summary.n_unchanged:
+        print(f"  {summary.n_unchanged} sources re-read: sha256 as recorded, nothing to redo")
+    sections = (
+        (f"Movies kept as they were, NOT converted ({len(summary.kept_as_is)}):", summary.kept_as_is),
+        (f"FAILED, not in the bag ({len(summary.failures)}); fix them and run again:", summary.failures),
+        (f"Audit problems ({len(summary.audit_problems)}):", summary.audit_problems),
+        (f"Not archived ({len(summary.not_touched)}):", summary.not_touched),
+    )
+    for title, problems in sections:
+        if problems:
+            print(title)
+            for problem in problems:
+                print(f"  {display_path(problem.rel_path)}: {_printable(problem.reason)}")
+    if summary.empty_folders:
+        print(f"Empty folders ({len(summary.empty_folders)}): a bag holds files only; listed in report.md")
+    if summary.sealed:
+        print(f"Bag: {summary.dest} (audit passed, sealed; report: {summary.dest}/report.md)")
+    elif summary.bag_written:
+        print(
+            f"NOT SEALED: {summary.dest} is not a finished bag (no bagit.txt); see {summary.dest}/report.md, "
+            f"fix what is listed above and run the same command again"
+        )
 
 
 def _verify_bag(args: argparse.Namespace) -> int:
@@ -622,13 +718,12 @@ def _add_gain_reference_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .encode import CODEC_NAMES
-
     parser = argparse.ArgumentParser(
         prog="empcompress",
         description="Lossless compression of cryo-EM movies (MRC -> verified TIFF) for EMPIAR.",
     )
     parser.add_argument("--version", action="version", version=f"empcompress {__version__}")
+    _add_verbose(parser, default=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     convert = commands.add_parser(
@@ -787,6 +882,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-gain-sets", action="store_true", help="do not estimate gains for gain-normalised movies"
     )
     compress.add_argument(
+        "--recheck",
+        action="store_true",
+        help="re-read every source already in the bag and compare its sha256 with the journal (not only "
+        "size, times and inode); redo what changed",
+    )
+    compress.add_argument(
         "--log-interval",
         type=float,
         default=LOG_INTERVAL_SECONDS,
@@ -795,23 +896,189 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_common(compress)
     compress.set_defaults(handler=_cmd_compress)
+    for command in [*commands.choices.values(), *gain_commands.choices.values()]:
+        _add_verbose(command, default=argparse.SUPPRESS)  # -v after the command name too
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except EmpCompressError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("Interrupted; no partial output was left behind.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as error:
-        print(
-            f"Error: {error.filename or ''}: {error.strerror or error}".replace(": : ", ": "), file=sys.stderr
+def _add_verbose(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="show library warnings and log lines, and the traceback of an unexpected error",
+    )
+
+
+_log_handlers: list[logging.Handler] = []  # the handler _configure_logging added last
+_silenced: dict[str, int] = {}  # library loggers silenced, with their levels before
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    """Library warnings and log lines (tifffile, Numba, Dask) go to stderr only with --verbose.
+
+    Without it they are dropped, so that an ``Error:`` line is the only thing a user sees
+    when something goes wrong (our own messages are printed, not logged).
+    """
+    logging.captureWarnings(False)  # (again: a test harness may have put its own hook back meanwhile)
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    while _log_handlers:
+        root.removeHandler(_log_handlers.pop())
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        for name, level in _silenced.items():  # as they were before a run without --verbose
+            logging.getLogger(name).setLevel(level)
+        _silenced.clear()
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        warnings.simplefilter("default")
+    else:
+        handler = logging.NullHandler()  # no "last resort" printing of warnings to stderr
+        for name in _LIBRARY_LOGGERS:
+            library = logging.getLogger(name)
+            _silenced.setdefault(name, library.level)
+            library.setLevel(logging.CRITICAL + 1)
+    _log_handlers.append(handler)
+    root.addHandler(handler)
+
+
+_LIBRARY_LOGGERS = ("tifffile", "numba", "distributed", "dask", "bokeh", "tornado", "asyncio", "py.warnings")
+#: errno values that mean "the disk holding the output cannot take it".
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error_message(error: OSError, *, writing: str | os.PathLike[str] | None) -> str:
+    """One line for an OSError: the user's file (never our temporary name), what went wrong, what to do.
+
+    ``writing`` is the output the command was writing (a file, or compress's DEST).
+    """
+    from .files import TEMP_MARKER
+
+    def text(name: object) -> str | None:
+        return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else None
+
+    def is_ours(name: str | None) -> bool:
+        return name is not None and TEMP_MARKER in os.path.basename(name)
+
+    output = text(writing)
+    where, other = text(error.filename), text(error.filename2)
+    if is_ours(where):
+        where = other if other is not None and not is_ours(other) else output
+    if where is None and (error.errno in _DISK_FULL or error.errno in _NOT_ALLOWED):
+        where = output
+    about_output = output is not None and where == output
+    what = error.strerror or str(error) or type(error).__name__
+    folder = os.path.dirname(os.path.abspath(where)) if where else "the output"
+    kept = f"nothing half-written was left under {where}; " if about_output else ""
+    if error.errno in _DISK_FULL:
+        advice = f"{kept}free space on the disk holding {folder} and run the same command again"
+    elif error.errno in _NOT_ALLOWED and about_output:
+        advice = (
+            f"{kept}choose a folder you can write to (or fix the permissions of {folder}) and run the "
+            f"same command again"
         )
+    elif error.errno in _NOT_ALLOWED:
+        advice = "check that you may read it (and write where needed) and run the same command again"
+    elif error.errno == errno.EIO:
+        advice = f"{kept}the disk may be failing or was disconnected; check it and run the same command again"
+    elif error.errno in (errno.ENOENT, errno.ENOTDIR):
+        advice = "check the path and run the same command again"
+    else:
+        advice = f"{kept}fix that and run the same command again"
+    return f"{where + ': ' if where else ''}{what}; {advice}"
+
+
+def _interrupted_message(signum: int, args: argparse.Namespace | None) -> str:
+    command = getattr(args, "command", None) or "the command"
+    return (
+        f"Stopped by {interrupts.signal_name(signum)}: {command} was interrupted and left nothing "
+        f"half-written; run the same command again to do the work"
+    )
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args: argparse.Namespace | None = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _configure_logging(verbose=args.verbose)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except BaseException as error:
+        signum = interrupts.received()
+        if signum is None and isinstance(error, KeyboardInterrupt):
+            signum = getattr(error, "signum", int(signal.SIGINT))
+        if signum is not None:  # whatever the unwinding raised on the way, the user stopped us
+            print(_interrupted_message(signum, args), file=sys.stderr, flush=True)
+            return interrupts.exit_status(signum)
+        if isinstance(error, SystemExit):  # argparse: --help, --version, bad usage
+            raise
+        if isinstance(error, EmpCompressError):
+            print(f"Error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        if isinstance(error, OSError):
+            message = _os_error_message(error, writing=getattr(args, "writing", None))
+            print(f"Error: {message}", file=sys.stderr)
+            return EXIT_FAILURE
+        if not isinstance(error, Exception):
+            raise
+        writing = getattr(args, "writing", None)
+        if writing is not None and "disk is full" in str(error):  # SQLite's words for ENOSPC (the journal)
+            print(
+                f"Error: {writing}: the disk is full ({error}); free space on the disk holding {writing} "
+                f"and run the same command again",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        verbose = bool(getattr(args, "verbose", False))
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        hint = "" if verbose else "; run the same command with --verbose to see the traceback"
+        print(f"Error: unexpected {type(error).__name__}: {error}{hint}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """Errors Python can only report (in atexit callbacks, in __del__): logged, seen with --verbose.
+
+    E.g. Dask closing, at exit, a cluster a signal stopped while it started.
+    """
+    exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    message = unraisable.err_msg or "Exception ignored"
+    logging.getLogger("empcompress").warning("%s", message, exc_info=exc_info)
+
+
+def _log_thread_exception(hook_args: Any) -> None:
+    exc_info = (hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback)
+    name = getattr(hook_args.thread, "name", "a thread")
+    logging.getLogger("empcompress").warning("exception in %s", name, exc_info=exc_info)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``empcompress`` command. Returns its exit status (see the module's docstring)."""
+    previous = interrupts.install()  # before anything heavy is imported
+    interrupts.reset()
+    owns_process = interrupts.is_command_process()
+    if owns_process:  # no stray tracebacks from library threads and exit-time cleanups: --verbose shows them
+        sys.unraisablehook = _log_unraisable
+        threading.excepthook = _log_thread_exception
+    status = EXIT_FAILURE
+    try:
+        status = _run(argv)
+        return status
+    except SystemExit as exit_request:
+        status = exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
+        raise
+    finally:
+        sys.stdout.flush()
+        if owns_process:  # a signal while the interpreter shuts down: the outcome stands
+            interrupts.exit_on_late_signals(status)
+        else:
+            interrupts.restore(previous)

@@ -8,8 +8,10 @@ within a few percent of the order-0 entropy of electron counts and that any
 inflater reads.
 
 ``auto`` (the default) trial-encodes a sample of the movie with the codecs every
-reader decodes (LZW, deflate) and keeps the smaller: Huffman-only deflate wins
-from about 0.5 e-/pixel/frame up, LZW on sparser frames.
+reader decodes (LZW, deflate, and no compression at all) and keeps the smallest:
+Huffman-only deflate wins from about 0.5 e-/pixel/frame up, LZW on sparser
+frames, and values that do not compress (noise-like 8-bit data) are stored as
+they are rather than made larger.
 """
 
 from __future__ import annotations
@@ -137,15 +139,17 @@ def choose_codec(
     is_integer: bool,
     level: int | None,
 ) -> tuple[Codec, dict[str, int]]:
-    """Pick the smallest reader-safe codec (LZW or deflate) for a sample of frames.
+    """Pick the smallest reader-safe codec (deflate, LZW or none) for a sample of frames.
 
-    Returns the codec and the trial sizes by codec label. For floats, storing
-    the strips uncompressed is a candidate too: we never write more than needed.
+    Returns the codec and the trial sizes by codec label. Storing the strips
+    uncompressed is always a candidate (the last: it wins only when strictly
+    smaller), so we never write more than needed.
     """
     if is_integer:
         candidates = [
             make_codec("deflate", level=level, is_integer=True),
             make_codec("lzw", level=None, is_integer=True),
+            Codec("none"),
         ]
     else:
         candidates = [
@@ -162,24 +166,37 @@ def choose_codec(
 
 
 class StripEncoder:
-    """Encodes frames strip by strip on a thread pool, keeping frame order."""
+    """Encodes frames strip by strip on a thread pool (or in the caller's thread), keeping frame order."""
 
     def __init__(self, codec: Codec, *, rows: int, threads: int) -> None:
         self.codec = codec
         self.rows = rows
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="empcompress-encode")
+        self._pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="empcompress-encode")
+            if threads > 1
+            else None
+        )
 
     def __enter__(self) -> StripEncoder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def encode_frames(self, frames: Iterable[npt.NDArray[np.generic]]) -> Iterator[bytes]:
-        """Encoded strips of every frame, in order; one frame is in flight ahead.
+        """Encoded strips of every frame, in order; with threads, one frame is in flight ahead.
 
         The producer must not reuse a frame's buffer for the next frame.
         """
+        if self._pool is None:  # no hand-offs: for small frames they cost more than the encoding
+            iterator = iter(frames)
+            frame = next(iterator, None)
+            while frame is not None:
+                strips = encode_frame_strips(frame, self.codec, rows=self.rows)
+                frame = next(iterator, None)  # the next frame is read before these strips go, as with a pool
+                yield from strips
+            return
         pending: list[Future[bytes]] = []
         for frame in frames:
             futures = [self._pool.submit(self.codec.encode, strip) for strip in _strips(frame, self.rows)]

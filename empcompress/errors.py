@@ -81,3 +81,7 @@ class PipelineError(EmpCompressError):
 
 class JournalLockedError(PipelineError):
     """Another run holds the destination's journal."""
+
+
+class RecordError(InputError):
+    """Our TIFF's record is damaged or crafted, or disagrees with itself (see docs/record-format.md)."""

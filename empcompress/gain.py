@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ import numpy.typing as npt
 
 from . import kernels
 from .errors import GainError
+from .files import commit_output, temporary_output
 from .gainref import (
     GAIN_REFERENCE_NAME,
     GainReference,
@@ -617,24 +619,28 @@ class GainRecord:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], *, name: str) -> GainRecord:
-        try:
-            if document.get("version") != GAIN_RECORD_VERSION:
-                raise GainError(
-                    f"{name}: gain record version {document.get('version')} is not supported; "
-                    "upgrade empcompress"
-                )
-            known = {"version", "kind", "reference", "reference_sha256", "formula", "n_exceptions"}
-            known |= {"exception_encoding", "exceptions"}
-            return cls(
-                kind=str(document["kind"]),
-                reference=str(document["reference"]),
-                reference_sha256=str(document["reference_sha256"]),
-                n_exceptions=int(document.get("n_exceptions", 0)),
-                exceptions=str(document.get("exceptions", "")),
-                details={key: value for key, value in document.items() if key not in known},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise GainError(f"{name}: the gain entry of the record is incomplete ({error})") from None
+        """Parse a record's ``storage.gain`` entry (``name``: the TIFF, for messages).
+
+        The entry is validated by the record schema's owner,
+        :func:`empcompress.record.check_gain_entry`: a damaged or crafted entry
+        raises :class:`~empcompress.errors.RecordError` naming the field.
+        """
+        from .errors import RecordError
+        from .record import check_gain_entry  # the schema's owner; it imports this module
+
+        if not isinstance(document, dict):
+            raise RecordError(f"{name}: the empcompress record is damaged: storage.gain must be an object")
+        check_gain_entry(document, source=None, path_name=name)
+        known = {"version", "kind", "reference", "reference_sha256", "formula", "n_exceptions"}
+        known |= {"exception_encoding", "exceptions"}
+        return cls(
+            kind=document["kind"],
+            reference=document["reference"],
+            reference_sha256=document["reference_sha256"],
+            n_exceptions=document.get("n_exceptions", 0),
+            exceptions=document.get("exceptions", ""),
+            details={key: value for key, value in document.items() if key not in known},
+        )
 
 
 def _existing_reference_usable(reference: Path, output: Path) -> bool:
@@ -754,18 +760,29 @@ def settle_gain(
     source_is_integer: bool,
     counter: GainCounter | None,
     output: str | os.PathLike[str],
+    reference_output: str | os.PathLike[str] | None = None,
 ) -> tuple[GainCountSurvey | None, GainRecord | None, GainOutcome]:
     """After the survey pass: keep or refuse the gain and place its reference file.
 
     Returns the count survey (accepted or not), the record entry for the TIFF
     (None when no gain is involved) and the outcome for the result. The gain
-    file is written (or reused) before the TIFF so verification can read it.
+    file is written (or reused) before the TIFF so verification can read it;
+    with ``reference_output`` a new file is written there and nowhere else.
     """
     output = Path(output)
     directory = output.parent
     if plan.action == "carry-over" and source_is_integer:
         assert plan.supplied_path is not None
-        placed, digest, created = place_gain_copy(plan.supplied_path, directory)
+        if reference_output is not None and _existing_reference_usable(Path(plan.supplied_path), output):
+            placed, digest, created = Path(plan.supplied_path), file_sha256(plan.supplied_path), False
+        elif reference_output is not None:
+            placed, created = Path(reference_output), True
+            with temporary_output(placed) as temporary:
+                shutil.copyfile(plan.supplied_path, temporary)
+                commit_output(temporary, placed)
+            digest = file_sha256(placed)
+        else:
+            placed, digest, created = place_gain_copy(plan.supplied_path, directory)
         relative = _relative_reference(placed, output)
         record = GainRecord(
             "carried-over",
@@ -809,6 +826,9 @@ def settle_gain(
         )
     if plan.existing_reference is not None:
         placed, digest, created = Path(plan.existing_reference), file_sha256(plan.existing_reference), False
+    elif reference_output is not None:
+        placed, created = Path(reference_output), True
+        digest = write_gain_reference(placed, plan.gain, overwrite=True)
     else:
         placed, digest, created = place_gain_reference(plan.gain, directory)
     assert survey.exceptions is not None
@@ -837,32 +857,122 @@ def _relative_reference(reference: Path, output: Path) -> str:
     return Path(os.path.relpath(reference.resolve(), output.resolve().parent)).as_posix()
 
 
-def resolve_reference(record: GainRecord, tiff_path: Path, gain_path: str | os.PathLike[str] | None) -> Path:
-    """Where the gain reference of a TIFF is: ``gain_path``, or the recorded place beside it."""
+def resolve_reference(
+    record: GainRecord,
+    tiff_path: Path,
+    gain_path: str | os.PathLike[str] | None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Where the gain reference of a TIFF is; never a file outside ``root``.
+
+    ``gain_path`` (the user's explicit ``--gain FILE``) is taken as given. Otherwise
+    the record's relative reference is looked up from the TIFF's folder, then a
+    file of the same name beside the TIFF. A candidate is used only when its path
+    and its real path (every symbolic link resolved) both lie inside ``root``
+    (default: the TIFF's own folder; the whole-drive pipeline passes the bag's
+    ``data/``) and it is a regular file. ``..`` may appear in the reference as long
+    as the result stays inside ``root``. Returns the real path to open.
+    """
+    import stat
+
     if gain_path is not None:
-        candidate = Path(gain_path)
-        if not candidate.is_file():
-            raise GainError(f"{candidate}: no such gain reference file")
-        return candidate
-    for candidate in (tiff_path.parent / record.reference, tiff_path.parent / Path(record.reference).name):
-        if candidate.is_file():
-            return candidate
+        explicit = Path(os.path.realpath(gain_path))
+        try:
+            is_regular = stat.S_ISREG(os.stat(explicit).st_mode)
+        except OSError:
+            is_regular = False
+        if not is_regular:
+            raise GainError(f"{gain_path}: no such gain reference file (or not a regular file)")
+        return explicit
+    tiff_dir = Path(os.path.abspath(tiff_path)).parent
+    top = Path(os.path.abspath(root)) if root is not None else tiff_dir
+    top_real = Path(os.path.realpath(top))
+    outside: list[str] = []
+    for relative in dict.fromkeys((record.reference, Path(record.reference).name)):
+        lexical = Path(os.path.normpath(tiff_dir / relative))
+        real = Path(os.path.realpath(lexical))
+        if not (lexical.is_relative_to(top) and real.is_relative_to(top_real)):
+            outside.append(relative)
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(real).st_mode):
+                return real
+        except OSError:
+            continue
+    if record.reference in outside:
+        raise GainError(
+            f"{tiff_path}: its record names the gain reference {record.reference!r}, which lies outside "
+            f"{top}; refusing to read it. If you trust this file, pass the reference with --gain FILE"
+        )
     raise GainError(
         f"{tiff_path}: needs its gain reference {record.reference} "
         f"(sha256 {record.reference_sha256[:16]}...), which is not next to it; pass it with --gain FILE"
     )
 
 
-def load_reference_for(record: GainRecord, tiff_path: Path, gain_path: str | os.PathLike[str] | None) -> Any:
-    """The float32 gain (MRC row order) of a gain-normalised TIFF, its sha256 checked."""
-    path = resolve_reference(record, tiff_path, gain_path)
-    digest = file_sha256(path)
-    if digest != record.reference_sha256:
+def load_reference_for(
+    record: GainRecord,
+    tiff_path: Path,
+    gain_path: str | os.PathLike[str] | None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    frame_shape: tuple[int, int] | None = None,
+) -> Any:
+    """The float32 gain (MRC row order) of a gain-normalised TIFF, its sha256 checked.
+
+    Found by :func:`resolve_reference` (``root`` limits where); opened once, as a
+    regular file only (never a FIFO or a device); it must be a single-section
+    float32 MRC of ``frame_shape`` (checked from its header before it is hashed
+    or read).
+    """
+    from .files import NotRegularFileError, file_digests, open_regular
+    from .mrc import HEADER_SIZE_BYTES, parse_header
+
+    path = resolve_reference(record, tiff_path, gain_path, root=root)
+    try:
+        handle = open_regular(path)
+    except NotRegularFileError:
+        raise GainError(f"{path}: the gain reference of {tiff_path.name} is not a regular file") from None
+    except OSError as error:
         raise GainError(
-            f"{path}: is not the gain reference {tiff_path.name} was converted with (sha256 {digest[:16]}... "
-            f"!= recorded {record.reference_sha256[:16]}...); find the right {Path(record.reference).name}"
-        )
-    return read_gain_array(path)
+            f"{path}: cannot read the gain reference of {tiff_path.name} ({error.strerror or error})"
+        ) from None
+    with handle:
+        size_bytes = os.fstat(handle.fileno()).st_size
+        try:
+            header = parse_header(
+                handle.read(HEADER_SIZE_BYTES), path_name=str(path), file_size_bytes=size_bytes
+            )
+        except GainError:
+            raise
+        except Exception as error:
+            raise GainError(
+                f"{path}: is not a usable gain reference for {tiff_path.name} ({error})"
+            ) from None
+        if header.mode != 2 or header.nz != 1:
+            raise GainError(
+                f"{path}: is not a gain reference (mode {header.mode}, {header.nz} sections; "
+                "a gain reference is one float32 section)"
+            )
+        if frame_shape is not None and header.frame_shape != frame_shape:
+            raise GainError(
+                f"{path}: the gain reference is {header.frame_shape}, the frames of {tiff_path.name} are "
+                f"{frame_shape}"
+            )
+        handle.seek(0)
+        digest = file_digests(path, algorithms=("sha256",), handle=handle)["sha256"]
+        if digest != record.reference_sha256:
+            raise GainError(
+                f"{path}: is not the gain reference {tiff_path.name} was converted with (sha256 "
+                f"{digest[:16]}... != recorded {record.reference_sha256[:16]}...); find the right "
+                f"{Path(record.reference).name}"
+            )
+        handle.seek(header.data_offset_bytes)
+        raw = np.empty(header.frame_size_bytes, dtype=np.uint8)
+        if handle.readinto(raw.data) != raw.size:  # type: ignore[attr-defined]
+            raise GainError(f"{path}: the gain reference changed while it was read")
+    return np.ascontiguousarray(raw.view(header.value_dtype).reshape(header.frame_shape), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- a set of movies

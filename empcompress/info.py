@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, NotOurTiffError
 from .mrc import read_header
-from .reconstruct import CompressedMovie
+from .reconstruct import CompressedMovie, open_input_file
 
 __all__ = ["describe_file"]
 
@@ -18,11 +17,8 @@ _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A flat, ordered description of an MRC file or an empcompress TIFF."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as error:
-        raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+    with open_input_file(path) as handle:  # a regular file only: never blocks on a FIFO
+        magic = handle.read(4)
     if magic in _TIFF_MAGIC:
         return _describe_tiff(path)
     return _describe_mrc(path)
@@ -49,11 +45,8 @@ def _describe_mrc(path: Path) -> dict[str, Any]:
 
 
 def _describe_tiff(path: Path) -> dict[str, Any]:
-    try:
-        movie = CompressedMovie(path)
-    except NotOurTiffError:
-        raise
-    with movie:
+    """Our TIFF's record (validated: a damaged one raises RecordError naming the field)."""
+    with CompressedMovie(path) as movie:
         record = movie.record
         storage, source = record.storage, record.source
         return {

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import HeaderMismatchError, NotMrcError, TruncatedFileError, UnsupportedModeError
+from .files import NotRegularFileError, open_regular
 
 __all__ = [
     "HEADER_SIZE_BYTES",
@@ -35,6 +36,7 @@ __all__ = [
     "unpack_4bit",
     "MODE_DTYPES",
     "value_dtype_for",
+    "open_mrc",
 ]
 
 HEADER_SIZE_BYTES = 1024
@@ -262,19 +264,35 @@ def parse_header(raw_header: bytes, *, path_name: str, file_size_bytes: int) -> 
     return header
 
 
-def read_header(path: str | os.PathLike[str]) -> MrcHeader:
-    """Read and validate the header of the MRC file at ``path``."""
+def open_mrc(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open an MRC file for reading: links followed, but only to a regular file (never blocks).
+
+    Raises :class:`NotMrcError` naming the file for a folder, a FIFO, a device, a
+    missing or unreadable file.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            raw = handle.read(HEADER_SIZE_BYTES)
-    except IsADirectoryError:
-        raise NotMrcError(f"{path}: is a directory, not an MRC file") from None
+        return open_regular(os.path.realpath(path))
     except FileNotFoundError:
         raise NotMrcError(f"{path}: no such file") from None
     except PermissionError:
         raise NotMrcError(f"{path}: permission denied") from None
+    except NotRegularFileError:
+        if path.is_dir():
+            raise NotMrcError(f"{path}: is a directory, not an MRC file") from None
+        raise NotMrcError(
+            f"{path}: is not a regular file (a FIFO, device or socket), not an MRC file"
+        ) from None
+    except OSError as error:
+        raise NotMrcError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def read_header(path: str | os.PathLike[str]) -> MrcHeader:
+    """Read and validate the header of the MRC file at ``path``."""
+    path = Path(path)
+    with open_mrc(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        raw = handle.read(HEADER_SIZE_BYTES)
     return parse_header(raw, path_name=str(path), file_size_bytes=size)
 
 
@@ -316,7 +334,7 @@ class MrcMovie:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.header = read_header(self.path)
-        self._handle: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115
+        self._handle: BinaryIO | None = open_mrc(self.path)
         self._buffer = np.empty(self.header.frame_size_bytes, dtype=np.uint8)
 
     def __enter__(self) -> MrcMovie:

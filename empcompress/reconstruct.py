@@ -9,32 +9,90 @@ restore does.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import tifffile
 
 from . import kernels
-from .errors import NotOurTiffError, RestoreError, VerificationError
+from .errors import EmpCompressError, GainError, InputError, NotOurTiffError, RecordError, VerificationError
+from .files import NotRegularFileError, open_regular
 from .gain import GainExceptions, GainRecord, load_reference_for
 from .metadata import MovieRecord
 from .mrc import pack_4bit, value_dtype_for
+from .record import parse_record
 
-__all__ = ["CompressedMovie", "read_record"]
+__all__ = ["CompressedMovie", "read_record", "quiet_tifffile", "open_input_file"]
+
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+_QUIET_SAVED_LEVEL = logging.NOTSET
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Keep tifffile's own log lines (warnings about damaged files) off the terminal.
+
+    We report a damaged file ourselves, in one ``Error:`` line that names it; the
+    ``tifffile`` logger is raised above CRITICAL while any thread is inside.
+    """
+    global _QUIET_DEPTH, _QUIET_SAVED_LEVEL
+    logger = logging.getLogger("tifffile")
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _QUIET_SAVED_LEVEL = logger.level
+            logger.setLevel(logging.CRITICAL + 1)
+        _QUIET_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0:
+                logger.setLevel(_QUIET_SAVED_LEVEL)
+
+
+def open_input_file(path: Path, *, error: type[InputError] = InputError) -> BinaryIO:
+    """Open a file the user named, following links, only if it ends at a regular file.
+
+    Never blocks on a FIFO or a device; raises ``error`` naming the file otherwise.
+    """
+    try:
+        return open_regular(os.path.realpath(path))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except NotRegularFileError:
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise error(f"{path}: is {kind}; give a TIFF or MRC file") from None
+    except OSError as failure:
+        raise error(f"{path}: cannot be read ({failure.strerror or failure})") from None
 
 
 def read_record(path: str | os.PathLike[str]) -> MovieRecord:
-    """The empcompress record of the TIFF at ``path`` (raises NotOurTiffError)."""
+    """The validated empcompress record of the TIFF at ``path``.
+
+    Raises NotOurTiffError (no record) or RecordError (a damaged record).
+    """
     with CompressedMovie(path) as movie:
         return movie.record
 
 
 class CompressedMovie:
-    """A TIFF stack written by empcompress, opened for reading."""
+    """A TIFF stack written by empcompress, opened for reading.
+
+    The record is validated (:func:`empcompress.record.parse_record`) before
+    anything is allocated from it; a gain reference is read only from inside
+    ``root`` (default: the TIFF's own folder; see :func:`empcompress.gain.resolve_reference`)
+    unless ``gain_path`` names it explicitly.
+    """
 
     def __init__(
         self,
@@ -42,33 +100,46 @@ class CompressedMovie:
         *,
         threads: int = 1,
         gain_path: str | os.PathLike[str] | None = None,
+        root: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.threads = max(1, threads)
         self.gain_path = gain_path  # gain reference of gain-normalised storage, if not beside the TIFF
+        self.root = root
         self._gain: npt.NDArray[np.float32] | None = None
         self._exceptions: GainExceptions | None = None
+        self.handle = open_input_file(self.path, error=NotOurTiffError)
         try:
-            self._tiff = tifffile.TiffFile(self.path)
-        except FileNotFoundError:
-            raise NotOurTiffError(f"{self.path}: no such file") from None
-        except (tifffile.TiffFileError, ValueError, OSError) as error:
-            raise NotOurTiffError(f"{self.path}: not a readable TIFF file ({error})") from None
-        try:
-            pages = self._tiff.pages
-            first = pages.first
-            self.record = MovieRecord.from_json(first.description, path_name=str(self.path))
-            self.n_pages = len(pages)
-        except NotOurTiffError:
-            self._tiff.close()
-            raise
+            with quiet_tifffile():
+                self._tiff = tifffile.TiffFile(self.handle, name=self.path.name)
         except Exception as error:
-            self._tiff.close()
-            raise NotOurTiffError(f"{self.path}: cannot read the TIFF structure ({error})") from None
+            self.handle.close()
+            raise NotOurTiffError(f"{self.path}: not a readable TIFF file ({_short(error)})") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        try:
+            with quiet_tifffile():
+                pages = self._tiff.pages
+                description = pages.first.description
+        except Exception as error:
+            raise NotOurTiffError(f"{self.path}: cannot read the TIFF structure ({_short(error)})") from None
+        self.description: str = description
+        self.record = parse_record(description, path_name=str(self.path))
         source = self.record.source
+        try:
+            with quiet_tifffile():
+                self.n_pages = len(pages)
+        except Exception as error:
+            raise VerificationError(
+                f"{self.path}: cannot count the TIFF's pages ({_short(error)}); the file is damaged"
+            ) from None
         if self.n_pages != source.nz:
-            self._tiff.close()
-            raise NotOurTiffError(
+            raise VerificationError(
                 f"{self.path}: has {self.n_pages} pages but its record says {source.nz} frames; "
                 "the file is damaged"
             )
@@ -78,14 +149,7 @@ class CompressedMovie:
         self.stored_dtype = np.dtype(self.record.storage.stored_dtype)
         self.gain_record: GainRecord | None = None
         if self.record.storage.gain is not None:
-            try:
-                self.gain_record = GainRecord.from_dict(self.record.storage.gain, name=str(self.path))
-            except Exception:
-                self._tiff.close()
-                raise
-            if self.gain_record.kind == "gain-normalised" and source.mode != 2:
-                self._tiff.close()
-                raise RestoreError(f"{self.path}: gain-normalised storage of a mode-{source.mode} movie")
+            self.gain_record = GainRecord.from_dict(self.record.storage.gain, name=str(self.path))
 
     @property
     def needs_gain(self) -> bool:
@@ -101,19 +165,21 @@ class CompressedMovie:
         if not self.needs_gain or self._gain is not None:
             return
         assert self.gain_record is not None
-        gain = load_reference_for(self.gain_record, self.path, self.gain_path)
-        if gain.shape != self.frame_shape:
-            raise RestoreError(
-                f"{self.path}: its gain reference is {gain.shape}, frames are {self.frame_shape}"
-            )
-        self._exceptions = GainExceptions.decode(
-            self.gain_record.exceptions,
-            n_frames=self.record.source.nz,
-            n_pixels=gain.size,
-            name=str(self.path),
+        gain = load_reference_for(
+            self.gain_record, self.path, self.gain_path, root=self.root, frame_shape=self.frame_shape
         )
-        if self._exceptions.n_exceptions != self.gain_record.n_exceptions:
-            raise RestoreError(f"{self.path}: the record's exception count does not match its exception list")
+        try:
+            exceptions = GainExceptions.decode(
+                self.gain_record.exceptions,
+                n_frames=self.record.source.nz,
+                n_pixels=gain.size,
+                name=str(self.path),
+            )
+        except GainError as error:
+            raise RecordError(f"{error} (storage.gain.exceptions)") from None
+        if exceptions.n_exceptions != self.gain_record.n_exceptions:
+            raise RecordError(f"{self.path}: the record's exception count does not match its exception list")
+        self._exceptions = exceptions
         self._gain = gain
 
     def __enter__(self) -> CompressedMovie:
@@ -125,7 +191,11 @@ class CompressedMovie:
         self.close()
 
     def close(self) -> None:
-        self._tiff.close()
+        tiff = getattr(self, "_tiff", None)
+        if tiff is not None:
+            with quiet_tifffile(), contextlib.suppress(Exception):
+                tiff.close()
+        self.handle.close()
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -133,13 +203,29 @@ class CompressedMovie:
 
     def read_stored_frame(self, index: int) -> npt.NDArray[np.generic]:
         """Decode page ``index`` from disk (TIFF row order, stored dtype)."""
-        page = self._tiff.pages[index]
-        assert isinstance(page, tifffile.TiffPage)
         try:
-            array = page.asarray(maxworkers=self.threads)
+            with quiet_tifffile():
+                page = self._tiff.pages[index]
+                shape, dtype = (
+                    (page.shape, page.dtype) if isinstance(page, tifffile.TiffPage) else (None, None)
+                )
         except Exception as error:
             raise VerificationError(
-                f"{self.path}: page {index} cannot be decoded ({error}); the file is damaged"
+                f"{self.path}: page {index} cannot be read ({_short(error)}); the file is damaged"
+            ) from None
+        # never decode (allocate) anything but the frame the record describes
+        if shape != self.frame_shape or dtype != self.stored_dtype:
+            raise VerificationError(
+                f"{self.path}: page {index} is {shape} {dtype}, the record says "
+                f"{self.frame_shape} {self.stored_dtype}; the file is damaged"
+            )
+        assert isinstance(page, tifffile.TiffPage)
+        try:
+            with quiet_tifffile():
+                array = page.asarray(maxworkers=self.threads)
+        except Exception as error:
+            raise VerificationError(
+                f"{self.path}: page {index} cannot be decoded ({_short(error)}); the file is damaged"
             ) from None
         if array.shape != self.frame_shape or array.dtype != self.stored_dtype:
             raise VerificationError(
@@ -179,3 +265,11 @@ class CompressedMovie:
     def iter_source_frame_bytes(self) -> Iterator[npt.NDArray[np.uint8]]:
         for index in range(self.n_pages):
             yield self.source_frame_bytes(self.read_stored_frame(index), index=index)
+
+
+def _short(error: BaseException) -> str:
+    """One line about an exception from a library (for our one-line messages)."""
+    if isinstance(error, EmpCompressError):
+        return str(error)
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

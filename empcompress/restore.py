@@ -33,12 +33,16 @@ def restore_movie(
     threads: int = 1,
     progress: ProgressCallback | None = None,
     gain_path: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> RestoreResult:
     """Write the original MRC file recorded in ``tiff_path`` to ``output_path``.
 
     The file appears under its name only if its sha256 equals the recorded one.
     Gain-normalised storage needs its gain reference: ``gain_path``, or the
-    recorded file beside the TIFF (its sha256 is checked first).
+    recorded file, read only when it lies inside ``root`` (default: the TIFF's own
+    folder; see :func:`empcompress.gain.resolve_reference`); its sha256 is checked.
+    The TIFF's tags are not checked here (``verify`` does that): what is written is
+    proven by the recorded sha256 alone.
     """
     tiff_path, output_path = Path(tiff_path), Path(output_path)
     if output_path.exists() and not overwrite:
@@ -48,7 +52,7 @@ def restore_movie(
     if not output_path.parent.is_dir():
         raise RestoreError(f"{output_path.parent}: the output directory does not exist")
     with (
-        CompressedMovie(tiff_path, threads=threads, gain_path=gain_path) as movie,
+        CompressedMovie(tiff_path, threads=threads, gain_path=gain_path, root=root) as movie,
         temporary_output(output_path) as temporary,
     ):
         movie.load_gain()

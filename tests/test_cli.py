@@ -334,3 +334,143 @@ def test_names_with_spaces_and_unicode(
     code, _, err = run(capsys, "restore", str(output), "-o", str(restored_dir / source.name), "-q")
     assert code == 0, err
     assert (restored_dir / source.name).read_bytes() == source.read_bytes()
+
+
+# ------------------------------------------------------------------ one line, whatever happens
+
+
+def test_codec_choices_match_the_encoders() -> None:
+    from empcompress.cli import CODEC_NAMES
+    from empcompress.encode import CODEC_NAMES as ENCODER_CODEC_NAMES
+
+    assert CODEC_NAMES == ENCODER_CODEC_NAMES
+
+
+def test_the_command_line_imports_nothing_heavy() -> None:
+    """Heavy imports happen inside the commands, after the signal handlers are installed."""
+    heavy = ("numpy", "numba", "dask", "distributed", "tifffile", "tqdm", "imagecodecs")
+    code = f"import sys, empcompress.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def _failing_convert(error: BaseException, *, noise: bool = False) -> Callable[..., None]:
+    def convert_movie(*args: object, **kwargs: object) -> None:
+        if noise:  # what libraries say on their own: not for the user unless --verbose
+            import logging
+            import warnings
+
+            logging.getLogger("tifffile").warning("tifffile noise")
+            logging.getLogger("dask.array").warning("dask noise")
+            warnings.warn("numba noise", RuntimeWarning, stacklevel=1)
+        raise error
+
+    return convert_movie
+
+
+def test_unexpected_errors_are_one_line_with_a_hint(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import empcompress.convert
+
+    monkeypatch.setattr(empcompress.convert, "convert_movie", _failing_convert(RuntimeError("kaboom")))
+    argv = ["convert", str(counts_movie), "-o", str(tmp_path / "o.tif")]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert_one_error_line(err, "kaboom")
+    assert "RuntimeError" in err and "--verbose" in err
+    for verbose in (["-v", *argv], [*argv, "--verbose"]):
+        code, _, err = run(capsys, *verbose)
+        assert code == 1
+        assert "Traceback" in err and "kaboom" in err
+        assert err.strip().splitlines()[-1].startswith("Error: unexpected RuntimeError: kaboom")
+
+
+def test_library_warnings_and_logs_only_with_verbose(
+    tmp_path: Path, counts_movie: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import empcompress.convert
+    from empcompress.errors import InputError
+
+    failing = _failing_convert(InputError(f"{counts_movie}: bad"), noise=True)
+    monkeypatch.setattr(empcompress.convert, "convert_movie", failing)
+    argv = ["convert", str(counts_movie), "-o", str(tmp_path / "o.tif")]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert_one_error_line(err, counts_movie.name)
+    code, _, err = run(capsys, "--verbose", *argv)
+    assert code == 1
+    assert "tifffile noise" in err and "dask noise" in err and "numba noise" in err
+    assert err.strip().splitlines()[-1].startswith("Error: ")
+
+
+@pytest.mark.parametrize("signum", [2, 15, 1])
+def test_a_stop_signal_exits_with_128_plus_its_number(
+    tmp_path: Path,
+    counts_movie: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+) -> None:
+    import pickle
+    import signal
+
+    import empcompress.convert
+    from empcompress.interrupts import Interrupted
+
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    error = pickle.loads(pickle.dumps(Interrupted(signum)))
+    assert isinstance(error, KeyboardInterrupt) and error.signum == signum
+    monkeypatch.setattr(empcompress.convert, "convert_movie", _failing_convert(error))
+    code, out, err = run(capsys, "convert", str(counts_movie), "-o", str(tmp_path / "o.tif"))
+    assert code == 128 + signum and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"Stopped by {signal.Signals(signum).name}: ")
+    # in-process (a library user, these tests): main puts the previous handlers back
+    assert {number: signal.getsignal(number) for number in before} == before
+
+
+@pytest.mark.parametrize(
+    ("errno_", "strerror", "advice"),
+    [
+        (28, "No space left on device", "free space on the disk holding"),
+        (122, "Disk quota exceeded", "free space on the disk holding"),
+        (30, "Read-only file system", "choose a folder you can write to"),
+        (13, "Permission denied", "choose a folder you can write to"),
+        (5, "Input/output error", "the disk may be failing"),
+    ],
+)
+@pytest.mark.parametrize("named", ["nothing", "temporary"])
+def test_restore_write_errors_name_the_output(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    counts_movie: Path,
+    errno_: int,
+    strerror: str,
+    advice: str,
+    named: str,
+) -> None:
+    import empcompress.restore
+
+    tiff = tmp_path / "out.tif"
+    assert main(["convert", str(counts_movie), "-o", str(tiff), "-q"]) == 0
+    output = tmp_path / "back" / "movie.mrc"
+    output.parent.mkdir()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        filename = str(output.with_name(f"{TEMP_MARKER}123-abc")) if named == "temporary" else None
+        raise OSError(errno_, strerror, filename)
+
+    monkeypatch.setattr(empcompress.restore, "restore_movie", fail)
+    capsys.readouterr()
+    code, out, err = run(capsys, "restore", str(tiff), "-o", str(output))
+    assert code == 1 and out == ""
+    if named == "nothing" and errno_ == 5:  # an I/O error without a name: not blamed on the output
+        assert_one_error_line(err, strerror)
+    else:
+        assert_one_error_line(err, str(output))
+        assert err.startswith(f"Error: {output}: {strerror}; ")
+    assert TEMP_MARKER not in err
+    assert advice in err and "run the same command again" in err

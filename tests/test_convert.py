@@ -493,3 +493,82 @@ def test_survey_hashes_the_same_with_a_hashing_thread(
         assert threaded.sha256 == serial.sha256 == expected
         assert threaded.stats == serial.stats and threaded.decision == serial.decision
         assert not threaded.decision.is_integer
+
+
+# ------------------------------------------------------------ incompressible data, small frames, disk errors
+
+
+def test_auto_stores_incompressible_uint8_counts_uncompressed(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    values = rng.integers(0, 256, size=(6, 128, 160), dtype=np.uint8)  # random 8-bit counts: no redundancy
+    source = write_mrc(tmp_path / "noise.mrc", values, mode=0, imod_flags=0)
+    result = convert_movie(source, tmp_path / "noise.tif")
+    assert result.decision.stored_dtype == "uint8"
+    assert result.codec == "none"
+    assert result.trial_sizes_bytes["none"] < min(
+        size for label, size in result.trial_sizes_bytes.items() if label != "none"
+    )
+    # only the TIFF structure and the record (with the original header) beyond the source's data
+    assert result.output_size_bytes < values.nbytes + 16 * 1024
+    assert len(result.warnings) == 1 and "do not compress" in result.warnings[0]
+    assert "never" not in result.warnings[0]
+    restored = tmp_path / "restored.mrc"
+    restore_movie(tmp_path / "noise.tif", restored)
+    assert restored.read_bytes() == source.read_bytes()
+
+
+def test_an_explicit_codec_that_expands_says_what_auto_does(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = rng.integers(0, 256, size=(4, 64, 64), dtype=np.uint8)
+    source = write_mrc(tmp_path / "noise.mrc", values, mode=0, imod_flags=0)
+    result = convert_movie(source, tmp_path / "noise.tif", codec="lzw")
+    assert result.output_size_bytes > source.stat().st_size
+    assert any("--codec auto keeps the smallest" in warning for warning in result.warnings)
+
+
+def test_small_frames_use_one_thread_and_give_the_same_file(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import empcompress.convert
+
+    source = write_mrc(tmp_path / "tiny.mrc", counts(rng, (300, 2, 3)), mode=2)
+    header = empcompress.convert.read_header(source)
+    assert empcompress.convert.threads_for_frames(header, 8) == 1
+    convert_movie(source, tmp_path / "single.tif", threads=8)
+    monkeypatch.setattr(
+        empcompress.convert, "SINGLE_THREAD_FRAME_BYTES", 0
+    )  # the threaded path, as for big frames
+    assert empcompress.convert.threads_for_frames(header, 8) == 8
+    convert_movie(source, tmp_path / "threaded.tif", threads=8)
+    assert (tmp_path / "single.tif").read_bytes() == (tmp_path / "threaded.tif").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(28, "No space left on device"), "No space left on device"),
+        (PermissionError(13, "Permission denied", "TEMP"), "Permission denied"),
+    ],
+)
+def test_write_errors_name_the_output_not_the_temporary(
+    tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, expected: str
+) -> None:
+    import empcompress.convert
+
+    real_write = empcompress.convert.write_tiff_stack
+
+    def write_then_fail(path: Path, *args: object, **kwargs: object) -> None:
+        real_write(path, *args, **kwargs)  # type: ignore[arg-type]
+        if error.filename == "TEMP":
+            raise type(error)(error.errno, error.strerror, str(path))
+        raise error
+
+    monkeypatch.setattr(empcompress.convert, "write_tiff_stack", write_then_fail)
+    output = tmp_path / "out.tif"
+    with pytest.raises(OSError) as caught:
+        convert_movie(counts_movie, output)
+    assert caught.value.errno == error.errno
+    assert caught.value.filename == str(output)
+    assert expected in str(caught.value)
+    assert not output.exists()
+    assert temporaries_in(tmp_path) == []

@@ -158,7 +158,21 @@ def test_auto_picks_lzw_on_sparse_frames() -> None:
     codec, sizes = choose_codec([frame], is_integer=True, level=None)
     assert codec.name == "lzw"
     assert sizes[codec.label] == min(sizes.values())
-    assert len(sizes) == 2
+    assert set(sizes) == {"deflate, huffman-only", "lzw", "none"}
+
+
+def test_auto_stores_incompressible_counts_uncompressed(rng: np.random.Generator) -> None:
+    noise = rng.integers(0, 256, size=(128, 96), dtype=np.uint8)  # every byte value equally likely
+    codec, sizes = choose_codec([noise], is_integer=True, level=None)
+    assert codec == Codec("none")
+    assert sizes["none"] == noise.nbytes
+    assert sizes["deflate, huffman-only"] > noise.nbytes and sizes["lzw"] > noise.nbytes
+
+
+def test_auto_compresses_what_compresses() -> None:
+    frame = np.zeros((64, 64), dtype=np.uint8)
+    codec, sizes = choose_codec([frame], is_integer=True, level=None)
+    assert codec.name != "none" and sizes[codec.label] < sizes["none"]
 
 
 def test_auto_picks_huffman_deflate_on_counts(rng: np.random.Generator) -> None:
@@ -207,10 +221,11 @@ def test_rows_per_strip(shape: tuple[int, int], itemsize: int, expected: int) ->
     assert rows_per_strip(frame_shape=shape, itemsize=itemsize) == expected
 
 
-def test_strip_encoder_keeps_order(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_strip_encoder_keeps_order(rng: np.random.Generator, threads: int) -> None:
     frames = [rng.poisson(1.0, size=(30, 20)).astype(np.uint8) for _ in range(6)]
     codec = Codec("deflate", huffman_only=True)
-    with StripEncoder(codec, rows=4, threads=3) as encoder:
+    with StripEncoder(codec, rows=4, threads=threads) as encoder:
         strips = list(encoder.encode_frames(iter(frames)))
     expected = [strip for frame in frames for strip in encode_frame_strips(frame, codec, rows=4)]
     assert strips == expected
