@@ -15,6 +15,7 @@ imported inside the commands, after the signal handlers are in place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -637,13 +638,9 @@ def _print_compress_summary(summary: Any) -> None:
 
 
 def _verify_bag(args: argparse.Namespace) -> int:
-    from .manifest import verify_bag
+    from .manifest import payload_bytes_on_disk, verify_bag
 
-    total_bytes = sum(
-        os.path.getsize(os.path.join(directory, name))
-        for directory, _, names in os.walk(Path(args.path) / "data")
-        for name in names
-    )
+    total_bytes = payload_bytes_on_disk(args.path)  # never follows a link of a received bag
     with _byte_progress(total_bytes, description=Path(args.path).name, quiet=args.quiet) as progress:
         result = verify_bag(args.path, full=args.full, threads=args.threads, progress=progress)
     decoded = (
@@ -1066,6 +1063,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = interrupts.install()  # before anything heavy is imported
     interrupts.reset()
     owns_process = interrupts.is_command_process()
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as \xNN escapes
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if owns_process:  # no stray tracebacks from library threads and exit-time cleanups: --verbose shows them
         sys.unraisablehook = _log_unraisable
         threading.excepthook = _log_thread_exception

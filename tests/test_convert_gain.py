@@ -37,9 +37,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def restores_exactly(tiff: Path, source: Path, *, gain_path: Path | None = None) -> bool:
+def restores_exactly(
+    tiff: Path, source: Path, *, gain_path: Path | None = None, root: Path | None = None
+) -> bool:
     restored = tiff.with_name(tiff.stem + ".restored.mrc")
-    restore_movie(tiff, restored, gain_path=gain_path, overwrite=True)
+    restore_movie(tiff, restored, gain_path=gain_path, overwrite=True, root=root)
     same = restored.read_bytes() == source.read_bytes()
     restored.unlink()
     return same
@@ -132,7 +134,10 @@ def test_a_gain_reference_in_an_ancestor_directory_is_referenced_not_copied(
     assert record.storage.gain is not None
     assert record.storage.gain["reference"] == f"../../{GAIN_REFERENCE_NAME}"
     assert record.storage.gain["reference_sha256"] == digest
-    assert restores_exactly(tiff, source)
+    # a reference above the TIFF's own folder is read only when the caller names the tree it trusts
+    with pytest.raises(GainError, match="outside"):
+        restores_exactly(tiff, source)
+    assert restores_exactly(tiff, source, root=out)
 
 
 def test_restore_needs_the_right_gain_reference(
