@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -47,7 +46,6 @@ HASH_CHUNK_BYTES = 8 << 20
 #: decoder's pool while verifying) cost more than the work they share. Measured on 2 cores: one
 #: thread is 2.5x faster for 1x1 to 128x128 float32 frames and 1.2x for 1024x1024 (4 MiB); two
 #: threads win from 2048x2048 (16 MiB). Movies from real detectors have frames of 14-94 MB.
-SINGLE_THREAD_FRAME_BYTES = 8 << 20
 #: Frames this small weigh less than their TIFF page's tags.
 TINY_FRAME_BYTES = 1024
 #: errno values of a write the output's disk refused (a full disk, a quota, a read-only folder).
@@ -56,7 +54,7 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EA
 
 def threads_for_frames(header: MrcHeader, threads: int) -> int:
     """The threads worth using for a movie's frames: one for small frames, else ``threads``."""
-    return 1 if header.frame_size_bytes < SINGLE_THREAD_FRAME_BYTES else max(1, threads)
+    return kernels.threads_for_frame_bytes(header.frame_size_bytes, threads)
 
 
 def _naming_output(error: OSError, output: Path) -> OSError:
@@ -263,118 +261,124 @@ def convert_movie(
     if not output.parent.is_dir():
         raise InputError(f"{output.parent}: the output directory does not exist")
     threads = threads_for_frames(read_header(source), threads)
-    previous_threads = numba.get_num_threads()
-    max_threads: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
-    numba.set_num_threads(max(1, min(threads, max_threads)))
-    try:
-        plan = plan_gain(source, output, gain=gain) if gain is not None else None
-        counter = None
-        if plan is not None and plan.action == "apply" and plan.gain is not None:
-            counter = GainCounter(plan.gain, n_frames=read_header(source).nz, reference_name=plan.label)
-        survey = survey_movie(
-            source, progress=progress, frame_hook=counter.add if counter else None, threads=threads
-        )
-        header, decision = survey.header, survey.decision
-        gain_record = gain_outcome = applied_gain = None
-        if plan is not None:
-            gain_survey, gain_record, gain_outcome = settle_gain(
-                plan,
-                source_is_integer=decision.is_integer,
-                counter=counter,
-                output=output,
-                reference_output=gain_reference_output,
+    with kernels.kernel_threads(threads):
+        try:
+            plan = plan_gain(source, output, gain=gain) if gain is not None else None
+            counter = None
+            if plan is not None and plan.action == "apply" and plan.gain is not None:
+                counter = GainCounter(plan.gain, n_frames=read_header(source).nz, reference_name=plan.label)
+            survey = survey_movie(
+                source, progress=progress, frame_hook=counter.add if counter else None, threads=threads
             )
-            if gain_record is not None and gain_survey is not None and gain_survey.stored_dtype is not None:
-                applied_gain = plan.gain
-                decision = StorageDecision(
-                    gain_survey.stored_dtype, True, 0.0, float(gain_survey.max_count), gain_survey.reason
+            header, decision = survey.header, survey.decision
+            gain_record = gain_outcome = applied_gain = None
+            if plan is not None:
+                gain_survey, gain_record, gain_outcome = settle_gain(
+                    plan,
+                    source_is_integer=decision.is_integer,
+                    counter=counter,
+                    output=output,
+                    reference_output=gain_reference_output,
                 )
-            elif gain_outcome.action == "not-applied" and not decision.is_integer:
-                decision = replace(decision, reason=f"{decision.reason}; {gain_outcome.reason}")
-        stored_dtype = np.dtype(decision.stored_dtype)
-        warnings: list[str] = []
-        if looks_like_packed_4bit(header.frame_shape, stored_dtype):
-            warnings.append(
-                f"{output.name}: 8-bit frames of {header.nx}x{header.ny} pixels; some readers take this "
-                f"size for packed 4-bit data and will misread it"
-            )
-        with MrcMovie(source) as movie, temporary_output(output) as temporary:
-            chosen, trial_sizes = _resolve_codec(movie, decision, codec=codec, level=level, gain=applied_gain)
-            rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=stored_dtype.itemsize)
-            record = MovieRecord(
-                tool_version=__version__,
-                source=SourceRecord(
-                    name=source.name,
-                    size_bytes=header.file_size_bytes,
-                    sha256=survey.sha256,
-                    mode=header.mode,
-                    byte_order=header.byte_order,
-                    nx=header.nx,
-                    ny=header.ny,
-                    nz=header.nz,
-                    bytes_are_signed=header.bytes_are_signed,
-                    pixel_size_angstrom=header.pixel_size_angstrom,
-                    header_b64=base64.b64encode(movie.read_header_bytes()).decode("ascii"),
-                    extended_header_b64=base64.b64encode(movie.read_extended_header_bytes()).decode("ascii"),
-                    exttyp=header.exttyp,
-                ),
-                storage=StorageRecord(
-                    stored_dtype=stored_dtype.name,
-                    is_integer=decision.is_integer,
-                    value_min=decision.value_min,
-                    value_max=decision.value_max,
-                    reason=decision.reason,
-                    codec=chosen.name,
-                    codec_level=chosen.level,
-                    huffman_only=chosen.huffman_only,
-                    predictor=chosen.predictor,
-                    rows_per_strip=rows,
-                    gain=gain_record.to_dict() if gain_record is not None else None,
-                ),
-            )
-            frames = (
-                _stored_frames(movie, stored_dtype, progress)
-                if applied_gain is None
-                else gain_stored_frames(movie, applied_gain, stored_dtype, progress)
-            )
-            write_tiff_stack(
-                temporary,
-                frames,
-                n_frames=header.nz,
-                frame_shape=header.frame_shape,
-                dtype=stored_dtype,
-                codec=chosen,
-                rows_per_strip=rows,
-                description=record.to_json(),
-                pixel_size_angstrom=header.pixel_size_angstrom
-                if np.isfinite(header.pixel_size_angstrom)
-                else 0.0,
-                threads=threads,
-            )
-            gain_path = gain_outcome.reference_path if applied_gain is not None and gain_outcome else None
-            try:
-                verify_tiff(
-                    temporary, against=source, threads=threads, progress=progress, gain_path=gain_path
-                )
-            except VerificationError as error:
-                # name the output the user asked for, not our hidden temporary file
-                message = str(error).replace(str(temporary), str(output))
-                raise VerificationError(f"{message} (nothing was written to {output})") from None
-            digests = file_digests(temporary)
-            output_sha256, output_md5 = digests["sha256"], digests["md5"]
-            output_size = temporary.stat().st_size
-            if output_size > header.file_size_bytes:
+                if (
+                    gain_record is not None
+                    and gain_survey is not None
+                    and gain_survey.stored_dtype is not None
+                ):
+                    applied_gain = plan.gain
+                    decision = StorageDecision(
+                        gain_survey.stored_dtype, True, 0.0, float(gain_survey.max_count), gain_survey.reason
+                    )
+                elif gain_outcome.action == "not-applied" and not decision.is_integer:
+                    decision = replace(decision, reason=f"{decision.reason}; {gain_outcome.reason}")
+            stored_dtype = np.dtype(decision.stored_dtype)
+            warnings: list[str] = []
+            if looks_like_packed_4bit(header.frame_shape, stored_dtype):
                 warnings.append(
-                    _larger_than_source(output, header, chosen, codec, output_size, header.file_size_bytes)
+                    f"{output.name}: 8-bit frames of {header.nx}x{header.ny} pixels; some readers take this "
+                    f"size for packed 4-bit data and will misread it"
                 )
-            commit_output(temporary, output)
-    except OSError as error:
-        named = _naming_output(error, output)
-        if named is error:
-            raise
-        raise named from None
-    finally:
-        numba.set_num_threads(previous_threads)
+            with MrcMovie(source) as movie, temporary_output(output) as temporary:
+                chosen, trial_sizes = _resolve_codec(
+                    movie, decision, codec=codec, level=level, gain=applied_gain
+                )
+                rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=stored_dtype.itemsize)
+                record = MovieRecord(
+                    tool_version=__version__,
+                    source=SourceRecord(
+                        name=source.name,
+                        size_bytes=header.file_size_bytes,
+                        sha256=survey.sha256,
+                        mode=header.mode,
+                        byte_order=header.byte_order,
+                        nx=header.nx,
+                        ny=header.ny,
+                        nz=header.nz,
+                        bytes_are_signed=header.bytes_are_signed,
+                        pixel_size_angstrom=header.pixel_size_angstrom,
+                        header_b64=base64.b64encode(movie.read_header_bytes()).decode("ascii"),
+                        extended_header_b64=base64.b64encode(movie.read_extended_header_bytes()).decode(
+                            "ascii"
+                        ),
+                        exttyp=header.exttyp,
+                    ),
+                    storage=StorageRecord(
+                        stored_dtype=stored_dtype.name,
+                        is_integer=decision.is_integer,
+                        value_min=decision.value_min,
+                        value_max=decision.value_max,
+                        reason=decision.reason,
+                        codec=chosen.name,
+                        codec_level=chosen.level,
+                        huffman_only=chosen.huffman_only,
+                        predictor=chosen.predictor,
+                        rows_per_strip=rows,
+                        gain=gain_record.to_dict() if gain_record is not None else None,
+                    ),
+                )
+                frames = (
+                    _stored_frames(movie, stored_dtype, progress)
+                    if applied_gain is None
+                    else gain_stored_frames(movie, applied_gain, stored_dtype, progress)
+                )
+                write_tiff_stack(
+                    temporary,
+                    frames,
+                    n_frames=header.nz,
+                    frame_shape=header.frame_shape,
+                    dtype=stored_dtype,
+                    codec=chosen,
+                    rows_per_strip=rows,
+                    description=record.to_json(),
+                    pixel_size_angstrom=header.pixel_size_angstrom
+                    if np.isfinite(header.pixel_size_angstrom)
+                    else 0.0,
+                    threads=threads,
+                )
+                gain_path = gain_outcome.reference_path if applied_gain is not None and gain_outcome else None
+                try:
+                    verify_tiff(
+                        temporary, against=source, threads=threads, progress=progress, gain_path=gain_path
+                    )
+                except VerificationError as error:
+                    # name the output the user asked for, not our hidden temporary file
+                    message = str(error).replace(str(temporary), str(output))
+                    raise VerificationError(f"{message} (nothing was written to {output})") from None
+                digests = file_digests(temporary)
+                output_sha256, output_md5 = digests["sha256"], digests["md5"]
+                output_size = temporary.stat().st_size
+                if output_size > header.file_size_bytes:
+                    warnings.append(
+                        _larger_than_source(
+                            output, header, chosen, codec, output_size, header.file_size_bytes
+                        )
+                    )
+                commit_output(temporary, output)
+        except OSError as error:
+            named = _naming_output(error, output)
+            if named is error:
+                raise
+            raise named from None
     return ConversionResult(
         source_path=str(source),
         output_path=str(output),

@@ -22,6 +22,7 @@ __all__ = [
     "GainError",
     "PipelineError",
     "JournalLockedError",
+    "RecordError",
 ]
 
 

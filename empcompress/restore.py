@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import kernels
 from .errors import RestoreError
 from .reconstruct import CompressedMovie
 from .write import commit_output, temporary_output
@@ -53,6 +54,9 @@ def restore_movie(
         raise RestoreError(f"{output_path.parent}: the output directory does not exist")
     with (
         CompressedMovie(tiff_path, threads=threads, gain_path=gain_path, root=root) as movie,
+        kernels.kernel_threads(
+            kernels.threads_for_frame_bytes(movie.record.source.nx * movie.record.source.ny * 4, threads)
+        ),
         temporary_output(output_path) as temporary,
     ):
         movie.load_gain()

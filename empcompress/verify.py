@@ -14,6 +14,7 @@ count).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -30,6 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
 from .encode import Codec
 from .errors import VerificationError
 from .metadata import MovieRecord
@@ -54,6 +56,12 @@ class VerifyResult:
     compared_with_source: bool
 
 
+def _threads_for(movie: CompressedMovie, threads: int) -> int:
+    """One thread for small frames (per-frame hand-offs would dominate), else ``threads``."""
+    source = movie.record.source
+    return kernels.threads_for_frame_bytes(source.nx * source.ny * 4, threads)
+
+
 def verify_tiff(
     path: str | os.PathLike[str],
     *,
@@ -72,7 +80,10 @@ def verify_tiff(
     :class:`~empcompress.errors.RecordError` for a damaged record.
     """
     path = Path(path)
-    with CompressedMovie(path, threads=threads, gain_path=gain_path, root=root) as movie:
+    with (
+        CompressedMovie(path, threads=threads, gain_path=gain_path, root=root) as movie,
+        kernels.kernel_threads(_threads_for(movie, threads)),
+    ):
         check_tiff_layout(movie.handle, movie.record, movie.description, path_name=str(path))
         movie.load_gain()
         record = movie.record.source
@@ -381,8 +392,10 @@ def check_tiff_layout(handle: BinaryIO, record: MovieRecord, description: str, *
     for (first, first_size, first_name), (second, _, second_name) in itertools.pairwise(regions):
         if second < first + first_size:
             raise layout.fail(f"{first_name} and {second_name} overlap")
+    starts = [region[0] for region in regions]  # sorted, and the regions do not overlap (checked above)
     for start, size, name in value_spans:
-        for other, other_size, other_name in regions:
+        index = bisect.bisect_left(starts, start)
+        for other, other_size, other_name in regions[max(0, index - 1) : index + 1]:
             if start < other + other_size and other < start + size:
                 raise layout.fail(f"the values of {name} overlap {other_name}")
 

@@ -530,14 +530,14 @@ def test_small_frames_use_one_thread_and_give_the_same_file(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import empcompress.convert
+    import empcompress.kernels
 
     source = write_mrc(tmp_path / "tiny.mrc", counts(rng, (300, 2, 3)), mode=2)
     header = empcompress.convert.read_header(source)
     assert empcompress.convert.threads_for_frames(header, 8) == 1
     convert_movie(source, tmp_path / "single.tif", threads=8)
-    monkeypatch.setattr(
-        empcompress.convert, "SINGLE_THREAD_FRAME_BYTES", 0
-    )  # the threaded path, as for big frames
+    # the threaded path, as for big frames
+    monkeypatch.setattr(empcompress.kernels, "SINGLE_THREAD_FRAME_BYTES", 0)
     assert empcompress.convert.threads_for_frames(header, 8) == 8
     convert_movie(source, tmp_path / "threaded.tif", threads=8)
     assert (tmp_path / "single.tif").read_bytes() == (tmp_path / "threaded.tif").read_bytes()
