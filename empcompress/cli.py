@@ -366,17 +366,17 @@ class _CompressProgress:
         self.sealing = False  # the bag's manifests are being written: too late to stop
 
     def __call__(self, event: Any) -> None:
-        from .pipeline import FileEvent, PlanEvent, StageEvent
+        from .pipeline import STAGE_REDOING, STAGE_SEALING, FileEvent, PlanEvent, StageEvent
 
         if isinstance(event, PlanEvent):
             self._plan(event)
         elif isinstance(event, FileEvent):
             self._file(event)
         elif isinstance(event, StageEvent):
-            # the pipeline's stage messages: sealing (fast: the audit hashes nothing) or redoing files
-            if "writing the bag" in event.message:
+            # sealing is fast (the audit hashes nothing): too late to stop; redoing files: it may stop
+            if event.stage == STAGE_SEALING:
                 self.sealing = True
-            elif "redoing" in event.message:
+            elif event.stage == STAGE_REDOING:
                 self.sealing = False
             self._log(event.message)
 

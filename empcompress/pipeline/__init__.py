@@ -14,7 +14,15 @@ Its parts, one module each:
 from __future__ import annotations
 
 from .driver import GAIN_REFERENCE_NAME
-from .events import EventCallback, FileEvent, PipelineEvent, PlanEvent, StageEvent
+from .events import (
+    STAGE_REDOING,
+    STAGE_SEALING,
+    EventCallback,
+    FileEvent,
+    PipelineEvent,
+    PlanEvent,
+    StageEvent,
+)
 from .reconcile import sweep_temporaries
 from .run import CompressOptions, compress_drive
 from .tasks import FileOutcome, FileTask, copy_with_digests, run_file_task, warm_up_worker
@@ -26,6 +34,8 @@ __all__ = [
     "PlanEvent",
     "FileEvent",
     "StageEvent",
+    "STAGE_SEALING",
+    "STAGE_REDOING",
     "PipelineEvent",
     "EventCallback",
     "run_file_task",

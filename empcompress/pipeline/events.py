@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["PlanEvent", "FileEvent", "StageEvent", "PipelineEvent", "EventCallback"]
+__all__ = [
+    "PlanEvent",
+    "FileEvent",
+    "StageEvent",
+    "PipelineEvent",
+    "EventCallback",
+    "STAGE_SEALING",
+    "STAGE_REDOING",
+]
+
+#: The run writes manifests and reports, audits and seals (fast: nothing is decoded or hashed).
+STAGE_SEALING = "sealing"
+#: The audit found problems and the affected files are being redone.
+STAGE_REDOING = "redoing"
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class StageEvent:
     """Something worth a line in the log (gain estimation, stopping, the audit, sealing)."""
 
     message: str
+    stage: str = ""  # STAGE_SEALING, STAGE_REDOING, or "" for a plain log line
 
 
 PipelineEvent = PlanEvent | FileEvent | StageEvent

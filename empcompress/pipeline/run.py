@@ -32,7 +32,7 @@ from ..manifest import PAYLOAD_DIRNAME, BagProblem, remove_bag_declaration
 from ..report import CompressSummary, FileProblem, bag_info_fields, write_reports
 from ..scan import FileEntry, ScanPlan, scan_drive
 from .driver import Driver, DriverOptions
-from .events import EventCallback, PlanEvent, StageEvent
+from .events import STAGE_REDOING, STAGE_SEALING, EventCallback, PlanEvent, StageEvent
 from .layout import PayloadLayout
 from .reconcile import (
     check_generated,
@@ -276,7 +276,9 @@ def compress_drive(
         for attempt in range(2):
             if driver.interrupted:
                 break
-            emit(StageEvent("auditing the payload and writing the bag's manifests and reports"))
+            emit(
+                StageEvent("auditing the payload and writing the bag's manifests and reports", STAGE_SEALING)
+            )
             rows = journal.entries()
             generated = forget_unused_generated(journal, rows, journal.generated_entries(), payload)
             files = expected_payload(rows, generated, entries)
@@ -313,7 +315,12 @@ def compress_drive(
                 write_reports(dest_path, summary=summary, entries=in_bag, generated=list(generated.values()))
                 emit(StageEvent(f"the audit found {len(audit_problems)} problems; the bag is not sealed"))
                 break
-            emit(StageEvent(f"the audit found {len(audit_problems)} problems; redoing {len(redo)} files"))
+            emit(
+                StageEvent(
+                    f"the audit found {len(audit_problems)} problems; redoing {len(redo)} files",
+                    STAGE_REDOING,
+                )
+            )
             for name in redo:
                 journal.remove(name)
             driver.previous_rows = journal.entries()
