@@ -61,11 +61,18 @@ def temporary_path_for(final_path: str | os.PathLike[str]) -> Path:
 def temporary_output(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; whatever happens, it does not outlive the block.
 
-    The caller renames it into place with :func:`commit_output` once verified.
+    The caller renames it into place with :func:`commit_output` once verified. An ``OSError``
+    that names no file, or names the temporary, is raised again naming ``final_path``.
     """
     temporary = temporary_path_for(final_path)
     try:
         yield temporary
+    except OSError as error:
+        # name the file the user knows (a full disk, a write refused), never our hidden temporary name
+        unnamed = error.filename is None or os.fspath(error.filename) == os.fspath(temporary)
+        if not unnamed or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), os.fspath(final_path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()

@@ -263,6 +263,12 @@ def compress_drive(
                     driver.run()
             except KeyboardInterrupt:
                 driver.interrupted = True
+            except BaseException:  # the journal's disk is full, the cluster died, ...: stop the workers too
+                with contextlib.suppress(BaseException):
+                    driver.wind_down()
+                with contextlib.suppress(OSError):
+                    sweep_temporaries(dest_path)
+                raise
             finally:
                 if driver.interrupted:
                     driver.wind_down()
