@@ -29,7 +29,7 @@ import numpy.typing as npt
 from . import __version__, kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
 from .encode import Codec, choose_codec, make_codec, rows_per_strip
-from .errors import InputError, VerificationError
+from .errors import EmpCompressError, InputError
 from .files import commit_output, file_digests, is_temporary_name, temporary_output
 from .gain import GainCounter, GainOutcome, gain_stored_frames, plan_gain, settle_gain
 from .metadata import MovieRecord, SourceRecord, StorageRecord
@@ -360,10 +360,10 @@ def convert_movie(
                     verify_tiff(
                         temporary, against=source, threads=threads, progress=progress, gain_path=gain_path
                     )
-                except VerificationError as error:
+                except EmpCompressError as error:
                     # name the output the user asked for, not our hidden temporary file
                     message = str(error).replace(str(temporary), str(output))
-                    raise VerificationError(f"{message} (nothing was written to {output})") from None
+                    raise type(error)(f"{message} (nothing was written to {output})") from None
                 digests = file_digests(temporary)
                 output_sha256, output_md5 = digests["sha256"], digests["md5"]
                 output_size = temporary.stat().st_size

@@ -214,8 +214,8 @@ def _check_name(fields: _Fields) -> str:
         problem = "is not a file name"
     elif "/" in name or "\\" in name:
         problem = "is a path, not a file name"
-    elif any(ord(char) < 32 or ord(char) == 127 for char in name):
-        problem = "contains a control character"
+    elif "\0" in name:  # POSIX names may hold any other byte, line breaks included
+        problem = "contains a NUL character"
     elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         problem = f"is longer than {MAX_NAME_BYTES} bytes"
     if problem is not None:

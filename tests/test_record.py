@@ -115,7 +115,7 @@ CRAFTED: list[tuple[str, Any, str]] = [
     ("source.name", "../../x.mrc", "source.name"),
     ("source.name", "", "source.name"),
     ("source.name", "..", "source.name"),
-    ("source.name", "a\nb.mrc", "source.name"),
+    ("source.name", "a\0b.mrc", "source.name"),  # NUL: never in a POSIX name (a line break may be)
     ("source.name", 5, "source.name"),
     ("source.nx", 10**30, "source.nx"),
     ("source.nx", -3, "source.nx"),
