@@ -54,25 +54,6 @@ CHUNK = 1 << 20
 TAG_DECLARATIONS = ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "manifest-md5.txt")
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    """An in-process Dask cluster (workers are threads: monkeypatching reaches them)."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
-
-
 # ================================================================ helpers: reading a bag
 
 

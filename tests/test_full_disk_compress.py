@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,6 @@ from empcompress.pipeline import STAGE_SEALING, CompressOptions, FileEvent, Stag
 pytestmark = pytest.mark.slow
 
 NO_GAIN = CompressOptions(gain_sets=False)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,6 @@ NO_GAIN = CompressOptions(gain_sets=False)
 NOT_UTF8 = os.fsdecode(b"caf\xe9 \xff.txt")  # Latin-1 bytes from an old Windows drive
 NOT_UTF8_MOVIE = os.fsdecode(b"m\xe9ta.mrc")
 LONG = "x" * 251 + ".mrc"  # 255 bytes: the longest name a file system allows
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
 
 
 def odd_drive(root: Path) -> dict[bytes, bytes]:

@@ -30,7 +30,7 @@ from ..errors import PipelineError
 from ..journal import STATE_DIRNAME, GeneratedEntry, Journal, JournalEntry, is_journal_dest
 from ..manifest import PAYLOAD_DIRNAME, BagProblem, remove_bag_declaration
 from ..report import CompressSummary, FileProblem, bag_info_fields, write_reports
-from ..scan import FileEntry, ScanPlan, scan_drive
+from ..scan import FileEntry, scan_drive
 from .driver import Driver, DriverOptions
 from .events import STAGE_REDOING, STAGE_SEALING, EventCallback, PlanEvent, StageEvent
 from .layout import PayloadLayout
@@ -276,6 +276,31 @@ def compress_drive(
                 with contextlib.suppress(OSError):
                     stop_path.unlink()
 
+        def summarise(
+            rows: dict[str, JournalEntry],
+            generated: dict[str, GeneratedEntry],
+            *,
+            sealed: bool,
+            audit_problems: tuple[BagProblem, ...] = (),
+        ) -> CompressSummary:
+            return build_summary(
+                plan=plan,
+                rows=rows,
+                generated=generated,
+                driver=driver,
+                source=source_path,
+                dest=dest_path,
+                started_at=started_wall,
+                elapsed_seconds=time.perf_counter() - started,
+                n_up_to_date=n_up_to_date,
+                n_stale=n_stale,
+                cluster=cluster_description,
+                dashboard_link=dashboard_link,
+                bag_written=not driver.interrupted,
+                sealed=sealed,
+                audit_problems=tuple(FileProblem(p.rel_path, p.problem) for p in audit_problems),
+            )
+
         drive(work, recheck)
         sealed = False
         audit_problems: tuple[BagProblem, ...] = ()
@@ -289,15 +314,10 @@ def compress_drive(
             generated = forget_unused_generated(journal, rows, journal.generated_entries(), payload)
             files = expected_payload(rows, generated, entries)
             remove_orphans(payload, {file.rel_path for file in files})
-            summary = _summary(plan, rows, generated, driver, source_path, dest_path, started_wall, started)
+            summary = summarise(rows, generated, sealed=True)
             summary = replace(
-                summary,
-                n_up_to_date=n_up_to_date,
-                n_stale_removed=n_stale,
-                cluster=cluster_description,
-                dashboard_link=dashboard_link,
-                sealed=not summary.failures,  # what the reports say if the audit passes
-            )
+                summary, sealed=not summary.failures
+            )  # what the reports say if the audit passes
             in_bag = [rows[name] for name in sorted(rows) if name in entries]
             tag_files = write_reports(
                 dest_path, summary=summary, entries=in_bag, generated=list(generated.values())
@@ -316,8 +336,7 @@ def compress_drive(
                 break
             redo = _redo_for(audit_problems, rows)
             if attempt == 1 or not redo:
-                problems = tuple(FileProblem(p.rel_path, p.problem) for p in audit_problems)
-                summary = replace(summary, sealed=False, audit_problems=problems)
+                summary = summarise(rows, generated, sealed=False, audit_problems=audit_problems)
                 write_reports(dest_path, summary=summary, entries=in_bag, generated=list(generated.values()))
                 emit(StageEvent(f"the audit found {len(audit_problems)} problems; the bag is not sealed"))
                 break
@@ -331,44 +350,6 @@ def compress_drive(
                 journal.remove(name)
             driver.previous_rows = journal.entries()
             drive([entries[name] for name in sorted(redo) if name in entries], [])
-        rows = journal.entries()
-        generated = journal.generated_entries()
-        final = _summary(plan, rows, generated, driver, source_path, dest_path, started_wall, started)
-        return replace(
-            final,
-            n_up_to_date=n_up_to_date,
-            n_stale_removed=n_stale,
-            cluster=cluster_description,
-            dashboard_link=dashboard_link,
-            bag_written=not driver.interrupted,
-            sealed=sealed,
-            audit_problems=tuple(FileProblem(p.rel_path, p.problem) for p in audit_problems),
-            elapsed_seconds=time.perf_counter() - started,
+        return summarise(
+            journal.entries(), journal.generated_entries(), sealed=sealed, audit_problems=audit_problems
         )
-
-
-def _summary(
-    plan: ScanPlan,
-    rows: dict[str, JournalEntry],
-    generated: dict[str, GeneratedEntry],
-    driver: Driver,
-    source: Path,
-    dest: Path,
-    started_wall: str,
-    started: float,
-) -> CompressSummary:
-    return build_summary(
-        plan=plan,
-        rows=rows,
-        generated=generated,
-        driver=driver,
-        source=source,
-        dest=dest,
-        started_at=started_wall,
-        elapsed_seconds=time.perf_counter() - started,
-        n_up_to_date=0,
-        n_stale=0,
-        cluster="",
-        dashboard_link="",
-        bag_written=not driver.interrupted,
-    )
