@@ -22,7 +22,6 @@ same gain twice gives the same sha256.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ import tifffile
 
 from . import kernels
 from .errors import EmpCompressError, GainError
-from .files import file_sha256, temporary_path_for
+from .files import commit_output, file_sha256, temporary_output
 from .mrc import MrcMovie
 
 __all__ = [
@@ -367,8 +366,7 @@ def write_gain_reference(
             )
     if not path.parent.is_dir():
         raise GainError(f"{path.parent}: the directory for the gain reference does not exist")
-    temporary = temporary_path_for(path)
-    try:
+    with temporary_output(path) as temporary:
         with mrcfile.new(temporary, overwrite=True) as handle:
             handle.set_data(gain)
             handle.header.label[0] = GAIN_LABEL
@@ -384,12 +382,7 @@ def write_gain_reference(
                 f"{path}: the written gain reference does not read back bit for bit; disk problem?"
             )
         digest = file_sha256(temporary)
-        with open(temporary, "rb") as handle_for_sync:
-            os.fsync(handle_for_sync.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
+        commit_output(temporary, path)
     return digest
 
 
@@ -408,18 +401,14 @@ def place_gain_reference(
         return target, file_sha256(target), False
     if not target.exists():
         return target, write_gain_reference(target, gain), True
-    temporary = temporary_path_for(target)
-    try:
+    with temporary_output(target) as temporary:
         digest = write_gain_reference(temporary, gain)
         stem, suffix = os.path.splitext(name)
         named = directory / f"{stem}-{digest[:12]}{suffix}"
         if named.exists() and file_sha256(named) == digest:
             return named, digest, False
-        os.replace(temporary, named)
+        commit_output(temporary, named)
         return named, digest, True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
 
 
 def place_gain_copy(
@@ -441,15 +430,11 @@ def place_gain_copy(
         target = directory / f"{source.stem}-{digest[:12]}{source.suffix}"
         if target.exists() and file_sha256(target) == digest:
             return target, digest, False
-    temporary = temporary_path_for(target)
-    try:
+    with temporary_output(target) as temporary:
         shutil.copyfile(source, temporary)
         if file_sha256(temporary) != digest:
             raise GainError(
                 f"{source}: the copy of the gain reference differs from the original; disk problem?"
             )
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
+        commit_output(temporary, target)
     return target, digest, True

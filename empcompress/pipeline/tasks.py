@@ -270,16 +270,6 @@ def _kept_output(task: FileTask) -> tuple[str, str]:
 def _convert(task: FileTask, stop: _StopCheck, *, gain: str | None) -> Any:
     from ..convert import convert_movie
 
-    if gain is None:
-        return convert_movie(
-            task.source_path,
-            task.output_path,
-            codec=task.codec,
-            level=task.level,
-            threads=task.threads,
-            overwrite=True,
-            progress=stop,
-        )
     return convert_movie(
         task.source_path,
         task.output_path,
@@ -289,7 +279,7 @@ def _convert(task: FileTask, stop: _StopCheck, *, gain: str | None) -> Any:
         overwrite=True,
         progress=stop,
         gain=gain,
-        gain_reference_output=task.own_gain_reference_path or None,
+        gain_reference_output=(task.own_gain_reference_path or None) if gain is not None else None,
     )
 
 
