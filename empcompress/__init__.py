@@ -6,6 +6,6 @@ from __future__ import annotations
 # handlers that turn SIGINT, SIGTERM and SIGHUP into a clean stop, so that even the imports are covered.
 from . import interrupts as _interrupts  # noqa: F401
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

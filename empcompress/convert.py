@@ -336,11 +336,11 @@ def convert_movie(
                         gain=gain_record.to_dict() if gain_record is not None else None,
                     ),
                 )
-                frames = (
-                    _stored_frames(movie, stored_dtype, progress)
-                    if applied_gain is None
-                    else gain_stored_frames(movie, applied_gain, stored_dtype, progress)
-                )
+                def frames() -> Iterator[npt.NDArray[np.generic]]:  # again from the start for a BigTIFF
+                    if applied_gain is None:
+                        return _stored_frames(movie, stored_dtype, progress)
+                    return gain_stored_frames(movie, applied_gain, stored_dtype, progress)
+
                 write_tiff_stack(
                     temporary,
                     frames,

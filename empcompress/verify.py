@@ -38,7 +38,7 @@ from .metadata import MovieRecord
 from .mrc import MrcMovie
 from .reconstruct import CompressedMovie
 from .record import canonical_record_text
-from .write import needs_bigtiff
+from .write import bigtiff_expected, needs_bigtiff
 
 __all__ = ["VerifyResult", "verify_tiff", "check_tiff_layout", "expected_resolution"]
 
@@ -290,19 +290,15 @@ def check_tiff_layout(handle: BinaryIO, record: MovieRecord, description: str, *
     text = canonical_record_text(json.loads(description)) if description else ""
     if text != description:
         raise layout.fail("the record in the ImageDescription is not spelled as our writer spells it")
-    bigtiff = needs_bigtiff(
-        n_frames=nz,
-        frame_shape=(ny, nx),
-        itemsize=stored.itemsize,
-        codec=Codec(storage.codec),
-        extra_bytes=len(description),
-    )
-    header = layout.read(0, 16 if bigtiff else 8, "the TIFF header")
-    expected_start = b"II+\0\x08\0\0\0" if bigtiff else b"II*\0"
-    if not header.startswith(expected_start):
-        kind = "BigTIFF" if bigtiff else "classic TIFF"
+    header = layout.read(0, 8, "the TIFF header")
+    if header.startswith(b"II+\0\x08\0\0\0"):
+        bigtiff = True
+        header = layout.read(0, 16, "the TIFF header")
+    elif header.startswith(b"II*\0"):
+        bigtiff = False
+    else:
         raise layout.fail(
-            f"the header is {header[:8]!r}, not the little-endian {kind} header our writer writes"
+            f"the header is {header[:8]!r}, not the little-endian TIFF header our writer writes"
         )
     (offset,) = struct.unpack_from("<Q" if bigtiff else "<I", header, 8 if bigtiff else 4)
     resolution, unit = expected_resolution(source.pixel_size_angstrom)
@@ -331,6 +327,7 @@ def check_tiff_layout(handle: BinaryIO, record: MovieRecord, description: str, *
     value_spans: list[tuple[int, int, str]] = []
     seen: dict[int, int] = {}
     raw_size = (rows * nx * stored.itemsize, (ny - (n_strips - 1) * rows) * nx * stored.itemsize)
+    total_strip_bytes = 0
     for page in range(nz):
         if offset == 0:
             raise layout.fail(f"the IFD chain ends after {page} pages; the record says {nz} frames")
@@ -385,9 +382,11 @@ def check_tiff_layout(handle: BinaryIO, record: MovieRecord, description: str, *
         if position > layout.size:
             raise layout.fail(f"page {page}: the strips end at byte {position}, past the end of the file")
         regions.append((start, position - start, f"the strips of page {page}"))
+        total_strip_bytes += position - start
         offset = next_offset
     if offset != 0:
         raise layout.fail(f"the IFD chain goes on after the {nz} pages the record describes")
+    _check_tiff_kind(layout, record, description, bigtiff=bigtiff, total_strip_bytes=total_strip_bytes)
     regions.sort()
     for (first, first_size, first_name), (second, _, second_name) in itertools.pairwise(regions):
         if second < first + first_size:
@@ -398,6 +397,33 @@ def check_tiff_layout(handle: BinaryIO, record: MovieRecord, description: str, *
         for other, other_size, other_name in regions[max(0, index - 1) : index + 1]:
             if start < other + other_size and other < start + size:
                 raise layout.fail(f"the values of {name} overlap {other_name}")
+
+
+def _check_tiff_kind(
+    layout: _Layout, record: MovieRecord, description: str, *, bigtiff: bool, total_strip_bytes: int
+) -> None:
+    """Classic TIFF unless the strips do not fit (empcompress 0.1 chose from the worst case)."""
+    source, storage = record.source, record.storage
+    if record.tool_version == "0.1.0":
+        expected = needs_bigtiff(
+            n_frames=source.nz,
+            frame_shape=(source.ny, source.nx),
+            itemsize=np.dtype(storage.stored_dtype).itemsize,
+            codec=Codec(storage.codec),
+            extra_bytes=len(description),
+        )
+    else:
+        expected = bigtiff_expected(
+            total_strip_bytes=total_strip_bytes,
+            n_frames=source.nz,
+            n_strips_per_frame=-(-source.ny // storage.rows_per_strip),
+            extra_bytes=len(description),
+        )
+    if bigtiff != expected:
+        written, wanted = ("BigTIFF", "classic TIFF") if bigtiff else ("classic TIFF", "BigTIFF")
+        raise layout.fail(
+            f"it is a {written}; our writer writes a {wanted} for {total_strip_bytes} bytes of strips"
+        )
 
 
 def _shown(value: tuple[int, ...] | bytes) -> str:

@@ -2,7 +2,11 @@
 
 One page per frame, strips (several per frame), SampleFormat always set,
 MINISBLACK, no private tags; our JSON record goes in the first page's
-ImageDescription. BigTIFF is used when the file could pass 4 GiB.
+ImageDescription. The file is classic TIFF whenever the finished file fits in
+4 GiB (old libtiff builds, MotionCor2 of the libtiff 3 era and RELION's own
+converter know nothing else): encoded strips are counted as they are written,
+and only when their total would pass the classic limit is the file written again
+as BigTIFF (:func:`bigtiff_expected` is the one rule; verification checks it).
 
 Outputs are written to a hidden temporary name beside the final one and only
 renamed into place after verification (see :mod:`empcompress.files`, re-exported
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +30,8 @@ from .files import TEMP_MARKER, commit_output, temporary_output
 __all__ = [
     "CLASSIC_TIFF_LIMIT_BYTES",
     "needs_bigtiff",
+    "bigtiff_expected",
+    "classic_strip_budget_bytes",
     "write_tiff_stack",
     "temporary_output",
     "commit_output",
@@ -40,13 +46,47 @@ PLACEHOLDER_TAG = 340  # SMinSampleValue, renamed to SampleFormat after writing
 PACKED_4BIT_LOOKALIKE_SHAPES = {(8184, 5760), (11520, 4092), (7676, 3710), (7420, 3838)}
 
 
+def classic_strip_budget_bytes(*, n_frames: int, n_strips_per_frame: int, extra_bytes: int) -> int:
+    """How many bytes of encoded strips a classic TIFF of ours can hold (32-bit offsets).
+
+    What is not strips: the header, the record and other tag text (``extra_bytes``), and
+    per page an IFD with its strip offset and byte count arrays; a generous margin is
+    kept so that the rule never depends on tifffile's exact placement.
+    """
+    overhead = extra_bytes + n_frames * (4096 + 8 * n_strips_per_frame) + (1 << 20)
+    return max(0, CLASSIC_TIFF_LIMIT_BYTES - overhead)
+
+
+def bigtiff_expected(
+    *, total_strip_bytes: int, n_frames: int, n_strips_per_frame: int, extra_bytes: int
+) -> bool:
+    """Whether our writer makes a BigTIFF: only when the strips do not fit a classic TIFF."""
+    budget = classic_strip_budget_bytes(
+        n_frames=n_frames, n_strips_per_frame=n_strips_per_frame, extra_bytes=extra_bytes
+    )
+    return total_strip_bytes > budget
+
+
 def needs_bigtiff(
     *, n_frames: int, frame_shape: tuple[int, int], itemsize: int, codec: Codec, extra_bytes: int
 ) -> bool:
-    """Whether the file may pass the classic TIFF limit (worst-case encoded size)."""
+    """The rule of empcompress 0.1 (worst-case encoded size), kept to verify files it wrote."""
     raw_bytes = n_frames * frame_shape[0] * frame_shape[1] * itemsize
     overhead = extra_bytes + n_frames * 4096 + (1 << 20)
     return raw_bytes * codec.worst_case_expansion + overhead > CLASSIC_TIFF_LIMIT_BYTES
+
+
+class _ClassicTiffOverflowError(Exception):
+    """The encoded strips will not fit a classic TIFF (internal: the file is written again as BigTIFF)."""
+
+
+def _within(strips: Iterable[bytes], budget_bytes: int) -> Iterator[bytes]:
+    total = 0
+    for strip in strips:
+        total += len(strip)
+        if total > budget_bytes:
+            raise _ClassicTiffOverflowError()
+        yield strip
 
 
 def looks_like_packed_4bit(frame_shape: tuple[int, int], dtype: np.dtype) -> bool:
@@ -59,7 +99,7 @@ def looks_like_packed_4bit(frame_shape: tuple[int, int], dtype: np.dtype) -> boo
 
 def write_tiff_stack(
     path: str | os.PathLike[str],
-    frames: Iterable[npt.NDArray[np.generic]],
+    frames: Iterable[npt.NDArray[np.generic]] | Callable[[], Iterable[npt.NDArray[np.generic]]],
     *,
     n_frames: int,
     frame_shape: tuple[int, int],
@@ -69,25 +109,82 @@ def write_tiff_stack(
     description: str,
     pixel_size_angstrom: float,
     threads: int,
-) -> None:
-    """Write ``frames`` (TIFF row order, ``dtype``) as a multi-page TIFF at ``path``."""
+) -> bool:
+    """Write ``frames`` (TIFF row order, ``dtype``) as a multi-page TIFF at ``path``; True if BigTIFF.
+
+    Classic TIFF first; if the encoded strips would not fit, the file is written again
+    as BigTIFF, which needs the frames again: pass ``frames`` as a function returning
+    a fresh iterable (an iterable that cannot be read twice raises ``ValueError`` then).
+    """
     dtype = np.dtype(dtype)
-    bigtiff = needs_bigtiff(
-        n_frames=n_frames,
-        frame_shape=frame_shape,
-        itemsize=dtype.itemsize,
-        codec=codec,
-        extra_bytes=len(description),
+    n_strips_per_frame = -(-frame_shape[0] // rows_per_strip)
+    budget = classic_strip_budget_bytes(
+        n_frames=n_frames, n_strips_per_frame=n_strips_per_frame, extra_bytes=len(description)
     )
+    fresh = frames if callable(frames) else (lambda: frames)
+    try:
+        _write(
+            path,
+            fresh(),
+            dtype,
+            codec,
+            rows_per_strip,
+            description,
+            pixel_size_angstrom,
+            threads,
+            n_frames=n_frames,
+            frame_shape=frame_shape,
+            classic_budget=budget,
+        )
+        bigtiff = False
+    except _ClassicTiffOverflowError:
+        if not callable(frames):
+            raise ValueError(f"{path}: too large for classic TIFF; pass the frames as a function") from None
+        _write(
+            path,
+            frames(),
+            dtype,
+            codec,
+            rows_per_strip,
+            description,
+            pixel_size_angstrom,
+            threads,
+            n_frames=n_frames,
+            frame_shape=frame_shape,
+            classic_budget=None,
+        )
+        bigtiff = True
+    if dtype.kind == "u":
+        _rename_placeholder_tags(path)
+    return bigtiff
+
+
+def _write(
+    path: str | os.PathLike[str],
+    frames: Iterable[npt.NDArray[np.generic]],
+    dtype: np.dtype,
+    codec: Codec,
+    rows_per_strip: int,
+    description: str,
+    pixel_size_angstrom: float,
+    threads: int,
+    *,
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    classic_budget: int | None,
+) -> None:
+    """One attempt: classic TIFF within ``classic_budget`` bytes of strips, or BigTIFF (None)."""
     resolution = None
     pixels_per_cm = 1e8 / pixel_size_angstrom if pixel_size_angstrom > 0 else 0.0
     if 0 < pixels_per_cm < 2**32 - 1:  # a TIFF rational cannot hold more (nonsense header values)
         resolution = (pixels_per_cm, pixels_per_cm)
     with (
         StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder,
-        tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder="<") as writer,
+        tifffile.TiffWriter(path, bigtiff=classic_budget is None, byteorder="<") as writer,
     ):
         strips: Iterator[bytes] = encoder.encode_frames(_checked(frames, frame_shape, dtype))
+        if classic_budget is not None:
+            strips = _within(strips, classic_budget)
         writer.write(
             strips,
             shape=(n_frames, *frame_shape),
@@ -103,8 +200,6 @@ def write_tiff_stack(
             resolutionunit="CENTIMETER" if resolution else None,
             extratags=[(PLACEHOLDER_TAG, "H", 1, SAMPLE_FORMAT_UINT, False)] if dtype.kind == "u" else None,
         )
-    if dtype.kind == "u":
-        _rename_placeholder_tags(path)
 
 
 def _rename_placeholder_tags(path: str | os.PathLike[str]) -> None:

@@ -32,7 +32,7 @@ def write_stack(
 ) -> Path:
     write_tiff_stack(
         path,
-        iter(frames),
+        lambda: iter(frames),
         n_frames=frames.shape[0],
         frame_shape=frames.shape[1:],
         dtype=frames.dtype,
@@ -136,6 +136,44 @@ def test_bigtiff_is_written_when_needed(
             assert tiff.is_bigtiff
             assert all(page.tags[339].value == SAMPLE_FORMAT[np.dtype(dtype).kind] for page in tiff.pages)
             assert np.array_equal(tiff.asarray(), frames)
+
+
+def test_classic_tiff_whenever_the_encoded_file_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """The kind follows the real encoded size, not the worst case (issue 10)."""
+    frames = np.zeros((6, 64, 64), dtype=np.uint8)  # compresses to almost nothing
+    frames[:, 0, 0] = 1
+    raw_bytes = frames.nbytes
+    codec = Codec("lzw")
+    overhead = write.CLASSIC_TIFF_LIMIT_BYTES - write.classic_strip_budget_bytes(
+        n_frames=6, n_strips_per_frame=8, extra_bytes=len('{"hello": "world"}')
+    )
+    # a limit the raw (and worst-case) size passes, but the encoded strips do not
+    monkeypatch.setattr(write, "CLASSIC_TIFF_LIMIT_BYTES", overhead + raw_bytes // 2)
+    assert write.needs_bigtiff(
+        n_frames=6, frame_shape=(64, 64), itemsize=1, codec=codec, extra_bytes=18
+    )  # what 0.1 would have chosen
+    path = write_stack(tmp_path / "small.tif", frames, codec=codec)
+    with tifffile.TiffFile(path) as tiff:
+        assert not tiff.is_bigtiff and np.array_equal(tiff.asarray(), frames)
+    noisy = rng.integers(0, 256, size=(6, 64, 64)).astype(np.uint8)  # does not compress: BigTIFF
+    path = write_stack(tmp_path / "noisy.tif", noisy, codec=codec)
+    with tifffile.TiffFile(path) as tiff:
+        assert tiff.is_bigtiff and np.array_equal(tiff.asarray(), noisy)
+    with pytest.raises(ValueError, match="too large for classic TIFF"):
+        write_tiff_stack(
+            tmp_path / "once.tif",
+            iter(noisy),
+            n_frames=6,
+            frame_shape=(64, 64),
+            dtype=noisy.dtype,
+            codec=codec,
+            rows_per_strip=8,
+            description='{"hello": "world"}',
+            pixel_size_angstrom=1.0,
+            threads=1,
+        )
 
 
 # ------------------------------------------------------------------ packed 4-bit look-alikes
