@@ -336,6 +336,7 @@ def convert_movie(
                         gain=gain_record.to_dict() if gain_record is not None else None,
                     ),
                 )
+
                 def frames() -> Iterator[npt.NDArray[np.generic]]:  # again from the start for a BigTIFF
                     if applied_gain is None:
                         return _stored_frames(movie, stored_dtype, progress)
