@@ -268,7 +268,8 @@ def open_mrc(path: str | os.PathLike[str]) -> BinaryIO:
     """Open an MRC file for reading: links followed, but only to a regular file (never blocks).
 
     Raises :class:`NotMrcError` naming the file for a folder, a FIFO, a device, a
-    missing or unreadable file.
+    missing file or one we may not read; other I/O errors stay ``OSError`` (naming the
+    file): they are failures to retry, not properties of the data.
     """
     path = Path(path)
     try:
@@ -284,7 +285,8 @@ def open_mrc(path: str | os.PathLike[str]) -> BinaryIO:
             f"{path}: is not a regular file (a FIFO, device or socket), not an MRC file"
         ) from None
     except OSError as error:
-        raise NotMrcError(f"{path}: cannot be read ({error.strerror or error})") from None
+        # an I/O error (a flaky drive, too many open files) says nothing about the data: not NotMrcError
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
 
 
 def read_header(path: str | os.PathLike[str]) -> MrcHeader:

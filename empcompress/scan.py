@@ -386,6 +386,13 @@ def _classify_mrc(path: Path, base: FileEntry, *, gain_name: bool) -> FileEntry:
         return replace(base, note="empty file: copied")
     try:
         header = read_header(path)
+    except OSError as error:  # an I/O error now: a movie by name; its task reads it again (and may fail)
+        return replace(
+            base,
+            category=CATEGORY_MOVIE,
+            action=ACTION_CONVERT,
+            note=f"header could not be read now ({error.strerror}); the conversion reads it again",
+        )
     except EmpCompressError as error:
         if gain_name:
             return replace(base, category=CATEGORY_GAIN_REFERENCE, note="gain reference: copied")

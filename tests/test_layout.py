@@ -57,7 +57,7 @@ def test_paths_are_unique_portable_and_stable(names: set[str], added: set[str]) 
     layout = PayloadLayout()
     layout.assign_sources(sources, generated=())
     first = _check(layout, sources)
-    generated = layout.claim_generated("d", "gain-reference.mrc")
+    generated = layout.claim_generated("d", "gain-reference.mrc", identity="set 1")
     # a second run: new depositor files appear (possibly named like ours); old names stay
     everything = names | {
         n for n in added if not any(o.startswith(n + "/") or n.startswith(o + "/") for o in names)
@@ -84,7 +84,22 @@ def test_copies_keep_their_own_path_and_movies_avoid_them() -> None:
 def test_a_generated_name_taken_by_a_source_gets_another() -> None:
     layout = PayloadLayout()
     layout.assign_sources(_sources({"d/gain-reference.mrc", "d/m.mrc"}))
-    assert layout.claim_generated("d", "gain-reference.mrc") == "d/gain-reference~1.mrc"
+    assert layout.claim_generated("d", "gain-reference.mrc", identity="set 1") == "d/gain-reference~1.mrc"
+    # two gain sets in one folder (two frame sizes) never share a reference; asking again is stable
+    assert layout.claim_generated("d", "gain-reference.mrc", identity="set 2") == "d/gain-reference~2.mrc"
+    assert layout.claim_generated("d", "gain-reference.mrc", identity="set 1") == "d/gain-reference~1.mrc"
+    long = layout.claim_generated("d", "m" * 250 + ".gain-reference.mrc", identity="movie")
+    assert all(len(part.encode()) <= MAX_NAME_BYTES for part in long.split("/"))
+
+
+def test_a_file_beside_a_folder_of_the_same_name_but_case() -> None:
+    layout = PayloadLayout()
+    sources = _sources({"A", "a/b.txt", "a/c.mrc"})
+    layout.assign_sources(sources)
+    paths = [layout.output_of(s.rel_path) for s in sources]
+    assert layout.output_of("A") == "A"
+    assert len({path_key(p) for p in paths}) == 3
+    assert all(not path_key(p).startswith("a/") for p in paths if p != "A")
 
 
 def test_names_that_are_not_utf8_or_hold_line_breaks_are_escaped() -> None:

@@ -205,7 +205,8 @@ class Driver:
             matches = entry.kind == kind and all(detail.get(key) == value for key, value in match.items())
             if matches and self.layout.owner(path) == f"generated:{path}":
                 return path
-        return self.layout.claim_generated(folder, name)
+        identity = f"{kind}:{json.dumps(match, sort_keys=True)}"
+        return self.layout.claim_generated(folder, name, identity=identity)
 
     # ---------------------------------------------------------- handling results
 

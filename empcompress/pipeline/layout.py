@@ -179,13 +179,21 @@ class PayloadLayout:
         self._folder_keys.update("/".join(parts[:index]) for index in range(1, len(parts)))
         return True
 
-    def claim_generated(self, folder: str, name: str) -> str:
-        """A free payload path for a file we generate in ``folder`` (``name``, else ``stem~N.ext``)."""
+    def claim_generated(self, folder: str, name: str, *, identity: str) -> str:
+        """A free payload path for a file we generate in ``folder`` (``name``, else ``stem~N.ext``).
+
+        ``identity`` names what the file is for (a gain set, one movie): asking again for the
+        same identity gives the same path; two identities never share one.
+        """
+        owner = f"generated-for:{identity}"
+        if owner in self._path_of:
+            return self._path_of[owner]
         stem, suffix = os.path.splitext(name)
         for attempt in range(10_000):
             candidate_name = name if attempt == 0 else f"{stem}~{attempt}{suffix}"
+            candidate_name = _fit_name(candidate_name, original=f"{identity}/{candidate_name}")
             candidate = f"{folder}/{candidate_name}" if folder else candidate_name
-            if self._claim(f"generated:{candidate}", candidate):
+            if self._claim(owner, candidate):
                 return candidate
         raise PipelineError(f"{folder or '.'}: no free name for {name} in the bag")
 
@@ -250,9 +258,17 @@ class PayloadLayout:
         return [prefix + candidate for candidate in dict.fromkeys(names)]
 
     def _hashed_name(self, source: PlannedSource) -> str:
+        """A name no other claim can want: the file's name with a hash of its source path; a folder on
+        the way that another claim holds as a file (``A`` beside ``a/``) gets a hashed name too."""
         portable = portable_path(source.rel_path)
         folder, _, name = portable.rpartition("/")
         digest = hashlib.sha256(source_path_bytes(source.rel_path)).hexdigest()[:12]
         suffix = OUTPUT_SUFFIX if source.kind == KIND_CONVERTED else PurePosixPath(name).suffix
         candidate = _fit_name(f"{name}~{digest}{suffix}", original=source.rel_path)
-        return f"{folder}/{candidate}" if folder else candidate
+        parts = folder.split("/") if folder else []
+        for index in range(len(parts)):
+            if path_key("/".join(parts[: index + 1])) in self._owner_of:
+                original = "/".join(source.rel_path.split("/")[: index + 1])
+                folder_digest = hashlib.sha256(source_path_bytes(original)).hexdigest()[:12]
+                parts[index] = _fit_name(f"{parts[index]}~{folder_digest}", original=original)
+        return "/".join([*parts, candidate])

@@ -21,6 +21,7 @@ from .layout import KIND_CONVERTED, KIND_COPIED, PayloadLayout, PlannedSource
 
 __all__ = [
     "sweep_temporaries",
+    "prune_empty_folders",
     "check_generated",
     "draw_layout",
     "forget_vanished",
@@ -108,17 +109,38 @@ def forget_vanished(
     entries: dict[str, FileEntry],
     payload: Path,
     layout: PayloadLayout,
+    *,
+    unreadable: tuple[str, ...] = (),
 ) -> int:
-    """Remove the outputs and rows of sources that are no longer in SRC."""
+    """Remove the outputs and rows of sources that are no longer in SRC.
+
+    A source under a folder (or a file) that could not be read this time has not vanished: its row
+    and output stay (the run fails, says why, and the next one that can read it goes on).
+    """
     removed = 0
     for rel_path, row in list(rows.items()):
-        if rel_path in entries:
+        if rel_path in entries or _under_any(rel_path, unreadable):
             continue
         if row.state == STATE_DONE:
             remove_output(payload, row.output_rel_path, layout=layout)
         journal.remove(rel_path)
         del rows[rel_path]
         removed += 1
+    return removed
+
+
+def _under_any(rel_path: str, folders: tuple[str, ...]) -> bool:
+    return any(folder in (".", rel_path) or rel_path.startswith(folder + "/") for folder in folders)
+
+
+def prune_empty_folders(payload: Path) -> int:
+    """Remove empty folders of the payload (a folder whose files went, where a file may now go)."""
+    removed = 0
+    for directory, folders, names in os.walk(payload, topdown=False):
+        if Path(directory) != payload and not folders and not names:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+                removed += 1
     return removed
 
 
@@ -159,6 +181,8 @@ def forget_unused_generated(
 
 def remove_orphans(payload: Path, expected: set[str]) -> int:
     """Remove payload files that are not ``expected`` (outputs of earlier, interrupted attempts)."""
+    if payload.is_symlink() or not payload.is_dir():
+        return 0  # never walk into what a link points at
     removed = 0
     for directory, folders, names in os.walk(payload):
         for name in names + [folder for folder in folders if os.path.islink(os.path.join(directory, folder))]:
@@ -168,4 +192,5 @@ def remove_orphans(payload: Path, expected: set[str]) -> int:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed += 1
+    prune_empty_folders(payload)
     return removed

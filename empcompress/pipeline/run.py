@@ -40,6 +40,7 @@ from .reconcile import (
     forget_unused_generated,
     forget_vanished,
     is_up_to_date,
+    prune_empty_folders,
     remove_orphans,
     sweep_temporaries,
 )
@@ -90,6 +91,17 @@ def _only_our_empty_start(dest: Path) -> bool:
         if child.name == PAYLOAD_DIRNAME and any(path.is_file() for path in child.rglob("*")):
             return False
     return True
+
+
+def _check_own_folders(dest: Path) -> None:
+    """DEST's ``data/`` and ``.empcompress/`` are real folders of DEST, never links to elsewhere."""
+    for name in (PAYLOAD_DIRNAME, STATE_DIRNAME):
+        path = dest / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise PipelineError(
+                f"{path}: is a symbolic link or not a folder; a destination's {name} must be a real folder "
+                f"(nothing was changed); move it away and run the same command again"
+            )
 
 
 def _check_workers_see(client: object, paths: tuple[Path, ...]) -> None:
@@ -176,11 +188,14 @@ def compress_drive(
     dest_path = Path(dest).resolve()  # DEST itself, symlinks included, not only its parent
     check_locations(source_path, dest_path)
     payload = dest_path / PAYLOAD_DIRNAME
+    _check_own_folders(dest_path)
     try:
         payload.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PipelineError(f"{payload}: cannot create the destination ({error.strerror})") from None
     with Journal.open(dest_path, source=str(source_path)) as journal:
+        _check_own_folders(dest_path)  # again, now that no other run can change them
+        remove_bag_declaration(dest_path)  # from here on DEST changes: it is not a bag until sealed again
         n_temporaries = sweep_temporaries(dest_path)
         for old in (dest_path / STATE_DIRNAME).glob("stop-*"):
             with contextlib.suppress(OSError):
@@ -195,7 +210,11 @@ def compress_drive(
         for name in displaced:
             journal.remove_generated(name)
         lost |= set(displaced)
-        n_stale = forget_vanished(journal, rows, entries, payload, layout)
+        unreadable = tuple(item.rel_path for item in plan.skipped if item.unreadable)
+        n_stale = forget_vanished(journal, rows, entries, payload, layout, unreadable=unreadable)
+        prune_empty_folders(payload)
+        # rows of files under a folder that could not be read this time are kept, with their outputs
+        kept_names = set(entries) | set(rows)
         work: list[FileEntry] = []
         recheck: list[FileEntry] = []
         for entry in plan.files:
@@ -254,7 +273,6 @@ def compress_drive(
         def drive(todo: list[FileEntry], checks: list[FileEntry]) -> None:
             try:
                 if todo or checks:
-                    remove_bag_declaration(dest_path)
                     emit(
                         StageEvent("checking that the workers see SRC and DEST (waits for the first worker)")
                     )
@@ -312,7 +330,7 @@ def compress_drive(
             )
             rows = journal.entries()
             generated = forget_unused_generated(journal, rows, journal.generated_entries(), payload)
-            files = expected_payload(rows, generated, entries)
+            files = expected_payload(rows, generated, kept_names)
             remove_orphans(payload, {file.rel_path for file in files})
             summary = summarise(rows, generated, sealed=True)
             summary = replace(

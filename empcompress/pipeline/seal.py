@@ -12,7 +12,7 @@ with the sha256 its record names. The same audit runs in ``verify DEST``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,10 @@ class SealResult:
 
 
 def expected_payload(
-    rows: dict[str, JournalEntry], generated: dict[str, GeneratedEntry], entries: dict[str, FileEntry]
+    rows: dict[str, JournalEntry], generated: dict[str, GeneratedEntry], entries: Container[str]
 ) -> list[PayloadFile]:
-    """What ``data/`` must hold: every finished source's output and every generated file in use."""
+    """What ``data/`` must hold: the outputs of the finished sources named in ``entries`` and every
+    generated file in use."""
     files = [
         PayloadFile(row.output_rel_path, row.output_size_bytes, row.output_sha256, row.output_md5)
         for name, row in sorted(rows.items())
