@@ -15,6 +15,7 @@ here), so a file under its final name is always complete and verified.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -121,38 +122,25 @@ def write_tiff_stack(
     budget = classic_strip_budget_bytes(
         n_frames=n_frames, n_strips_per_frame=n_strips_per_frame, extra_bytes=len(description)
     )
-    fresh = frames if callable(frames) else (lambda: frames)
+    attempt = functools.partial(
+        _write,
+        path,
+        dtype=dtype,
+        codec=codec,
+        rows_per_strip=rows_per_strip,
+        description=description,
+        pixel_size_angstrom=pixel_size_angstrom,
+        threads=threads,
+        n_frames=n_frames,
+        frame_shape=frame_shape,
+    )
     try:
-        _write(
-            path,
-            fresh(),
-            dtype,
-            codec,
-            rows_per_strip,
-            description,
-            pixel_size_angstrom,
-            threads,
-            n_frames=n_frames,
-            frame_shape=frame_shape,
-            classic_budget=budget,
-        )
+        attempt(frames() if callable(frames) else frames, classic_budget=budget)
         bigtiff = False
     except _ClassicTiffOverflowError:
         if not callable(frames):
             raise ValueError(f"{path}: too large for classic TIFF; pass the frames as a function") from None
-        _write(
-            path,
-            frames(),
-            dtype,
-            codec,
-            rows_per_strip,
-            description,
-            pixel_size_angstrom,
-            threads,
-            n_frames=n_frames,
-            frame_shape=frame_shape,
-            classic_budget=None,
-        )
+        attempt(frames(), classic_budget=None)
         bigtiff = True
     if dtype.kind == "u":
         _rename_placeholder_tags(path)
@@ -162,13 +150,13 @@ def write_tiff_stack(
 def _write(
     path: str | os.PathLike[str],
     frames: Iterable[npt.NDArray[np.generic]],
+    *,
     dtype: np.dtype,
     codec: Codec,
     rows_per_strip: int,
     description: str,
     pixel_size_angstrom: float,
     threads: int,
-    *,
     n_frames: int,
     frame_shape: tuple[int, int],
     classic_budget: int | None,
