@@ -147,7 +147,9 @@ def _task(
     )
 
 
-def _redo_for(problems: tuple[BagProblem, ...], rows: dict[str, JournalEntry]) -> set[str]:
+def _redo_for(
+    problems: tuple[BagProblem, ...], rows: dict[str, JournalEntry], entries: dict[str, FileEntry]
+) -> set[str]:
     """The sources whose outputs (or the files their outputs need) an audit found wrong."""
     by_output = {f"{PAYLOAD_DIRNAME}/{row.output_rel_path}": name for name, row in rows.items()}
     redo = set()
@@ -157,7 +159,7 @@ def _redo_for(problems: tuple[BagProblem, ...], rows: dict[str, JournalEntry]) -
         for name, row in rows.items():
             if row.gain_reference and f"{PAYLOAD_DIRNAME}/{row.gain_reference}" == problem.rel_path:
                 redo.add(name)
-        if problem.rel_path in rows:  # a source with no row, or a mapping problem
+        if problem.rel_path in entries:  # a source with no row
             redo.add(problem.rel_path)
     return redo
 
@@ -352,7 +354,7 @@ def compress_drive(
             sealed = result.sealed
             if not audit_problems:
                 break
-            redo = _redo_for(audit_problems, rows)
+            redo = _redo_for(audit_problems, rows, entries)
             if attempt == 1 or not redo:
                 summary = summarise(rows, generated, sealed=False, audit_problems=audit_problems)
                 write_reports(dest_path, summary=summary, entries=in_bag, generated=list(generated.values()))

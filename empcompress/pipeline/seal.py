@@ -11,7 +11,7 @@ with the sha256 its record names. The same audit runs in ``verify DEST``.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +53,13 @@ def audit_mapping(
 ) -> list[BagProblem]:
     """Every source maps to exactly one payload file; no payload path is shared by two owners."""
     problems: list[BagProblem] = []
-    owners: Counter[str] = Counter()
+    owners: defaultdict[str, list[str]] = defaultdict(list)  # path key -> the outputs with that key
     for rel_path in entries:
         row = rows.get(rel_path)
         if row is None:
             problems.append(BagProblem(rel_path, "a source file with no journal row: it is not in the bag"))
         elif row.state == STATE_DONE:
-            owners[path_key(row.output_rel_path)] += 1
+            owners[path_key(row.output_rel_path)].append(row.output_rel_path)
             if row.gain_reference and row.gain_reference not in generated:
                 problems.append(
                     BagProblem(
@@ -68,10 +68,12 @@ def audit_mapping(
                 )
     for name, entry in generated.items():
         if entry.state == STATE_DONE:
-            owners[path_key(name)] += 1
-    for key, count in owners.items():
-        if count > 1:
-            problems.append(BagProblem(f"data/{key}", f"{count} outputs share this path"))
+            owners[path_key(name)].append(name)
+    for paths in owners.values():
+        if len(paths) > 1:
+            problems += [
+                BagProblem(f"data/{path}", f"{len(paths)} outputs share this path") for path in paths
+            ]
     return problems
 
 
