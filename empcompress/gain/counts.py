@@ -1,0 +1,126 @@
+"""Counts of a movie under a gain: the survey pass's counter and the frames to store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import kernels
+from ..errors import GainError
+from ..mrc import MrcMovie
+
+# ---------------------------------------------------------------- counts under a gain
+from .exception_list import GainExceptions
+from .limits import (
+    MAX_EXCEPTION_FRACTION,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class GainCountSurvey:
+    """What a movie's values look like under a gain (from :class:`GainCounter`)."""
+
+    n_values: int
+    n_exceptions: int
+    max_count: int
+    exceptions: GainExceptions | None  # None when abandoned (too many to keep)
+    stored_dtype: str | None  # uint8 / uint16, None when refused
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.stored_dtype is not None
+
+    @property
+    def exception_fraction(self) -> float:
+        return self.n_exceptions / max(1, self.n_values)
+
+
+class GainCounter:
+    """Counts of each frame under a gain, fed frame by frame (the survey pass's hook).
+
+    Collects the exceptions while they stay under the threshold for the whole
+    movie; past it, only counts them (the movie will be refused anyway).
+    """
+
+    def __init__(self, gain: npt.NDArray[np.float32], *, n_frames: int, reference_name: str) -> None:
+        self.gain = np.ascontiguousarray(gain, dtype=np.float32)
+        self.n_frames = n_frames
+        self.reference_name = reference_name
+        self._scratch = np.empty(self.gain.shape, dtype=np.uint16)
+        self._limit = int(MAX_EXCEPTION_FRACTION * n_frames * self.gain.size)
+        self._indices: list[npt.NDArray[np.uint32]] = [np.empty(0, np.uint32)] * n_frames
+        self._bits: list[npt.NDArray[np.uint32]] = [np.empty(0, np.uint32)] * n_frames
+        self._seen = [False] * n_frames
+        self.n_exceptions = 0
+        self.max_count = 0
+        self.n_values = 0
+
+    def add(self, index: int, values: npt.NDArray[np.generic]) -> None:
+        if values.shape != self.gain.shape:
+            raise GainError(
+                f"movie frames of {values.shape[1]}x{values.shape[0]} do not match the gain reference "
+                f"{self.reference_name} of {self.gain.shape[1]}x{self.gain.shape[0]}"
+            )
+        top, indices, bits = kernels.gain_counts(
+            values.astype(np.float32, copy=False), self.gain, self._scratch
+        )
+        self.max_count = max(self.max_count, top)
+        self.n_exceptions += int(indices.size)
+        self.n_values += int(values.size)
+        self._seen[index] = True
+        if self.n_exceptions <= self._limit:
+            self._indices[index] = indices
+            self._bits[index] = bits
+
+    def survey(self) -> GainCountSurvey:
+        fraction = self.n_exceptions / max(1, self.n_values)
+        if not all(self._seen):
+            raise GainError("the gain survey did not see every frame")
+        if self.n_exceptions > self._limit:
+            return GainCountSurvey(
+                self.n_values,
+                self.n_exceptions,
+                self.max_count,
+                None,
+                None,
+                f"{self.reference_name} does not reproduce {self.n_exceptions} values "
+                f"({100 * fraction:.3f}%, more than the {100 * MAX_EXCEPTION_FRACTION:g}% allowed): "
+                f"not counts x this gain (another session's gain, or not gain-normalised)",
+            )
+        if self.max_count > kernels.GAIN_COUNT_LIMIT:
+            return GainCountSurvey(
+                self.n_values, self.n_exceptions, self.max_count, None, None, "counts do not fit uint16"
+            )
+        stored = "uint8" if self.max_count <= 255 else "uint16"
+        exceptions = GainExceptions(tuple(self._indices), tuple(self._bits))
+        return GainCountSurvey(
+            self.n_values,
+            self.n_exceptions,
+            self.max_count,
+            exceptions,
+            stored,
+            f"float32 gain-normalised: counts 0..{self.max_count} x {self.reference_name}, stored as "
+            f"{stored}; {self.n_exceptions} exception values ({100 * fraction:.4f}%) kept exactly "
+            "in the record",
+        )
+
+
+def gain_stored_frames(
+    movie: MrcMovie,
+    gain: npt.NDArray[np.float32],
+    stored_dtype: np.dtype,
+    progress: Callable[[str, int], None] | None,
+) -> Any:
+    """Counts of every frame in TIFF row order and ``stored_dtype``; a fresh array per frame."""
+    for index in range(movie.header.nz):
+        raw = movie.read_raw_frame(index)
+        out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
+        kernels.gain_counts(movie.values_from_raw(raw), gain, out)
+        yield out
+        if progress is not None:
+            progress("encode", raw.size)
