@@ -330,6 +330,19 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             )
         if not plan.gain_sets_supported:
             print("  (gain-normalised movies are not recognised by this version: they count as float)")
+    if plan.gain_groups:
+        print("\nGain groups (gain-normalised movies are stored as counts with one reference per gain):")
+        for group in plan.gain_groups:
+            where = (
+                f"{_printable(group.reference)} ({group.origin}; fits {group.n_fitted} of {group.n_sampled} "
+                f"sampled movies, {group.relion_orientation})"
+                if group.reference
+                else f"one reference {group.origin} per distinct gain"
+            )
+            print(
+                f"  {group.n_movies} movies of {group.frame_width}x{group.frame_height}: {where}; "
+                f"{human_bytes(group.reference_size_bytes)} per reference in the bag"
+            )
     problems = [entry for entry in plan.files if entry.header_error]
     if problems:
         print("\nMovies that cannot be read as MRC (they will be copied as they are):")
@@ -511,6 +524,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         n_jobs=args.jobs,
         adapt=parse_adapt(args.adapt) if args.adapt else None,
+        worker_lifetime=args.lifetime,
+        worker_lifetime_stagger=args.lifetime_stagger,
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
         memory_limit_bytes=parse_bytes(args.memory_limit) if args.memory_limit else None,
@@ -609,9 +624,15 @@ def _print_compress_summary(summary: Any) -> None:
     for decision in summary.decisions:
         print(f"  {decision.n_movies} movies stored as {decision.stored_dtype} with {decision.codec}")
     for gain in summary.gain_references:
+        origin = "found on the drive" if gain.origin == "depositor" else "estimated"
         print(
-            f"  gain reference data/{gain.output_rel_path}: "
-            f"{gain.n_converted_with_gain} movies stored as counts"
+            f"  gain reference data/{_printable(gain.output_rel_path)} ({origin}): "
+            f"{gain.n_converted_with_gain} movies stored as counts, mostly {gain.relion_orientation}"
+        )
+    if summary.gain_left_out:
+        print(
+            f"  {len(summary.gain_left_out)} gain-normalised movies fit no gain group: stored as lossless "
+            "float32 (report.md says why)"
         )
     if summary.n_unchanged:
         print(f"  {summary.n_unchanged} sources re-read: sha256 as recorded, nothing to redo")
@@ -657,6 +678,40 @@ def _verify_bag(args: argparse.Namespace) -> int:
     for problem in result.problems:
         print(f"  {problem.rel_path}: {problem.problem}")
     return EXIT_FAILURE
+
+
+# ---------------------------------------------------------------- deposition
+
+
+def _cmd_deposition(args: argparse.Namespace) -> int:
+    from .deposition import DEPOSITION_JSON, write_deposition
+
+    args.writing = args.dest
+    result, bag_problems = write_deposition(args.dest, template_path=args.template)
+    if args.json:
+        print(json.dumps(result.document, indent=2, ensure_ascii=False))
+    path = Path(args.dest) / DEPOSITION_JSON
+    print(f"Wrote {path}: {len(result.groups)} imagesets", file=sys.stderr if args.json else sys.stdout)
+    for group in result.groups:
+        print(f"  {group.imageset['directory']}: {_printable(group.imageset['name'])}")
+    for problem in result.problems:
+        print(f"  note: {_printable(problem)}")
+    if result.schema.valid and not result.to_fill:
+        print("Valid against the EMPIAR deposition schema: ready to submit.")
+    else:
+        print(
+            "Not ready: a person must still fill (give them in a JSON file with --template FILE):"
+            if not result.schema.valid
+            else "Valid against the EMPIAR deposition schema; still to check:"
+        )
+        for item in result.to_fill:
+            print(f"  - {_printable(item)}")
+    if bag_problems:
+        print(f"The bag's audit found {len(bag_problems)} problems; it is NOT sealed:")
+        for problem in bag_problems:
+            print(f"  {_printable(problem)}")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- info
@@ -868,6 +923,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--adapt", metavar="MIN:MAX", help="let the number of batch jobs adapt between MIN and MAX"
     )
+    where.add_argument(
+        "--lifetime",
+        metavar="DURATION",
+        help="batch workers leave after this long (e.g. 50m), before the job's time limit; with --adapt new "
+        "jobs replace them (see the README on job time limits)",
+    )
+    where.add_argument(
+        "--lifetime-stagger", metavar="DURATION", help="spread the workers' --lifetime by +/- this much"
+    )
     where.add_argument("--workers", type=_positive_int, help="local workers (default: one per core)")
     where.add_argument("--threads-per-worker", type=_positive_int, help="local worker threads (default 1)")
     where.add_argument("--memory-limit", metavar="BYTES", help="memory per local worker, e.g. 4GiB")
@@ -893,6 +957,22 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_common(compress)
     compress.set_defaults(handler=_cmd_compress)
+
+    deposition = commands.add_parser(
+        "deposition",
+        help="write the bag's EMPIAR deposition JSON (imagesets from the bag, the rest from a template)",
+        description="Write DEST/empiar-deposition.json for a bag made by compress: one EMPIAR imageset per "
+        "group of movies sharing format, frame size, frames, voxel type and pixel size (pixel size from the "
+        "headers, else from EPU/SerialEM sidecars, else unknown), the gain references as their own imageset. "
+        "Fields only a person knows (title, authors, citation, release) come from --template FILE (an "
+        "existing deposition JSON whose other fields are kept), else from the bag's existing file. Checked "
+        "against the EMPIAR deposition schema; what remains to fill is listed. The bag's tag manifests are "
+        "updated and a sealed bag is sealed again after its audit.",
+    )
+    deposition.add_argument("dest", metavar="DEST")
+    deposition.add_argument("--template", metavar="FILE", help="a deposition JSON with the person's fields")
+    deposition.add_argument("--json", action="store_true", help="also print the deposition JSON")
+    deposition.set_defaults(handler=_cmd_deposition)
     for command in [*commands.choices.values(), *gain_commands.choices.values()]:
         _add_verbose(command, default=argparse.SUPPRESS)  # -v after the command name too
     return parser

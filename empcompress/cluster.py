@@ -8,6 +8,9 @@ Choice, in this order (two explicit choices at once are refused):
 3. ``cluster`` = ``slurm``, ``pbs``, ``sge`` or ``lsf``: a dask-jobqueue cluster whose job
    size (cores, memory, queue, ...) comes from the users' ``~/.config/dask/jobqueue.yaml``;
    it is scaled to ``n_jobs`` jobs (default 1) or adapts between ``adapt`` = (MIN, MAX) jobs;
+   ``worker_lifetime`` (and ``worker_lifetime_stagger``) make each job's worker leave on its own
+   before the job's time limit (dask-worker's ``--lifetime``), so that the scheduler knows at once
+   and, with ``adapt``, a new job takes its place;
 4. otherwise a :class:`distributed.LocalCluster` sized to the machine: one single-threaded
    worker process per core (the conversion of one movie is one task; processes sidestep
    the GIL) and the machine's memory shared between them, listening on loopback only.
@@ -38,6 +41,8 @@ __all__ = [
     "open_cluster",
     "machine_cores",
     "machine_memory_bytes",
+    "WorkerSupply",
+    "worker_supply",
 ]
 
 #: --cluster names and their dask-jobqueue classes.
@@ -61,6 +66,8 @@ class ClusterOptions:
     cluster: str | None = None  # slurm | pbs | sge | lsf
     n_jobs: int | None = None
     adapt: tuple[int, int] | None = None  # (minimum jobs, maximum jobs)
+    worker_lifetime: str | None = None  # batch cluster only, e.g. "55m": dask-worker --lifetime
+    worker_lifetime_stagger: str | None = None  # batch cluster only: dask-worker --lifetime-stagger
     n_workers: int | None = None  # local cluster only
     threads_per_worker: int | None = None  # local cluster only
     memory_limit_bytes: int | None = None  # per local worker
@@ -154,6 +161,10 @@ def choose_connection(options: ClusterOptions, *, environ: Mapping[str, str]) ->
         raise PipelineError(f"{names} choose different clusters; give only one of them")
     if options.cluster is None and (options.n_jobs is not None or options.adapt is not None):
         raise PipelineError("--jobs and --adapt apply to a batch cluster; add --cluster slurm|pbs|sge|lsf")
+    if options.cluster is None and (options.worker_lifetime or options.worker_lifetime_stagger):
+        raise PipelineError("--lifetime and --lifetime-stagger apply to a batch cluster; add --cluster ...")
+    if options.worker_lifetime_stagger and not options.worker_lifetime:
+        raise PipelineError("--lifetime-stagger needs --lifetime")
     if options.n_jobs is not None and options.adapt is not None:
         raise PipelineError("--jobs and --adapt exclude each other; give one of them")
     if explicit:
@@ -243,7 +254,7 @@ def open_cluster(
         finally:
             client.close()
         return
-    cluster = _jobqueue_cluster(kind)
+    cluster = _jobqueue_cluster(kind, _lifetime_args(options))
     try:
         if options.adapt is not None:
             cluster.adapt(minimum_jobs=options.adapt[0], maximum_jobs=options.adapt[1])
@@ -343,16 +354,43 @@ def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
         cluster.close()
 
 
-def _jobqueue_cluster(kind: str) -> Any:
+def _lifetime_args(options: ClusterOptions) -> tuple[str, ...]:
+    """dask-worker arguments for the batch jobs' worker lifetime (durations checked here)."""
+    from dask.utils import parse_timedelta
+
+    args: list[str] = []
+    for flag, value in (
+        ("--lifetime", options.worker_lifetime),
+        ("--lifetime-stagger", options.worker_lifetime_stagger),
+    ):
+        if not value:
+            continue
+        try:
+            seconds = parse_timedelta(value)
+        except (ValueError, KeyError, TypeError):
+            seconds = None
+        if seconds is None or seconds <= 0:
+            raise PipelineError(f"{flag} {value}: expected a duration such as 55m, 3600s or 1h")
+        args += [flag, f"{int(seconds)}s"]
+    return tuple(args)
+
+
+def _jobqueue_cluster(kind: str, worker_args: tuple[str, ...] = ()) -> Any:
     try:
         import dask_jobqueue
     except ImportError:
         raise PipelineError(
             f"--cluster {kind} needs dask-jobqueue; install it with 'pip install dask-jobqueue'"
         ) from None
+    import dask
+
     cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])
+    extra: dict[str, Any] = {}
+    if worker_args:  # after the users' own worker-extra-args (a later --lifetime wins)
+        configured = dask.config.get(f"jobqueue.{kind}.worker-extra-args", default=None) or []
+        extra["worker_extra_args"] = [*configured, *worker_args]
     try:
-        return cls()
+        return cls(**extra)
     except ValueError as error:
         raise PipelineError(
             f"--cluster {kind}: dask-jobqueue cannot size the jobs ({error}); set at least 'cores' and "
@@ -360,3 +398,32 @@ def _jobqueue_cluster(kind: str) -> Any:
         ) from None
     except (OSError, RuntimeError) as error:
         raise PipelineError(f"--cluster {kind}: cannot start the cluster ({error})") from None
+
+
+@dataclass(frozen=True)
+class WorkerSupply:
+    """Workers connected to the scheduler now, and whether more may come."""
+
+    n_connected: int
+    #: batch jobs or local worker processes started and not yet connected (or restarting);
+    #: None when this process cannot know (an existing cluster started elsewhere)
+    n_coming: int | None
+
+
+def worker_supply(client: Any) -> WorkerSupply:
+    """How many workers the client has, and how many its cluster is still bringing up.
+
+    For a cluster this process started (local or dask-jobqueue), the cluster's own list of
+    worker processes or batch jobs counts what is coming: a job still in the queue, a job
+    whose worker has not connected yet, a local worker its nanny restarts. A batch job that
+    ended (time limit, ``scancel``) leaves that list once the scheduler has lost its worker.
+    """
+    try:
+        n_connected = len(client.nthreads())
+    except Exception:
+        n_connected = 0
+    cluster = getattr(client, "cluster", None)
+    requested = getattr(cluster, "workers", None)
+    if not isinstance(requested, dict):
+        return WorkerSupply(n_connected=n_connected, n_coming=None)
+    return WorkerSupply(n_connected=n_connected, n_coming=max(0, len(requested) - n_connected))

@@ -23,6 +23,8 @@ __all__ = [
     "PipelineError",
     "JournalLockedError",
     "RecordError",
+    "SidecarError",
+    "DepositionError",
 ]
 
 
@@ -86,3 +88,11 @@ class JournalLockedError(PipelineError):
 
 class RecordError(InputError):
     """Our TIFF's record is damaged or crafted, or disagrees with itself (see docs/record-format.md)."""
+
+
+class SidecarError(InputError):
+    """An acquisition sidecar (EPU ``.xml``/``.dm``, SerialEM ``.mdoc``) cannot be read or makes no sense."""
+
+
+class DepositionError(EmpCompressError):
+    """The EMPIAR deposition cannot be written (no report in the bag, a bad template, ...)."""

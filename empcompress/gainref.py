@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -43,6 +44,9 @@ __all__ = [
     "GAIN_LABEL",
     "TRANSFORMS",
     "GainReference",
+    "GainTransform",
+    "ORIENTATION_CODES",
+    "SCALE_CODES",
     "GainOrientation",
     "OrientedGain",
     "read_gain_reference",
@@ -94,6 +98,108 @@ TRANSFORMS: tuple[tuple[str, int, int, Callable[[GainArray], GainArray]], ...] =
 )
 
 
+#: Short names of the 8 flips/rotations, as records store them, in TRANSFORMS' order.
+ORIENTATION_CODES: dict[str, str] = {
+    "as stored": "identity",
+    "rows reversed (flipped upside down)": "flip-rows",
+    "columns reversed (flipped left-right)": "flip-columns",
+    "rotated 180 degrees": "rotate-180",
+    "rotated 90 degrees": "rotate-90",
+    "rotated 270 degrees": "rotate-270",
+    "transposed": "transpose",
+    "anti-transposed": "anti-transpose",
+}
+#: Short names of the size changes, as records store them.
+SCALE_CODES: dict[str, str] = {
+    "same size": "same",
+    "2x binned (float32 mean of 2x2)": "bin2-float32",
+    "2x binned (float64 mean of 2x2)": "bin2-float64",
+    "2x expanded (each pixel to 2x2)": "expand2",
+}
+
+
+@dataclass(frozen=True)
+class GainTransform:
+    """How a reference file's array becomes one movie's gain (MRC row order, frame size).
+
+    Applied in this order: ``reciprocal`` (the file holds 1/gain), then the flip or
+    rotation ``orientation`` (a code of :data:`ORIENTATION_CODES`), then ``scale``
+    (a code of :data:`SCALE_CODES`). A TIFF's record stores it, so that one
+    reference file serves movies of every orientation.
+    """
+
+    orientation: str = "identity"
+    scale: str = "same"
+    reciprocal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.orientation not in ORIENTATION_CODES.values():
+            raise GainError(f"unknown gain orientation {self.orientation!r}")
+        if self.scale not in SCALE_CODES.values():
+            raise GainError(f"unknown gain scale {self.scale!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.orientation == "identity" and self.scale == "same" and not self.reciprocal
+
+    @property
+    def _entry(self) -> tuple[str, int, int, Callable[[GainArray], GainArray]]:
+        name = next(key for key, code in ORIENTATION_CODES.items() if code == self.orientation)
+        return next(entry for entry in TRANSFORMS if entry[0] == name)
+
+    @property
+    def relion_gain_rot(self) -> int:
+        return self._entry[1]
+
+    @property
+    def relion_gain_flip(self) -> int:
+        return self._entry[2]
+
+    def file_shape(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
+        """The shape the reference file must have for frames of ``frame_shape``."""
+        ny, nx = frame_shape
+        if self.scale in ("bin2-float32", "bin2-float64"):
+            ny, nx = 2 * ny, 2 * nx
+        elif self.scale == "expand2":
+            if ny % 2 or nx % 2:
+                raise GainError(f"frames of {nx}x{ny} cannot come from a 2x expanded gain")
+            ny, nx = ny // 2, nx // 2
+        swaps = self.orientation in ("rotate-90", "rotate-270", "transpose", "anti-transpose")
+        return (nx, ny) if swaps else (ny, nx)
+
+    def apply(self, data: GainArray) -> GainArray:
+        """The movie's gain from the file's array (a new float32 array)."""
+        values = np.asarray(data, dtype=np.float32)
+        if self.reciprocal:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = (np.float32(1) / values).astype(np.float32)
+        values = self._entry[3](values)
+        scale = next(key for key, code in SCALE_CODES.items() if code == self.scale)
+        if scale == "same size":
+            return np.ascontiguousarray(values, dtype=np.float32)
+        if scale.startswith("2x binned"):
+            return np.ascontiguousarray(_bin2(values, wide="float64" in scale), dtype=np.float32)
+        return np.ascontiguousarray(np.repeat(np.repeat(values, 2, axis=0), 2, axis=1), dtype=np.float32)
+
+    def relion_terms(self) -> str:
+        """The transform as RELION's options name it (and what else it takes)."""
+        text = f"--gain_rot {self.relion_gain_rot} --gain_flip {self.relion_gain_flip}"
+        if self.scale != "same":
+            text += f", {self.scale}"
+        if self.reciprocal:
+            text += ", file holds 1/gain"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "orientation": self.orientation,
+            "scale": self.scale,
+            "reciprocal": self.reciprocal,
+            "relion_gain_rot": self.relion_gain_rot,
+            "relion_gain_flip": self.relion_gain_flip,
+        }
+
+
 @dataclass(frozen=True, eq=False)
 class GainReference:
     """A gain reference file as read: values in the file's own row order."""
@@ -120,6 +226,11 @@ class GainOrientation:
     exception_fraction: float  # of the sampled values, under this orientation
     n_tested: int
     description: str
+
+    @property
+    def as_transform(self) -> GainTransform:
+        """The same orientation as the record stores it."""
+        return GainTransform(ORIENTATION_CODES[self.transform], SCALE_CODES[self.scale], self.reciprocal)
 
 
 @dataclass(frozen=True, eq=False)

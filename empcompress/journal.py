@@ -2,37 +2,44 @@
 
 The journal lives in ``DEST/.empcompress/journal.sqlite``, outside the bag's
 payload (``data/``) and outside its tag manifests, because it changes with every
-run. Only the driver process (the one running ``empcompress compress``) writes
-it; workers never touch it. Each file's row is written in its own transaction
-(WAL mode, ``synchronous=NORMAL``), always *after* the output it describes has
-been fsync'ed and renamed into place, so after a crash, Ctrl-C or ``kill -9``:
+run. Only the driver process (the one running ``empcompress compress``) opens
+it; workers never touch it (a :class:`Journal` cannot be pickled, and refuses to be
+used from another process than the one that opened it). Each file's row is
+written *after* the output it describes has been fsync'ed and renamed into place,
+so after a crash, Ctrl-C or ``kill -9``:
 
 - a row in state ``done`` always describes an output that exists and was verified;
 - an output under its final name without a ``done`` row is never trusted: it is
   redone (the rename is atomic, so it is a complete file or none at all).
 
-Runs are exclusive: the journal takes an ``flock`` on ``DEST/.empcompress/lock``
-for as long as it is open (the kernel drops it when the process dies, even on
-``kill -9``), and a second run on the same DEST is refused with a message naming
-the process that holds it.
+DEST may be on a shared file system (NFS, Lustre, GPFS), so the journal uses
+SQLite's rollback journal (``journal_mode=DELETE``, ``synchronous=FULL``), not WAL:
+WAL needs shared memory between the processes of one host and SQLite documents that
+it does not work over a network file system. Since one process alone opens the
+database, SQLite's own file locks only ever meet that process.
+
+Runs are exclusive: :mod:`empcompress.runlock` takes an ``flock`` and an owner file
+created atomically with the owner's host, pid and boot id, for as long as the
+journal is open; a second run on the same DEST, from this host or another, is
+refused with a message naming the process that holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
-from .errors import JournalLockedError, PipelineError
+from . import runlock
+from .errors import PipelineError
+from .runlock import LOCK_FILENAME, RunLock
 
 __all__ = [
     "STATE_DIRNAME",
@@ -54,7 +61,6 @@ __all__ = [
 
 STATE_DIRNAME = ".empcompress"
 JOURNAL_FILENAME = "journal.sqlite"
-LOCK_FILENAME = "lock"
 SCHEMA_VERSION = 2
 
 STATE_PENDING = "pending"
@@ -171,10 +177,18 @@ def is_journal_dest(dest: str | os.PathLike[str]) -> bool:
 class Journal:
     """The open, locked journal of one destination. Use as a context manager."""
 
-    def __init__(self, dest: Path, connection: sqlite3.Connection, lock_handle: TextIO) -> None:
+    def __init__(self, dest: Path, connection: sqlite3.Connection, lock: RunLock) -> None:
         self.dest = dest
         self._connection = connection
-        self._lock_handle: TextIO | None = lock_handle
+        self._lock_handle: RunLock | None = lock
+        self._pid = os.getpid()
+        self._batch: sqlite3.Cursor | None = None  # the open transaction of batch(), if any
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{journal_path(self.dest)}: the journal stays in the process that opened it (the compress "
+            f"command); it is never sent to a worker"
+        )
 
     # ------------------------------------------------------------ opening
 
@@ -193,18 +207,21 @@ class Journal:
             raise PipelineError(
                 f"{state_dir}: cannot create the journal directory ({error.strerror})"
             ) from None
-        lock_handle = _acquire_lock(state_dir / LOCK_FILENAME, dest=dest)
+        lock_handle = runlock.acquire(state_dir, dest=dest)
         try:
             connection = sqlite3.connect(state_dir / JOURNAL_FILENAME, timeout=30.0, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a crash of the process (kill -9) loses nothing that was committed; a
-            # power cut may lose the last rows, never invent one, and their outputs are simply redone.
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # rollback journal, not WAL (which needs one host's shared memory: unsafe on NFS and Lustre);
+            # converts a journal that an earlier version left in WAL mode. FULL: a committed row survives
+            # a power cut too (rows are written in batches, so the syncs are few).
+            mode = connection.execute("PRAGMA journal_mode=DELETE").fetchone()
+            if mode is None or str(mode[0]).lower() != "delete":
+                raise sqlite3.OperationalError(f"cannot leave journal mode {mode}")
+            connection.execute("PRAGMA synchronous=FULL")
             journal = cls(dest, connection, lock_handle)
             journal._create_schema()
             journal._check_source(source)
         except sqlite3.Error as error:
-            _release_lock(lock_handle)
+            lock_handle.release()
             if "full" in str(error).lower():
                 raise PipelineError(
                     f"{state_dir / JOURNAL_FILENAME}: the disk holding the destination is full ({error}); "
@@ -215,7 +232,7 @@ class Journal:
                 f"healthy and the file is damaged, move the whole destination aside and compress again"
             ) from None
         except BaseException:
-            _release_lock(lock_handle)
+            lock_handle.release()
             raise
         return journal
 
@@ -253,11 +270,9 @@ class Journal:
         if self._lock_handle is None:
             return
         try:
-            with contextlib.suppress(sqlite3.Error):
-                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._connection.close()
         finally:
-            _release_lock(self._lock_handle)
+            self._lock_handle.release()
             self._lock_handle = None
 
     def __enter__(self) -> Journal:
@@ -268,10 +283,53 @@ class Journal:
     ) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+    def _check_usable(self) -> None:
         if self._lock_handle is None:
             raise PipelineError(f"{journal_path(self.dest)}: the journal is closed")
+        if os.getpid() != self._pid:
+            raise PipelineError(
+                f"{journal_path(self.dest)}: the journal is used only by the process that opened it"
+            )
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside the block goes into one transaction: one commit (and its syncs) for many
+        rows. Rows are still recorded only once their outputs are in place, so whatever was recorded
+        is committed even when the block ends with an exception (a stop, a lost cluster); only an
+        error of the journal itself rolls the batch back (those outputs are redone by the next run)."""
+        if self._batch is not None:  # nested: part of the outer batch
+            yield
+            return
+        self._check_usable()
+        try:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+        self._batch = cursor
+        journal_failed = False
+        try:
+            yield
+        except sqlite3.Error as error:
+            journal_failed = True
+            raise self._error(error) from None
+        finally:
+            self._batch = None
+            try:
+                cursor.execute("ROLLBACK" if journal_failed else "COMMIT")
+            except sqlite3.Error as error:
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.execute("ROLLBACK")
+                raise self._error(error) from None
+            finally:
+                cursor.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        self._check_usable()
+        if self._batch is not None:
+            yield self._batch  # committed by batch()
+            return
         try:
             cursor = self._connection.cursor()
             cursor.execute("BEGIN IMMEDIATE")
@@ -334,7 +392,7 @@ class Journal:
     def record(self, entry: JournalEntry) -> JournalEntry:
         """Insert or replace one file's row (one transaction); returns it with its time stamp."""
         entry = replace(entry, updated_at=time.time())
-        self._upsert("files", _ENTRY_FIELDS, asdict(entry))
+        self._upsert("files", _ENTRY_FIELDS, vars(entry))  # flat fields: no deep copy (asdict's)
         return entry
 
     def _upsert(self, table: str, columns: Sequence[str], values: dict[str, Any]) -> None:
@@ -358,7 +416,7 @@ class Journal:
 
     def record_generated(self, entry: GeneratedEntry) -> GeneratedEntry:
         entry = replace(entry, updated_at=time.time())
-        self._upsert("generated", _GENERATED_FIELDS, asdict(entry))
+        self._upsert("generated", _GENERATED_FIELDS, vars(entry))
         return entry
 
     def remove_generated(self, output_rel_path: str) -> None:
@@ -387,42 +445,4 @@ def _migrate_from_1(cursor: sqlite3.Cursor) -> None:
 def ensure_not_locked(dest: str | os.PathLike[str]) -> None:
     """Raise :class:`JournalLockedError` now if another run holds ``dest`` (a quick check before
     starting a cluster; :meth:`Journal.open` takes the lock for real)."""
-    lock_path = Path(dest) / STATE_DIRNAME / LOCK_FILENAME
-    if lock_path.is_file():
-        _release_lock(_acquire_lock(lock_path, dest=Path(dest), announce=False), clear=False)
-
-
-def _acquire_lock(lock_path: Path, *, dest: Path, announce: bool = True) -> TextIO:
-    handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the journal's lifetime)
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise JournalLockedError(
-            f"{dest}: another empcompress run is using this destination ({holder}); "
-            f"two runs on one destination are refused: wait for it to finish or stop it, then run again"
-        ) from None
-    except OSError as error:
-        handle.close()
-        raise PipelineError(f"{lock_path}: cannot lock the destination ({error.strerror})") from None
-    if not announce:
-        return handle
-    handle.seek(0)
-    handle.truncate()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-    handle.flush()
-    return handle
-
-
-def _release_lock(handle: TextIO, *, clear: bool = True) -> None:
-    if clear:
-        with contextlib.suppress(OSError):
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-    with contextlib.suppress(OSError):
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    handle.close()
+    runlock.check_free(Path(dest) / STATE_DIRNAME, dest=Path(dest))

@@ -337,7 +337,7 @@ class MrcMovie:
         self.path = Path(path)
         self.header = read_header(self.path)
         self._handle: BinaryIO | None = open_mrc(self.path)
-        self._buffer = np.empty(self.header.frame_size_bytes, dtype=np.uint8)
+        self._buffer: npt.NDArray[np.uint8] | None = None  # allocated on first use, let go on close
 
     def __enter__(self) -> MrcMovie:
         return self
@@ -351,6 +351,7 @@ class MrcMovie:
         self.close()
 
     def close(self) -> None:
+        self._buffer = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -379,8 +380,11 @@ class MrcMovie:
         header = self.header
         if not 0 <= index < header.nz:
             raise IndexError(f"{self.path}: frame {index} out of range 0..{header.nz - 1}")
-        buffer = self._buffer if out is None else out
         handle = self._file()
+        if out is None and self._buffer is None:
+            self._buffer = np.empty(header.frame_size_bytes, dtype=np.uint8)
+        buffer = self._buffer if out is None else out
+        assert buffer is not None
         handle.seek(header.data_offset_bytes + index * header.frame_size_bytes)
         n_read = handle.readinto(buffer.data)  # type: ignore[attr-defined]
         if n_read != header.frame_size_bytes:

@@ -90,8 +90,8 @@ class CompressedMovie:
 
     The record is validated (:func:`empcompress.record.parse_record`) before
     anything is allocated from it; a gain reference is read only from inside
-    ``root`` (default: the TIFF's own folder; see :func:`empcompress.gain.resolve_reference`)
-    unless ``gain_path`` names it explicitly.
+    ``root`` (default: the TIFF's own folder or its bag's payload; see
+    :func:`empcompress.gain.resolve_reference`) unless ``gain_path`` names it explicitly.
     """
 
     def __init__(

@@ -362,6 +362,28 @@ def exceptions_raw_size_bytes(*, n_frames: int, n_exceptions: int) -> int:
     return 4 * (n_frames + 2 * n_exceptions)
 
 
+def _check_gain_transform(value: Any, path_name: str) -> None:
+    """``storage.gain.transform``: a known flip/rotation, scale and inversion, RELION numbers that agree."""
+    from .gainref import ORIENTATION_CODES, SCALE_CODES, GainTransform
+
+    if not isinstance(value, dict):
+        raise RecordError(
+            f"{path_name}: the empcompress record is damaged: storage.gain.transform must be an object"
+        )
+    fields = _Fields(value, "storage.gain.transform.", path_name)
+    orientation = fields.text("orientation", allowed=tuple(ORIENTATION_CODES.values()))
+    scale = fields.text("scale", allowed=tuple(SCALE_CODES.values()))
+    reciprocal = fields.boolean("reciprocal")
+    transform = GainTransform(orientation, scale, reciprocal)
+    rot = fields.integer("relion_gain_rot", 0, 3)
+    flip = fields.integer("relion_gain_flip", 0, 2)
+    if (rot, flip) != (transform.relion_gain_rot, transform.relion_gain_flip):
+        raise fields.fail("relion_gain_rot", f"and relion_gain_flip do not describe {orientation!r}")
+    unknown = set(value) - {"orientation", "scale", "reciprocal", "relion_gain_rot", "relion_gain_flip"}
+    if unknown:
+        raise fields.fail(sorted(unknown)[0], "is not a field of the transform")
+
+
 def check_gain_entry(
     document: dict[str, Any], *, source: SourceRecord | None, path_name: str
 ) -> dict[str, Any]:
@@ -371,7 +393,7 @@ def check_gain_entry(
     size) and its length checked against the movie's frames.
     """
     fields = _Fields(document, "storage.gain.", path_name)
-    fields.integer("version", GAIN_RECORD_VERSION, GAIN_RECORD_VERSION)
+    version = fields.integer("version", 1, GAIN_RECORD_VERSION)
     kind = fields.text("kind", allowed=GAIN_KINDS)
     reference = fields.text("reference", max_chars=MAX_REFERENCE_BYTES)
     problem = check_relative_reference(reference)
@@ -389,6 +411,10 @@ def check_gain_entry(
         return document
     fields.text("formula")
     fields.text("exception_encoding")
+    if "transform" in document:
+        if version < 2:
+            raise fields.fail("transform", "belongs to version 2 of the gain entry")
+        _check_gain_transform(document["transform"], path_name)
     # the conversion's own limit, computed the same way (GainCounter)
     limit = int(MAX_EXCEPTION_FRACTION * source.nz * (source.nx * source.ny)) if source is not None else 2**62
     n_exceptions = fields.integer("n_exceptions", 0, limit)

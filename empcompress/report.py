@@ -1,6 +1,6 @@
 """What a compress job did, for machines and for people.
 
-Three files are written at the top of DEST, beside ``bagit.txt``: they are *tag
+Five files are written at the top of DEST, beside ``bagit.txt``: they are *tag
 files* of the bag (outside the payload ``data/``, so the payload mirrors SRC
 exactly) and are covered by ``tagmanifest-sha256.txt`` and ``tagmanifest-md5.txt``,
 so they are checksummed along with everything else:
@@ -9,7 +9,9 @@ so they are checksummed along with everything else:
   path, size, sha256 and md5; category; outcome; storage decision; codec; gain
   reference), totals per category and per storage decision, gain references
   estimated, failures, movies kept as they were, and what was not touched;
-- ``report.md``: the same, readable;
+- ``report.md``: the same, readable, linking the pictures of ``report.html``;
+- ``report.html``: one self-contained page of pictures (see :mod:`empcompress.report_html`);
+- ``empiar-deposition.json``: the bag's EMPIAR deposition (see :mod:`empcompress.deposition`);
 - ``ascp-file-list.txt``: every verified file of the bag, one path per line,
   relative to DEST, for ``cd DEST && ascp --file-list=ascp-file-list.txt ...``.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +37,15 @@ from .manifest import BAG_DECLARATION_FILES, PAYLOAD_DIRNAME, write_text_atomica
 __all__ = [
     "REPORT_JSON",
     "REPORT_MARKDOWN",
+    "REPORT_HTML",
+    "DEPOSITION_JSON",
     "FILE_LIST",
     "REPORT_FILES",
     "FileProblem",
     "CategoryReport",
     "DecisionReport",
     "GainSetReport",
+    "GainMember",
     "CompressSummary",
     "bag_info_fields",
     "report_document",
@@ -51,8 +57,10 @@ __all__ = [
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
+REPORT_HTML = "report.html"
+DEPOSITION_JSON = "empiar-deposition.json"
 FILE_LIST = "ascp-file-list.txt"
-REPORT_FILES: tuple[str, ...] = (REPORT_JSON, REPORT_MARKDOWN, FILE_LIST)
+REPORT_FILES: tuple[str, ...] = (REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML, DEPOSITION_JSON, FILE_LIST)
 
 
 @dataclass(frozen=True)
@@ -83,15 +91,28 @@ class DecisionReport:
 
 
 @dataclass(frozen=True)
-class GainSetReport:
-    """A gain reference we estimated for a set of gain-normalised movies."""
+class GainMember:
+    """One movie stored as counts with a group's reference, and how the reference applies to it."""
 
-    output_rel_path: str
-    folder: str
+    rel_path: str  # the source, relative to SRC
+    orientation: str  # a GainTransform orientation code ("identity", "flip-rows", ...)
+    relion_orientation: str  # the same in RELION's options: "--gain_rot R --gain_flip F"
+    n_exceptions: int
+
+
+@dataclass(frozen=True)
+class GainSetReport:
+    """A gain reference and the group of gain-normalised movies stored as counts with it."""
+
+    output_rel_path: str  # payload path of the reference
+    folder: str  # the payload folder it is in
     n_members: int
     n_converted_with_gain: int
     output_sha256: str
-    detail: str  # JSON text from the estimation (members sampled, exception pixels, ...)
+    detail: str  # JSON text from the estimation (movies sampled, left out, pixel counts)
+    origin: str = "estimated"  # "estimated" (written by us) | "depositor" (a file from the drive)
+    relion_orientation: str = ""  # the members' most common orientation, in RELION's terms
+    members: tuple[GainMember, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,8 @@ class CompressSummary:
     audit_problems: tuple[FileProblem, ...] = ()
     empty_folders: tuple[str, ...] = ()
     n_unchanged: int = 0  # recheck: sources whose sha256 matched the journal
+    #: gain-normalised movies no gain group took (stored as lossless float32), and why
+    gain_left_out: tuple[FileProblem, ...] = ()
 
     @property
     def n_done_this_run(self) -> int:
@@ -218,7 +241,7 @@ def _path_fields(rel_path: str) -> dict[str, str]:
         return {"source": display_path(rel_path), "source_path_hex": raw.hex()}
 
 
-def _file_record(entry: JournalEntry) -> dict[str, Any]:
+def _file_record(entry: JournalEntry, member: GainMember | None = None) -> dict[str, Any]:
     return {
         **_path_fields(entry.rel_path),
         "output": f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" if entry.state == STATE_DONE else None,
@@ -234,6 +257,8 @@ def _file_record(entry: JournalEntry) -> dict[str, Any]:
         "storage_decision": entry.decision,
         "codec": entry.codec,
         "gain_reference": f"{PAYLOAD_DIRNAME}/{entry.gain_reference}" if entry.gain_reference else None,
+        "gain_orientation": member.orientation if member else None,
+        "gain_relion_orientation": member.relion_orientation if member else None,
         "message": entry.message,
     }
 
@@ -242,6 +267,7 @@ def report_document(
     summary: CompressSummary, entries: Sequence[JournalEntry], generated: Sequence[GeneratedEntry]
 ) -> dict[str, Any]:
     """The content of report.json."""
+    orientations = {member.rel_path: member for group in summary.gain_references for member in group.members}
     last_run = {
         "started_at": summary.started_at,
         "elapsed_seconds": round(summary.elapsed_seconds, 3),
@@ -275,19 +301,29 @@ def report_document(
         "storage_decisions": [asdict(decision) for decision in summary.decisions],
         "gain_references": [
             {
-                **asdict(entry),
-                "output_rel_path": f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}",
-                "detail": entry.detail,
+                **asdict(group),
+                "output_rel_path": f"{PAYLOAD_DIRNAME}/{group.output_rel_path}",
+                "members": [{**_path_fields(member.rel_path), **asdict(member)} for member in group.members],
+                "generated": group.output_rel_path in {entry.output_rel_path for entry in generated},
             }
-            for entry in generated
+            for group in summary.gain_references
         ],
+        "gain_left_out": [asdict(problem) for problem in summary.gain_left_out],
         "failures": [asdict(problem) for problem in summary.failures],
         "kept_as_is": [asdict(problem) for problem in summary.kept_as_is],
         "not_touched": [asdict(problem) for problem in summary.not_touched],
         "empty_folders": [display_path(folder) for folder in summary.empty_folders],
         "last_run": last_run,
-        "files": [_file_record(entry) for entry in entries],
+        "files": [_file_record(entry, orientations.get(entry.rel_path)) for entry in entries],
     }
+
+
+def _how(gain: GainSetReport) -> str:
+    try:
+        detail = json.loads(gain.detail)
+    except ValueError:
+        detail = {}
+    return str(detail.get("how", "")) if isinstance(detail, dict) else ""
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -346,12 +382,34 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
         ),
     ]
     if summary.gain_references:
-        lines += ["", "## Gain references estimated", ""]
+        lines += ["", "## Gain groups", ""]
         lines += [
-            f"- `data/{gain.output_rel_path}`: {gain.n_converted_with_gain} of {gain.n_members} movies in "
-            f"`{gain.folder or '.'}` stored as counts with it"
-            for gain in summary.gain_references
+            "Gain-normalised movies are grouped by the gain they share, wherever they are on the drive;",
+            "each group's movies are stored as counts with one reference, in each movie's own orientation.",
+            "",
         ]
+        lines += _table(
+            ("reference", "origin", "movies", "orientations (RELION)", "how"),
+            [
+                (
+                    f"`data/{gain.output_rel_path}`",
+                    "found on the drive" if gain.origin == "depositor" else "estimated",
+                    gain.n_converted_with_gain,
+                    ", ".join(
+                        f"{n} x {orientation}"
+                        for orientation, n in Counter(
+                            m.relion_orientation for m in gain.members
+                        ).most_common()
+                    ),
+                    _how(gain),
+                )
+                for gain in summary.gain_references
+            ],
+        )
+    if summary.gain_left_out:
+        lines += ["", f"## Gain-normalised movies in no gain group ({len(summary.gain_left_out)})", ""]
+        lines += ["Stored as lossless float32 (bigger, nothing lost):", ""]
+        lines += [f"- `{display_path(p.rel_path)}`: {p.reason}" for p in summary.gain_left_out]
     for title, problems in (
         ("Audit problems", summary.audit_problems),
         ("Failures (not in the bag; the same command retries them)", summary.failures),
@@ -414,6 +472,28 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _hand_off_markdown(deposition: Any, pictures: Sequence[tuple[str, str]]) -> str:
+    """report.md's sections on the pictures (links into report.html) and the EMPIAR deposition."""
+    lines = ["", "## Pictures", "", f"In `{REPORT_HTML}` (one self-contained page):", ""]
+    lines += [f"- [{title}]({REPORT_HTML}#{anchor})" for anchor, title in pictures]
+    lines += ["", "## EMPIAR deposition", ""]
+    if deposition is None:
+        return "\n".join([*lines, "Not written.", ""])
+    state = "valid against the EMPIAR deposition schema" if deposition.schema.valid else "not yet valid"
+    written = "" if deposition.written else " (the existing file was left as it is: see below)"
+    lines.append(f"`{DEPOSITION_JSON}`{written}: {len(deposition.groups)} imagesets; {state}.")
+    if deposition.to_fill:
+        lines += [
+            "",
+            "For a person to fill (`empcompress deposition <bag> --template FILE` merges them):",
+            "",
+        ]
+        lines += [f"- {_utf8(item)}" for item in deposition.to_fill]
+    if deposition.problems:
+        lines += ["", "Notes:", ""] + [f"- {_utf8(problem)}" for problem in deposition.problems]
+    return "\n".join([*lines, ""])
+
+
 def write_reports(
     dest: str | Path,
     *,
@@ -421,11 +501,19 @@ def write_reports(
     entries: Sequence[JournalEntry],
     generated: Sequence[GeneratedEntry],
 ) -> tuple[str, ...]:
-    """Write report.json, report.md and ascp-file-list.txt into DEST; returns their names."""
+    """Write report.json, report.md, report.html, empiar-deposition.json and ascp-file-list.txt into
+    DEST; returns their names (the bag's tag files)."""
+    from .deposition import write_for_compress
+    from .report_html import write_report_page
+
     dest = Path(dest)
     document = report_document(summary, entries, generated)
+    deposition = write_for_compress(dest, report=document)
+    document["empiar_deposition"] = deposition.status()
+    page = write_report_page(dest, name=REPORT_HTML, summary=summary, entries=entries, deposition=deposition)
     document_text = _utf8(json.dumps(document, indent=2, ensure_ascii=False))
     write_text_atomically(dest / REPORT_JSON, document_text + "\n")
-    write_text_atomically(dest / REPORT_MARKDOWN, _utf8(render_markdown(summary, entries)))
+    markdown = render_markdown(summary, entries) + _hand_off_markdown(deposition, page.pictures)
+    write_text_atomically(dest / REPORT_MARKDOWN, _utf8(markdown))
     write_text_atomically(dest / FILE_LIST, "\n".join(file_list_lines(entries, generated)) + "\n")
     return REPORT_FILES

@@ -41,7 +41,8 @@ def restore_movie(
     The file appears under its name only if its sha256 equals the recorded one.
     Gain-normalised storage needs its gain reference: ``gain_path``, or the
     recorded file, read only when it lies inside ``root`` (default: the TIFF's own
-    folder; see :func:`empcompress.gain.resolve_reference`); its sha256 is checked.
+    folder, or its bag's whole payload; see
+    :func:`empcompress.gain.resolve_reference`); its sha256 is checked.
     The TIFF's tags are not checked here (``verify`` does that): what is written is
     proven by the recorded sha256 alone.
     """

@@ -203,6 +203,8 @@ class ScanPlan:
     n_workers_assumed: int
     scan_seconds: float
     gain_sets_supported: bool
+    #: per frame size, the gain reference predicted for the gain-normalised movies (see gain.prediction)
+    gain_groups: tuple[Any, ...] = ()
 
     @property
     def movies(self) -> tuple[FileEntry, ...]:
@@ -644,6 +646,7 @@ def scan_drive(
         predictions = predict_groups(
             root, movies, n_sample_movies=n_sample_movies, n_sample_frames=n_sample_frames
         )
+    gain_groups = _predict_gain_groups(root, files, predictions)
     copy_bytes = sum(entry.size_bytes for entry in files if entry.action == ACTION_COPY)
     if predictions:
         movie_out = sum(prediction.predicted_output_size_bytes for prediction in predictions)
@@ -667,4 +670,30 @@ def scan_drive(
         n_workers_assumed=workers,
         scan_seconds=time.perf_counter() - started,
         gain_sets_supported=gain_support() is not None,
+        gain_groups=gain_groups,
+    )
+
+
+def _predict_gain_groups(
+    root: Path, files: list[FileEntry], predictions: tuple[GroupPrediction, ...]
+) -> tuple[Any, ...]:
+    """The sampled gain-normalised movies, by frame size, fitted to the drive's gain references."""
+    if gain_support() is None:
+        return ()
+    from .gain.prediction import predict_gain_groups
+
+    sampled: dict[tuple[int, int], list[str]] = defaultdict(list)
+    n_movies: dict[tuple[int, int], int] = defaultdict(int)
+    for prediction in predictions:
+        if KIND_GAIN_NORMALISED in prediction.kind.split("/"):
+            shape = (prediction.frame_height, prediction.frame_width)
+            sampled[shape] += list(prediction.sampled)
+            n_movies[shape] += prediction.n_movies
+    references = [
+        entry.rel_path
+        for entry in files
+        if entry.category == CATEGORY_GAIN_REFERENCE and entry.mode == 2 and entry.n_frames == 1
+    ]
+    return predict_gain_groups(
+        root, sampled_movies=dict(sampled), n_movies=dict(n_movies), references=references
     )

@@ -75,7 +75,7 @@ def verify_tiff(
 
     Gain-normalised storage needs its gain reference: ``gain_path``, or the
     recorded file, read only when it lies inside ``root`` (default: the TIFF's own
-    folder; see :func:`empcompress.gain.resolve_reference`). Raises
+    folder, or its bag's whole payload; see :func:`empcompress.gain.resolve_reference`). Raises
     :class:`VerificationError` naming what is damaged or the first differing frame,
     :class:`~empcompress.errors.RecordError` for a damaged record.
     """

@@ -34,6 +34,9 @@ __all__ = [
     "bigtiff_expected",
     "classic_strip_budget_bytes",
     "write_tiff_stack",
+    "write_tiff_attempt",
+    "replace_description",
+    "ClassicTiffOverflowError",
     "temporary_output",
     "commit_output",
     "TEMP_MARKER",
@@ -77,17 +80,23 @@ def needs_bigtiff(
     return raw_bytes * codec.worst_case_expansion + overhead > CLASSIC_TIFF_LIMIT_BYTES
 
 
-class _ClassicTiffOverflowError(Exception):
-    """The encoded strips will not fit a classic TIFF (internal: the file is written again as BigTIFF)."""
+class ClassicTiffOverflowError(Exception):
+    """The encoded strips will not fit a classic TIFF (the file must be written again as BigTIFF)."""
 
 
-def _within(strips: Iterable[bytes], budget_bytes: int) -> Iterator[bytes]:
-    total = 0
-    for strip in strips:
-        total += len(strip)
-        if total > budget_bytes:
-            raise _ClassicTiffOverflowError()
-        yield strip
+class _StripCounter:
+    """Passes strips through, adding up their sizes; past ``budget_bytes`` (if any) raises overflow."""
+
+    def __init__(self, budget_bytes: int | None) -> None:
+        self.budget_bytes = budget_bytes
+        self.total_bytes = 0
+
+    def count(self, strips: Iterable[bytes]) -> Iterator[bytes]:
+        for strip in strips:
+            self.total_bytes += len(strip)
+            if self.budget_bytes is not None and self.total_bytes > self.budget_bytes:
+                raise ClassicTiffOverflowError()
+            yield strip
 
 
 def looks_like_packed_4bit(frame_shape: tuple[int, int], dtype: np.dtype) -> bool:
@@ -117,13 +126,8 @@ def write_tiff_stack(
     as BigTIFF, which needs the frames again: pass ``frames`` as a function returning
     a fresh iterable (an iterable that cannot be read twice raises ``ValueError`` then).
     """
-    dtype = np.dtype(dtype)
-    n_strips_per_frame = -(-frame_shape[0] // rows_per_strip)
-    budget = classic_strip_budget_bytes(
-        n_frames=n_frames, n_strips_per_frame=n_strips_per_frame, extra_bytes=len(description)
-    )
     attempt = functools.partial(
-        _write,
+        write_tiff_attempt,
         path,
         dtype=dtype,
         codec=codec,
@@ -135,22 +139,20 @@ def write_tiff_stack(
         frame_shape=frame_shape,
     )
     try:
-        attempt(frames() if callable(frames) else frames, classic_budget=budget)
-        bigtiff = False
-    except _ClassicTiffOverflowError:
+        attempt(frames() if callable(frames) else frames, bigtiff=False)
+        return False
+    except ClassicTiffOverflowError:
         if not callable(frames):
             raise ValueError(f"{path}: too large for classic TIFF; pass the frames as a function") from None
-        attempt(frames(), classic_budget=None)
-        bigtiff = True
-    if dtype.kind == "u":
-        _rename_placeholder_tags(path)
-    return bigtiff
+        attempt(frames(), bigtiff=True)
+        return True
 
 
-def _write(
+def write_tiff_attempt(
     path: str | os.PathLike[str],
     frames: Iterable[npt.NDArray[np.generic]],
     *,
+    bigtiff: bool,
     dtype: np.dtype,
     codec: Codec,
     rows_per_strip: int,
@@ -159,20 +161,101 @@ def _write(
     threads: int,
     n_frames: int,
     frame_shape: tuple[int, int],
-    classic_budget: int | None,
+    classic_extra_bytes: int | None = None,
+) -> int:
+    """Write one TIFF of the given kind; the total bytes of encoded strips.
+
+    A classic TIFF raises :class:`ClassicTiffOverflowError` as soon as the strips would
+    pass :func:`classic_strip_budget_bytes` for ``description``'s length (or
+    ``classic_extra_bytes``: the length of the record that will replace a longer
+    placeholder, see :func:`replace_description`); the caller writes the file again as
+    BigTIFF. Every page's SampleFormat placeholder is renamed.
+    """
+    dtype = np.dtype(dtype)
+    n_strips_per_frame = -(-frame_shape[0] // rows_per_strip)
+    extra_bytes = len(description) if classic_extra_bytes is None else classic_extra_bytes
+    budget = classic_strip_budget_bytes(
+        n_frames=n_frames, n_strips_per_frame=n_strips_per_frame, extra_bytes=extra_bytes
+    )
+    counter = _StripCounter(None if bigtiff else budget)
+    _write(
+        path,
+        frames,
+        counter=counter,
+        bigtiff=bigtiff,
+        dtype=dtype,
+        codec=codec,
+        rows_per_strip=rows_per_strip,
+        description=description,
+        pixel_size_angstrom=pixel_size_angstrom,
+        threads=threads,
+        n_frames=n_frames,
+        frame_shape=frame_shape,
+    )
+    if dtype.kind == "u":
+        _rename_placeholder_tags(path)
+    return counter.total_bytes
+
+
+def replace_description(path: str | os.PathLike[str], description: str) -> None:
+    """Replace the first page's ImageDescription in place with ``description``, no longer than it.
+
+    The one-read conversion writes its record before the source's sha256 and statistics
+    are known: with placeholders, in a description at least as long as the final one.
+    The new text (and its NUL) overwrites the old value, the rest of the old value is
+    zeroed, and the tag's count is set to the new length. Verification reads the result.
+    """
+    text = description.encode("ascii") + b"\0"
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages.first
+        tag = page.tags.get(270) if isinstance(page, tifffile.TiffPage) else None
+        if tag is None or tag.dtype != 2:
+            raise RuntimeError(f"{path}: no ImageDescription on the first page to replace")
+        entry_offset, value_offset, old_count, bigtiff = (
+            tag.offset,
+            tag.valueoffset,
+            tag.count,
+            tiff.is_bigtiff,
+        )
+    if len(text) > old_count:
+        raise RuntimeError(
+            f"{path}: the record ({len(text)} bytes) is longer than its placeholder ({old_count})"
+        )
+    inline = 8 if bigtiff else 4
+    if old_count <= inline or len(text) <= inline:
+        raise RuntimeError(f"{path}: a record short enough to lie inside its tag entry")
+    with open(path, "r+b") as handle:
+        handle.seek(value_offset)
+        handle.write(text + b"\0" * (old_count - len(text)))
+        handle.seek(entry_offset + 4)
+        handle.write(struct.pack("<Q" if bigtiff else "<I", len(text)))
+
+
+def _write(
+    path: str | os.PathLike[str],
+    frames: Iterable[npt.NDArray[np.generic]],
+    *,
+    counter: _StripCounter,
+    bigtiff: bool,
+    dtype: np.dtype,
+    codec: Codec,
+    rows_per_strip: int,
+    description: str,
+    pixel_size_angstrom: float,
+    threads: int,
+    n_frames: int,
+    frame_shape: tuple[int, int],
 ) -> None:
-    """One attempt: classic TIFF within ``classic_budget`` bytes of strips, or BigTIFF (None)."""
+    """One attempt: classic TIFF (overflow checked by ``counter``) or BigTIFF."""
     resolution = None
     pixels_per_cm = 1e8 / pixel_size_angstrom if pixel_size_angstrom > 0 else 0.0
     if 0 < pixels_per_cm < 2**32 - 1:  # a TIFF rational cannot hold more (nonsense header values)
         resolution = (pixels_per_cm, pixels_per_cm)
     with (
         StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder,
-        tifffile.TiffWriter(path, bigtiff=classic_budget is None, byteorder="<") as writer,
+        tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder="<") as writer,
     ):
-        strips: Iterator[bytes] = encoder.encode_frames(_checked(frames, frame_shape, dtype))
-        if classic_budget is not None:
-            strips = _within(strips, classic_budget)
+        strips = counter.count(encoder.encode_frames(_checked(frames, frame_shape, dtype)))
         writer.write(
             strips,
             shape=(n_frames, *frame_shape),

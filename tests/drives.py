@@ -8,7 +8,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-__all__ = ["write_mrc", "make_drive", "snapshot_tree", "gain_normalised_movie"]
+__all__ = ["write_mrc", "make_drive", "snapshot_tree", "gain_normalised_movie", "make_epu_session"]
 
 
 def write_mrc(path: Path, data: np.ndarray, *, stack: bool = True, pixel_size_angstrom: float = 1.1) -> Path:
@@ -85,3 +85,36 @@ def snapshot_tree(root: Path) -> dict[str, tuple[bytes, int]]:
             path = Path(directory) / name
             result[path.relative_to(root).as_posix()] = (path.read_bytes(), path.stat().st_mtime_ns)
     return result
+
+
+def make_epu_session(
+    root: Path,
+    *,
+    rng: np.random.Generator,
+    gain: np.ndarray,
+    squares: tuple[int, ...] = (2, 3, 1),
+    n_frames: int = 12,
+    dose: float = 1.0,
+    flipped: tuple[str, ...] = (),
+    prefix: str = "",
+) -> list[Path]:
+    """An EPU-like session: ``Images-Disc1/GridSquare_<id>/Data/FoilHole_*_Data_*.mrc`` sharing one gain.
+
+    ``squares`` gives the number of movies per grid square; each movie has the
+    ``.xml`` and ``.jpg`` EPU writes beside it. Movies named in ``flipped`` (by
+    file name) were normalised with the gain flipped upside down. Returns the movies.
+    """
+    movies = []
+    for square, n_movies in enumerate(squares):
+        folder = root / "Images-Disc1" / f"GridSquare_{1000 + square}" / "Data"
+        for index in range(n_movies):
+            name = f"{prefix}FoilHole_{2000 + square}_Data_{3000 + index}_{4000 + index}_20240101_120000"
+            applied = gain[::-1] if f"{name}.mrc" in flipped else gain
+            counts = rng.poisson(dose, size=(n_frames, *gain.shape)).astype(np.float32)
+            movie = write_mrc(folder / f"{name}.mrc", (counts * applied[None]).astype(np.float32))
+            (folder / f"{name}.xml").write_text(f"<MicroscopeImage><name>{name}</name></MicroscopeImage>\n")
+            (folder / f"{name}.jpg").write_bytes(
+                b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+            )
+            movies.append(movie)
+    return movies

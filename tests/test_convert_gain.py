@@ -118,26 +118,54 @@ def test_supplied_dm4_gain_is_read_and_oriented(
     assert restores_exactly(out / "movie.tif", source)
 
 
-def test_a_gain_reference_in_an_ancestor_directory_is_referenced_not_copied(
+def test_outside_a_bag_a_gain_reference_in_an_ancestor_directory_is_copied_beside_the_tiff(
     movie: tuple[Path, np.ndarray], gain: np.ndarray, out: Path
 ) -> None:
-    """The whole-drive pipeline writes one gain at the top of the set; TIFFs below point at it."""
+    """A TIFF outside a bag must restore on its own: its reference lies in its own folder."""
     source, _ = movie
     reference = out / GAIN_REFERENCE_NAME
     digest = write_gain_reference(reference, gain)
     (out / "sub" / "dir").mkdir(parents=True)
     tiff = out / "sub" / "dir" / "movie.tif"
     result = convert_movie(source, tiff, gain=reference)
-    assert result.gain is not None and not result.gain.created_reference
-    assert sorted(p.name for p in (out / "sub" / "dir").iterdir()) == ["movie.tif"]
+    assert result.gain is not None and result.gain.created_reference
     record = read_record(tiff)
     assert record.storage.gain is not None
-    assert record.storage.gain["reference"] == f"../../{GAIN_REFERENCE_NAME}"
+    assert "/" not in record.storage.gain["reference"]
     assert record.storage.gain["reference_sha256"] == digest
-    # a reference above the TIFF's own folder is read only when the caller names the tree it trusts
-    with pytest.raises(GainError, match="outside"):
-        restores_exactly(tiff, source)
-    assert restores_exactly(tiff, source, root=out)
+    assert restores_exactly(tiff, source)
+
+
+@pytest.mark.parametrize("marker", ["bagit.txt", ".empcompress"])
+def test_inside_a_bag_one_reference_serves_every_folder_and_orientation(
+    movie: tuple[Path, np.ndarray], gain: np.ndarray, tmp_path: Path, marker: str
+) -> None:
+    """In a bag's payload a TIFF names a reference anywhere in it, with its orientation (issue 9)."""
+    source, counts = movie
+    bag = tmp_path / "bag"
+    (bag / "data" / "gain").mkdir(parents=True)
+    if marker == "bagit.txt":
+        (bag / marker).write_text("BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
+    else:
+        (bag / marker).mkdir()
+    reference = bag / "data" / "gain" / GAIN_REFERENCE_NAME
+    digest = write_gain_reference(reference, gain[::-1].copy())  # stored upside down
+    folder = bag / "data" / "session" / "GridSquare_1" / "Data"
+    folder.mkdir(parents=True)
+    tiff = folder / "movie.tif"
+    result = convert_movie(source, tiff, gain=reference)
+    assert result.gain is not None and result.gain.action == "applied"
+    assert not result.gain.created_reference
+    assert sorted(p.name for p in folder.iterdir()) == ["movie.tif"]
+    entry = read_record(tiff).storage.gain
+    assert entry is not None
+    assert entry["reference"] == f"../../../gain/{GAIN_REFERENCE_NAME}"
+    assert entry["reference_sha256"] == digest
+    assert entry["version"] == 2
+    assert entry["transform"]["orientation"] == "flip-rows"
+    assert (entry["transform"]["relion_gain_rot"], entry["transform"]["relion_gain_flip"]) == (0, 1)
+    assert restores_exactly(tiff, source)  # no --gain, no root: the bag's payload is the root
+    assert verify_tiff(tiff).n_frames == counts.shape[0]
 
 
 def test_restore_needs_the_right_gain_reference(
@@ -324,7 +352,8 @@ def test_cli_gain_estimate_convert_restore_verify(
     assert main(["convert", str(source), "-o", str(out / "m.tif"), "--gain", str(gain_file), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "gain reference" in printed and "exception values" in printed
-    assert read_record(out / "m.tif").storage.gain["reference"] == "../estimated.mrc"  # type: ignore[index]
+    # outside a bag the reference goes beside the TIFF, so that the folder restores on its own
+    assert read_record(out / "m.tif").storage.gain["reference"] == GAIN_REFERENCE_NAME  # type: ignore[index]
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
     (out / "m.tif").rename(elsewhere / "m.tif")

@@ -265,7 +265,8 @@ def test_gain_normalised_sets_get_one_gain_reference(tmp_path: Path, client: Any
 
 
 @pytest.mark.skipif(gain_support() is None, reason="needs empcompress.gain (issue 3)")
-def test_a_movie_from_another_gain_is_not_forced_onto_the_sets_gain(tmp_path: Path, client: Any) -> None:
+def test_two_sessions_mixed_in_one_folder_form_two_gain_groups(tmp_path: Path, client: Any) -> None:
+    """A movie from another gain is never forced onto the first gain: it gets a group of its own."""
     from drives import gain_normalised_movie
 
     rng = np.random.default_rng(5)
@@ -280,11 +281,11 @@ def test_a_movie_from_another_gain_is_not_forced_onto_the_sets_gain(tmp_path: Pa
     assert summary.complete and not summary.kept_as_is
     with Journal.open(dest, source=str(source.resolve())) as journal:
         rows = journal.entries()
-    assert rows["set/b_other_session.mrc"].gain_reference == ""
-    assert rows["set/b_other_session.mrc"].stored_dtype == "float32"
-    assert "did not fit its set's gain" in rows["set/b_other_session.mrc"].message
-    assert all(rows[f"set/a_{index}.mrc"].gain_reference == "set/gain-reference.mrc" for index in range(4))
-    (gain,) = summary.gain_references
-    assert (gain.n_members, gain.n_converted_with_gain) == (5, 4)
+    reference_a = rows["set/a_0.mrc"].gain_reference
+    reference_b = rows["set/b_other_session.mrc"].gain_reference
+    assert reference_a and reference_b and reference_a != reference_b
+    assert all(rows[f"set/a_{index}.mrc"].gain_reference == reference_a for index in range(4))
+    assert {row.stored_dtype for row in rows.values()} == {"uint8"}
+    assert sorted(g.n_converted_with_gain for g in summary.gain_references) == [1, 4]
     assert verify_bag(dest, full=True).ok
     recover_everything(source, dest, tmp_path / "scratch")

@@ -192,6 +192,15 @@ def gain_entry_record(original: tuple[Path, Path], **changes: Any) -> Document:
     return document
 
 
+TRANSFORM = {
+    "orientation": "flip-rows",
+    "scale": "same",
+    "reciprocal": False,
+    "relion_gain_rot": 0,
+    "relion_gain_flip": 1,
+}
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
@@ -204,7 +213,15 @@ def gain_entry_record(original: tuple[Path, Path], **changes: Any) -> Document:
         ({"reference": 3}, "storage.gain.reference"),
         ({"reference_sha256": None}, "storage.gain.reference_sha256"),
         ({"kind": "magic"}, "storage.gain.kind"),
-        ({"version": 2}, "storage.gain.version"),
+        ({"version": 3}, "storage.gain.version"),
+        ({"version": 0}, "storage.gain.version"),
+        ({"transform": TRANSFORM}, "storage.gain.transform"),  # version 1 has none
+        ({"version": 2, "transform": "flip"}, "storage.gain.transform"),
+        ({"version": 2, "transform": {**TRANSFORM, "orientation": "sideways"}}, "transform.orientation"),
+        ({"version": 2, "transform": {**TRANSFORM, "scale": "bin3"}}, "transform.scale"),
+        ({"version": 2, "transform": {**TRANSFORM, "reciprocal": 1}}, "transform.reciprocal"),
+        ({"version": 2, "transform": {**TRANSFORM, "relion_gain_flip": 2}}, "transform.relion_gain_rot"),
+        ({"version": 2, "transform": {**TRANSFORM, "extra": 1}}, "transform.extra"),
         ({"n_exceptions": -1}, "storage.gain.n_exceptions"),
         ({"n_exceptions": 10**12}, "storage.gain.n_exceptions"),
         ({"exceptions": "%%%"}, "storage.gain.exceptions"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import require_tool
+from mrc_factory import write_mrc
 
 from empcompress.convert import convert_movie
 from empcompress.write import CLASSIC_TIFF_LIMIT_BYTES
@@ -46,3 +47,31 @@ def test_a_movie_over_4_gib_that_compresses_is_a_classic_tiff(tmp_path: Path) ->
     listing = subprocess.run([tiffinfo, str(tmp_path / "huge.tif")], capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("TIFF Directory") == 66
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_relion_reads_a_classic_super_resolution_tiff(tmp_path: Path) -> None:
+    """A K3 super-resolution movie (11520x8184, mode 101 as SerialEM writes it) becomes a classic TIFF
+    that RELION's reader gives back value for value, in MRC orientation."""
+    handler = require_tool("relion_image_handler")
+    rng = np.random.default_rng(11520)
+    values = np.minimum(rng.poisson(0.25, size=(2, 8184, 11520)), 15).astype(np.uint8)
+    source = write_mrc(tmp_path / "k3.mrc", values, mode=101)
+    result = convert_movie(source, tmp_path / "k3.tif", threads=2)
+    assert result.decision.stored_dtype == "uint8"
+    with tifffile.TiffFile(tmp_path / "k3.tif") as tiff:
+        assert not tiff.is_bigtiff and len(tiff.pages) == 2
+    done = subprocess.run(
+        [handler, "--i", "k3.tif", "--o", "relion.mrcs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with mrcfile.mmap(tmp_path / "relion.mrcs", permissive=True) as mrc:
+        assert mrc.data.shape == values.shape
+        for index in range(values.shape[0]):
+            assert np.array_equal(mrc.data[index], values[index])

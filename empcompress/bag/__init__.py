@@ -41,7 +41,7 @@ from .manifest import (
     read_manifest,
 )
 from .verify import BagVerifyResult, ProgressCallback, verify_bag
-from .write import remove_bag_declaration, seal_bag, write_bag, write_text_atomically
+from .write import remove_bag_declaration, rewrite_tag_file, seal_bag, write_bag, write_text_atomically
 
 __all__ = [
     "BAGIT_VERSION",
@@ -63,6 +63,7 @@ __all__ = [
     "write_bag",
     "seal_bag",
     "remove_bag_declaration",
+    "rewrite_tag_file",
     "audit_bag",
     "inspect_bag",
     "is_our_bag_info",

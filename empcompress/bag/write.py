@@ -21,7 +21,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import PipelineError
-from ..files import commit_output, file_digests, fsync_directory, open_regular, temporary_output
+from ..files import (
+    commit_output,
+    file_digests,
+    fsync_directory,
+    open_regular,
+    temporary_output,
+    write_bytes_atomically,
+)
 from .manifest import (
     BAG_DECLARATION_FILES,
     BAG_INFO_TXT,
@@ -35,11 +42,12 @@ from .manifest import (
     manifest_name,
     manifest_text,
     normalise_bag_path,
+    read_manifest,
     show_path,
     tag_manifest_name,
 )
 
-__all__ = ["write_text_atomically", "write_bag", "seal_bag", "remove_bag_declaration"]
+__all__ = ["write_text_atomically", "write_bag", "seal_bag", "remove_bag_declaration", "rewrite_tag_file"]
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -140,6 +148,11 @@ def write_bag(
         entries = [(path, getattr(entry, algorithm)) for path, entry in zip(paths, payload, strict=True)]
         write_text_atomically(dest / manifest_name(algorithm), manifest_text(entries))
     write_text_atomically(dest / BAG_INFO_TXT, bag_info_text(info))
+    _write_tag_manifests(dest, tagged)
+
+
+def _write_tag_manifests(dest: Path, tagged: Sequence[str]) -> None:
+    """The tag manifests of ``tagged`` (bagit.txt first: its fixed text is hashed, not the file)."""
     digests: dict[str, dict[str, str]] = {
         BAGIT_TXT: {a: hashlib.new(a, BAGIT_TEXT.encode()).hexdigest() for a in MANIFEST_ALGORITHMS}
     }
@@ -152,6 +165,25 @@ def write_bag(
     for algorithm in MANIFEST_ALGORITHMS:
         entries = [(name, digests[name][algorithm]) for name in tagged]
         write_text_atomically(dest / tag_manifest_name(algorithm), manifest_text(entries))
+
+
+def rewrite_tag_file(dest: str | os.PathLike[str], name: str, data: bytes) -> bool:
+    """Replace (or add) the tag file ``name`` of our bag ``dest`` and its lines in the tag manifests.
+
+    The bag is unsealed first (bagit.txt removed), the file written atomically, and the
+    tag manifests written again from the files they list (plus ``name``). Returns whether
+    the bag was sealed before: the caller audits it and seals it again
+    (:func:`~empcompress.bag.audit_bag` with ``sealed=False``, then :func:`seal_bag`). The
+    payload and its manifests are not touched.
+    """
+    dest = Path(dest)
+    listed = read_manifest(dest / tag_manifest_name(MANIFEST_ALGORITHMS[0]))
+    tagged = _tag_entries([*(path for path in listed if path != BAGIT_TXT), name])
+    was_sealed = (dest / BAGIT_TXT).is_file()
+    _unseal(dest)
+    write_bytes_atomically(dest / name, data)
+    _write_tag_manifests(dest, tagged)
+    return was_sealed
 
 
 def seal_bag(dest: str | os.PathLike[str]) -> None:

@@ -102,6 +102,9 @@ __all__ = [
     "settle_gain",
     "gain_stored_frames",
     "GAIN_RECORD_VERSION",
+    "MIN_RELIABLE_FRACTION",
+    "ORIENT_SAMPLE_FRAMES",
+    "PLAN_SAMPLE_FRAMES",
     "load_reference_for",
     "resolve_reference",
 ]

@@ -12,8 +12,8 @@ ORIENT_SAMPLE_FRAMES = 2
 #: an estimated gain (two or more distinct values reproduced) to call a movie
 #: gain-normalised: a sample too sparse to tell is classified "float" (lossless).
 MIN_RELIABLE_FRACTION = 0.01
-#: Version of the record's "gain" entry.
-GAIN_RECORD_VERSION = 1
+#: Version of the record's "gain" entry (2 adds ``transform``; entries without one are written as 1).
+GAIN_RECORD_VERSION = 2
 EXCEPTION_ENCODING = (
     "zlib+base64 of little-endian uint32 arrays: the number of exceptions of each frame (nz values), "
     "then for each frame its MRC-order flat pixel indices (y * nx + x), the first absolute and the "

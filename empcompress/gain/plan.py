@@ -16,6 +16,7 @@ from ..files import commit_output, temporary_output
 from ..gainref import (
     GAIN_REFERENCE_NAME,
     GainReference,
+    GainTransform,
     exception_fraction,
     file_sha256,
     orient_gain,
@@ -39,6 +40,7 @@ from .limits import (
     ORIENT_SAMPLE_FRAMES,
     PLAN_SAMPLE_FRAMES,
 )
+from .references import reference_root_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +53,8 @@ class GainPlan:
     supplied_path: str | None = None  # what the user gave
     orientation: str = ""
     notes: tuple[str, ...] = ()
+    #: how ``existing_reference``'s array becomes ``gain`` (recorded in the TIFF)
+    transform: GainTransform = field(default_factory=GainTransform)
 
     @property
     def label(self) -> str:
@@ -83,10 +87,13 @@ class GainRecord:
     n_exceptions: int = 0
     exceptions: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    #: how the reference file's array becomes this movie's gain (version 2; identity in version 1)
+    transform: GainTransform = field(default_factory=GainTransform)
 
     def to_dict(self) -> dict[str, Any]:
+        # version 1 when the reference applies as it is: readers of 0.1 still read those records
         document: dict[str, Any] = {
-            "version": GAIN_RECORD_VERSION,
+            "version": GAIN_RECORD_VERSION if not self.transform.is_identity else 1,
             "kind": self.kind,
             "reference": self.reference,
             "reference_sha256": self.reference_sha256,
@@ -98,6 +105,8 @@ class GainRecord:
                 exception_encoding=EXCEPTION_ENCODING,
                 exceptions=self.exceptions,
             )
+            if not self.transform.is_identity:
+                document["transform"] = self.transform.to_dict()
         document.update(self.details)
         return document
 
@@ -116,7 +125,8 @@ class GainRecord:
             raise RecordError(f"{name}: the empcompress record is damaged: storage.gain must be an object")
         check_gain_entry(document, source=None, path_name=name)
         known = {"version", "kind", "reference", "reference_sha256", "formula", "n_exceptions"}
-        known |= {"exception_encoding", "exceptions"}
+        known |= {"exception_encoding", "exceptions", "transform"}
+        transform = document.get("transform")
         return cls(
             kind=document["kind"],
             reference=document["reference"],
@@ -124,14 +134,17 @@ class GainRecord:
             n_exceptions=document.get("n_exceptions", 0),
             exceptions=document.get("exceptions", ""),
             details={key: value for key, value in document.items() if key not in known},
+            transform=GainTransform(transform["orientation"], transform["scale"], transform["reciprocal"])
+            if transform is not None
+            else GainTransform(),
         )
 
 
 def _existing_reference_usable(reference: Path, output: Path) -> bool:
-    """True when ``reference`` lies in the output's directory or one of its ancestors."""
+    """True when the TIFF at ``output`` may name ``reference`` (see :func:`reference_root_for`)."""
     try:
-        directory = reference.resolve().parent
-        return output.resolve().parent.is_relative_to(directory)
+        root = Path(os.path.realpath(reference_root_for(output)))
+        return Path(os.path.realpath(reference)).is_relative_to(root)
     except OSError:
         return False
 
@@ -180,8 +193,7 @@ def _supplied_plan(
     except GainError as error:
         return GainPlan("none", supplied_path=reference.path, notes=(f"gain not applied: {error}",))
     usable = (
-        oriented.is_identity
-        and reference.file_format == "mrc"
+        reference.file_format == "mrc"
         and _is_float32_mrc(reference.path)
         and _existing_reference_usable(Path(reference.path), output)
     )
@@ -191,6 +203,7 @@ def _supplied_plan(
         existing_reference=reference.path if usable else None,
         supplied_path=reference.path,
         orientation=oriented.orientation.description,
+        transform=oriented.orientation.as_transform if usable else GainTransform(),
         notes=(f"supplied gain {Path(reference.path).name}: {oriented.orientation.description}",),
     )
 
@@ -323,6 +336,7 @@ def settle_gain(
         n_exceptions=survey.n_exceptions,
         exceptions=survey.exceptions.encode(),
         details={"orientation": plan.orientation, "max_count": survey.max_count},
+        transform=plan.transform if plan.existing_reference is not None else GainTransform(),
     )
     outcome = GainOutcome(
         "applied",

@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import GainError
-from .plan import GainRecord
+
+if TYPE_CHECKING:
+    from .plan import GainRecord
+
+
+#: What marks a folder ``data/`` as a bag's payload: BagIt's declaration, or our run's state folder.
+_BAG_MARKERS = ("bagit.txt", ".empcompress")
+
+
+def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:
+    """Where a TIFF's gain reference may be by default: its own folder, or its bag's whole payload.
+
+    A TIFF inside a BagIt bag's ``data/`` (or a bag that ``compress`` is writing)
+    may name a reference anywhere in that payload, so that one reference serves a
+    group of movies in many folders. Anywhere else, only the TIFF's own folder.
+    """
+    import stat
+
+    folder = Path(os.path.abspath(tiff_path)).parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.name != "data":
+            continue
+        for marker in _BAG_MARKERS:
+            try:
+                mode = os.lstat(ancestor.parent / marker).st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                return ancestor
+    return folder
 
 
 def resolve_reference(
@@ -25,8 +54,8 @@ def resolve_reference(
     the record's relative reference is looked up from the TIFF's folder, then a
     file of the same name beside the TIFF. A candidate is used only when its path
     and its real path (every symbolic link resolved) both lie inside ``root``
-    (default: the TIFF's own folder; the whole-drive pipeline passes the bag's
-    ``data/``) and it is a regular file. ``..`` may appear in the reference as long
+    (default: :func:`reference_root_for`: the TIFF's own folder, or the payload
+    ``data/`` of the bag it lies in) and it is a regular file. ``..`` may appear in the reference as long
     as the result stays inside ``root``. Returns the real path to open.
     """
     import stat
@@ -41,7 +70,7 @@ def resolve_reference(
             raise GainError(f"{gain_path}: no such gain reference file (or not a regular file)")
         return explicit
     tiff_dir = Path(os.path.abspath(tiff_path)).parent
-    top = Path(os.path.abspath(root)) if root is not None else tiff_dir
+    top = Path(os.path.abspath(root)) if root is not None else reference_root_for(tiff_path)
     top_real = Path(os.path.realpath(top))
     outside: list[str] = []
     for relative in dict.fromkeys((record.reference, Path(record.reference).name)):
@@ -110,10 +139,11 @@ def load_reference_for(
                 f"{path}: is not a gain reference (mode {header.mode}, {header.nz} sections; "
                 "a gain reference is one float32 section)"
             )
-        if frame_shape is not None and header.frame_shape != frame_shape:
+        expected_shape = record.transform.file_shape(frame_shape) if frame_shape is not None else None
+        if expected_shape is not None and header.frame_shape != expected_shape:
             raise GainError(
-                f"{path}: the gain reference is {header.frame_shape}, the frames of {tiff_path.name} are "
-                f"{frame_shape}"
+                f"{path}: the gain reference is {header.frame_shape}, the frames of {tiff_path.name} "
+                f"({frame_shape}) need one of {expected_shape}"
             )
         handle.seek(0)
         digest = file_digests(path, algorithms=("sha256",), handle=handle)["sha256"]
@@ -127,4 +157,5 @@ def load_reference_for(
         raw = np.empty(header.frame_size_bytes, dtype=np.uint8)
         if handle.readinto(raw.data) != raw.size:  # type: ignore[attr-defined]
             raise GainError(f"{path}: the gain reference changed while it was read")
-    return np.ascontiguousarray(raw.view(header.value_dtype).reshape(header.frame_shape), dtype=np.float32)
+    stored = np.ascontiguousarray(raw.view(header.value_dtype).reshape(header.frame_shape), dtype=np.float32)
+    return stored if record.transform.is_identity else record.transform.apply(stored)

@@ -19,34 +19,29 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from ..errors import EmpCompressError, PipelineError
-from ..journal import STATE_DONE, STATE_FAILED, GeneratedEntry, Journal, JournalEntry
+from ..errors import PipelineError
+from ..journal import STATE_DONE, STATE_FAILED, Journal, JournalEntry
 from ..manifest import PAYLOAD_DIRNAME
-from ..scan import ACTION_CONVERT, FileEntry, gain_support
+from ..scan import ACTION_CONVERT, CATEGORY_GAIN_REFERENCE, FileEntry, gain_support
+from .batching import batch_outcomes, is_batchable, n_files, take_batch
 from .events import EventCallback, FileEvent, StageEvent
+from .gain_groups import GENERATED_SET, ORIGIN_DEPOSITOR, ORIGIN_ESTIMATED, Candidate, GainGrouper
 from .layout import PayloadLayout
 from .reconcile import remove_output
-from .tasks import (
-    FileOutcome,
-    FileTask,
-    GainWriteResult,
-    gain_merge_task,
-    gain_partial_task,
-    gain_write_task,
-    run_file_task,
-)
+from .tasks import FileOutcome, FileTask, run_file_batch, run_file_task
+from .watch import WorkerWatch
 
 __all__ = ["Driver", "DriverOptions", "GAIN_REFERENCE_NAME", "GENERATED_SET", "GENERATED_MOVIE"]
 
 GAIN_REFERENCE_NAME = "gain-reference.mrc"
-GENERATED_SET = "gain-reference"  # one per set of gain-normalised movies
-GENERATED_MOVIE = "gain-reference-reoriented"  # one movie's re-oriented copy of its set's gain
+#: one movie's re-oriented copy of its set's gain: written by 0.2.0 runs; now a record names the
+#: group's reference with the movie's orientation instead (old ones are still read and cleaned up)
+GENERATED_MOVIE = "gain-reference-reoriented"
 FLOAT_MODES = (2, 12)
-PRIORITY_GAIN = 5
 #: Tasks handed to the scheduler ahead of the workers (small files finish in milliseconds; the
 #: scheduler keeps the queue, so big movies are still taken dynamically by whichever worker is free).
 MIN_IN_FLIGHT = 32
@@ -63,15 +58,6 @@ class DriverOptions:
     max_in_flight: int | None
 
 
-@dataclass
-class _GainSet:
-    folder: str  # payload folder
-    frame_shape: tuple[int, int]
-    output_rel_path: str = ""
-    n_pending_classifications: int = 0
-    members: list[FileTask] = field(default_factory=list)
-
-
 class Driver:
     """Submits tasks in a window and records outcomes in the journal."""
 
@@ -80,6 +66,7 @@ class Driver:
         *,
         client: Any,
         journal: Journal,
+        source: Path,
         dest: Path,
         layout: PayloadLayout,
         options: DriverOptions,
@@ -94,6 +81,7 @@ class Driver:
         self.journal = journal
         self.dest = dest
         self.payload = dest / PAYLOAD_DIRNAME
+        self.source_root = Path(source)
         self.layout = layout
         self.options = options
         self.on_event = on_event
@@ -106,11 +94,13 @@ class Driver:
         self.counts: Counter[str] = Counter()
         self.bytes_read = 0
         self.bytes_written = 0
-        self.gain_sets: dict[tuple[str, int, int], _GainSet] = {}
-        self.gain_set_of: dict[str, tuple[str, int, int]] = {}
+        self.grouper: GainGrouper | None = None
+        #: depositor gain references copied by this run: None while pending, then whether it worked
+        self.reference_copies: dict[str, bool | None] = {}
         self.interrupted = False
         self._window = MIN_IN_FLIGHT
         self._window_checked = 0.0
+        self.worker_watch = WorkerWatch(client)
 
     # ---------------------------------------------------------- submitting
 
@@ -136,77 +126,75 @@ class Driver:
     def refill(self) -> None:
         while self.queue and len(self.in_flight) < self.window() and not self.stop.is_set():
             kind, payload = self.queue.popleft()
+            if is_batchable(kind, payload):  # small files to copy: many per task (see .batching)
+                batch = take_batch(self.queue, payload)
+                if len(batch) > 1:
+                    self._submit("batch", batch, run_file_batch, tuple(batch))
+                    continue
             self._submit(kind, payload, run_file_task, payload)
 
     # ---------------------------------------------------------- planning the work
 
     def plan_tasks(self, tasks: list[FileTask], entries: dict[str, FileEntry]) -> None:
-        """Queue the tasks; float movies are classified first and grouped into gain sets."""
+        """Queue the tasks; float movies are classified first, and gain-normalised ones grouped."""
         gain = gain_support() if self.options.gain_sets else None
-        generated = self.journal.generated_entries()
-        self.gain_sets.clear()  # a repair round plans afresh
-        self.gain_set_of.clear()
+        self.grouper = self._new_grouper(tasks, entries) if gain is not None else None
         queued: list[FileTask] = []
         for task in tasks:
             entry = entries[task.rel_path]
             if (
-                gain is not None
+                self.grouper is not None
                 and task.action == ACTION_CONVERT
                 and entry.mode in FLOAT_MODES
                 and not entry.header_error
                 and not task.expected_source_sha256
             ):
-                folder = str(PurePosixPath(task.output_rel_path).parent)
-                folder = "" if folder == "." else folder
-                key = (folder, entry.frame_height, entry.frame_width)
-                gain_set = self.gain_sets.setdefault(
-                    key, _GainSet(folder, (entry.frame_height, entry.frame_width))
-                )
-                gain_set.n_pending_classifications += 1
-                self.gain_set_of[task.rel_path] = key
-                own = self._name_generated(
-                    generated,
-                    kind=GENERATED_MOVIE,
-                    match={"movie": task.rel_path},
-                    folder=folder,
-                    name=f"{PurePosixPath(task.output_rel_path).stem}.gain-reference.mrc",
-                )
+                self.grouper.expect(task, (entry.frame_height, entry.frame_width))
                 task = replace(
-                    task,
-                    classify_first=True,
-                    classify_sample_frames=self.options.classify_sample_frames,
-                    own_gain_reference_path=str(self.payload / own),
-                    own_gain_reference_rel_path=own,
+                    task, classify_first=True, classify_sample_frames=self.options.classify_sample_frames
                 )
             queued.append(task)
-        for gain_set in self.gain_sets.values():
-            gain_set.output_rel_path = self._name_generated(
-                generated,
-                kind=GENERATED_SET,
-                match={"folder": gain_set.folder, "frame_shape": list(gain_set.frame_shape)},
-                folder=gain_set.folder,
-                name=GAIN_REFERENCE_NAME,
-            )
         for task in sorted(queued, key=lambda t: -t.source_size_bytes):
             self.queue.append(("file", task))
 
-    def _name_generated(
-        self,
-        generated: dict[str, GeneratedEntry],
-        *,
-        kind: str,
-        match: dict[str, Any],
-        folder: str,
-        name: str,
-    ) -> str:
-        """The journal's path for this generated file (stable), or a new one from the layout."""
-        for path, entry in generated.items():
-            detail = entry.detail
-            matches = entry.kind == kind and all(detail.get(key) == value for key, value in match.items())
-            if matches and self.layout.owner(path) == f"generated:{path}":
-                return path
-        identity = f"{kind}:{json.dumps(match, sort_keys=True)}"
-        return self.layout.claim_generated(folder, name, identity=identity)
+    def _new_grouper(self, tasks: list[FileTask], entries: dict[str, FileEntry]) -> GainGrouper:
+        """The grouper, with every gain reference that may fit: the drive's and our earlier ones."""
+        grouper = GainGrouper(
+            client=self.client,
+            submit=self._submit,
+            enqueue=lambda task: self.queue.appendleft(("file", task)),
+            name_reference=self._name_group_reference,
+            record_reference=self.journal.record_generated,
+            copy_done=lambda rel_path: self.reference_copies.get(rel_path, True),
+            payload=self.payload,
+            sample_movies=self.options.gain_sample_movies,
+            classify_sample_frames=self.options.classify_sample_frames,
+            on_event=self.on_event,
+        )
+        this_run = {task.rel_path for task in tasks}
+        rows = self.journal.entries()
+        self.reference_copies = {}
+        for entry in sorted(entries.values(), key=lambda e: e.rel_path):
+            if entry.category != CATEGORY_GAIN_REFERENCE or entry.mode != 2 or entry.n_frames != 1:
+                continue  # restore reads float32 MRC references; other formats are copied only
+            row = rows.get(entry.rel_path)
+            if entry.rel_path in this_run:
+                self.reference_copies[entry.rel_path] = None
+            elif row is None or row.state != STATE_DONE:
+                continue
+            output = self.layout.output_of(entry.rel_path)
+            grouper.candidates.append(
+                Candidate(output, str(self.source_root / entry.rel_path), ORIGIN_DEPOSITOR, entry.rel_path)
+            )
+        for path, generated in sorted(self.journal.generated_entries().items()):
+            if generated.kind == GENERATED_SET and generated.state == STATE_DONE:
+                grouper.candidates.append(Candidate(path, str(self.payload / path), ORIGIN_ESTIMATED))
+        return grouper
+
+    def _name_group_reference(self, folder: str, identity: dict[str, Any]) -> str:
+        """A new payload path for a group's reference (never one an earlier group's TIFFs name)."""
+        key = f"{GENERATED_SET}:{json.dumps(identity, sort_keys=True)}:{time.time_ns()}"
+        return self.layout.claim_generated(folder, GAIN_REFERENCE_NAME, identity=key)
 
     # ---------------------------------------------------------- handling results
 
@@ -214,8 +202,11 @@ class Driver:
         kind, payload = self.in_flight.pop(future)
         if kind == "file":
             self._handle_file(future, payload)
-        elif kind == "gain":
-            self._handle_gain(future, payload)
+        elif kind == "batch":
+            for task, outcome in batch_outcomes(future, payload):
+                self.record(task, outcome)
+        elif kind == "gain" and self.grouper is not None:
+            self.grouper.handle(payload, future)
 
     def _handle_file(self, future: Any, task: FileTask) -> None:
         try:
@@ -229,8 +220,8 @@ class Driver:
                 message=f"the task failed on the cluster ({type(error).__name__}: {error}); "
                 "run again to retry",
             )
-        if task.classify_first and not outcome.stopped:
-            self._classified(task, needs_gain=outcome.needs_gain)
+        if task.classify_first and not outcome.stopped and self.grouper is not None:
+            self.grouper.classified(task, needs_gain=outcome.needs_gain)
         if not outcome.needs_gain:
             self.record(task, outcome)
 
@@ -252,19 +243,6 @@ class Driver:
             self.counts["unchanged"] += 1
             self.on_event(FileEvent(task.rel_path, "unchanged", outcome.source_size_bytes, 0, ""))
             return
-        if outcome.own_reference_written is not None:
-            size_bytes, sha256, md5 = outcome.own_reference_written
-            self.journal.record_generated(
-                GeneratedEntry(
-                    output_rel_path=task.own_gain_reference_rel_path,
-                    kind=GENERATED_MOVIE,
-                    state=STATE_DONE,
-                    output_size_bytes=size_bytes,
-                    output_sha256=sha256,
-                    output_md5=md5,
-                    detail_json=json.dumps({"movie": task.rel_path, "set": task.gain_reference_rel_path}),
-                )
-            )
         row = JournalEntry(
             rel_path=task.rel_path,
             category=task.category,
@@ -289,6 +267,9 @@ class Driver:
             source_inode=outcome.source_inode,
         )
         self.journal.record(row)
+        if task.rel_path in self.reference_copies and self.grouper is not None:
+            self.reference_copies[task.rel_path] = row.state == STATE_DONE
+            self.grouper.copy_recorded(task.rel_path, ok=row.state == STATE_DONE)
         if (
             previous is not None
             and previous.output_rel_path != row.output_rel_path
@@ -305,107 +286,48 @@ class Driver:
             )
         )
 
-    def _classified(self, task: FileTask, *, needs_gain: bool) -> None:
-        """A float movie came back: converted already, or gain-normalised (then it waits for its set)."""
-        gain_set = self.gain_sets[self.gain_set_of[task.rel_path]]
-        gain_set.n_pending_classifications -= 1
-        if needs_gain:
-            gain_set.members.append(replace(task, classify_first=False))
-        if gain_set.n_pending_classifications == 0 and gain_set.members:
-            self._start_gain_set(gain_set)
-
-    def _start_gain_set(self, gain_set: _GainSet) -> None:
-        known = self.journal.generated_entries().get(gain_set.output_rel_path)
-        if known is not None and known.state == STATE_DONE:
-            self._convert_members(gain_set)
-            return
-        members = sorted(gain_set.members, key=lambda t: t.rel_path)
-        n_sample = max(1, min(len(members), self.options.gain_sample_movies))
-        step = len(members) / n_sample
-        sample = [members[int(i * step)] for i in range(n_sample)]
-        self.on_event(
-            StageEvent(
-                f"estimating the gain of {len(members)} gain-normalised movies in {gain_set.folder or '.'} "
-                f"from {len(sample)} of them"
-            )
-        )
-        level = [
-            self.client.submit(gain_partial_task, task.source_path, None, pure=False, priority=PRIORITY_GAIN)
-            for task in sample
-        ]
-        while len(level) > 1:
-            merged = [
-                self.client.submit(
-                    gain_merge_task, level[i], level[i + 1], pure=False, priority=PRIORITY_GAIN
-                )
-                for i in range(0, len(level) - 1, 2)
-            ]
-            if len(level) % 2:
-                merged.append(level[-1])
-            level = merged
-        path = self.payload / gain_set.output_rel_path
-        self._submit("gain", gain_set, gain_write_task, level[0], str(path), priority=PRIORITY_GAIN)
-
-    def _handle_gain(self, future: Any, gain_set: _GainSet) -> None:
-        try:
-            result: GainWriteResult = future.result()
-        except Exception as error:
-            message = (
-                str(error) if isinstance(error, EmpCompressError) else f"{type(error).__name__}: {error}"
-            )
-            self.on_event(
-                StageEvent(f"no gain for {gain_set.folder or '.'} ({message}); converting without one")
-            )
-            for task in gain_set.members:
-                self.queue.appendleft(("file", task))
-            return
-        self.journal.record_generated(
-            GeneratedEntry(
-                output_rel_path=gain_set.output_rel_path,
-                kind=GENERATED_SET,
-                state=STATE_DONE,
-                output_size_bytes=result.output_size_bytes,
-                output_sha256=result.output_sha256,
-                output_md5=result.output_md5,
-                detail_json=json.dumps(
-                    {
-                        "folder": gain_set.folder,
-                        "frame_shape": list(gain_set.frame_shape),
-                        "n_members": len(gain_set.members),
-                        "estimate": json.loads(result.detail_json),
-                    }
-                ),
-            )
-        )
-        self.on_event(StageEvent(f"wrote {PAYLOAD_DIRNAME}/{gain_set.output_rel_path}"))
-        self._convert_members(gain_set)
-
-    def _convert_members(self, gain_set: _GainSet) -> None:
-        path = str(self.payload / gain_set.output_rel_path)
-        for task in sorted(gain_set.members, key=lambda t: t.source_size_bytes):
-            self.queue.appendleft(
-                (
-                    "file",
-                    replace(task, gain_reference_path=path, gain_reference_rel_path=gain_set.output_rel_path),
-                )
-            )
-
     # ---------------------------------------------------------- the loop
+
+    def _release_waiting(self) -> bool:
+        """Movies still waiting for a reference copy that never came back: converted without a gain."""
+        if self.grouper is None:
+            return False
+        for task in self.grouper.release_all():
+            self.queue.appendleft(("file", task))
+        self.refill()
+        return bool(self.in_flight)
 
     def run(self) -> None:
         self.refill()
-        while self.in_flight and not self.stop.is_set():
+        while (self.in_flight or self._release_waiting()) and not self.stop.is_set():
             if not self.completed.has_ready():
+                if self.worker_watch.all_gone():
+                    self._no_worker_left()
                 time.sleep(POLL_SECONDS)
                 continue
-            for future in self.completed.next_batch(block=False):
-                if future in self.in_flight:
-                    self.handle(future)
+            with self.journal.batch():  # the rows of everything that finished meanwhile: one commit
+                for future in self.completed.next_batch(block=False):
+                    if future in self.in_flight:
+                        self.handle(future)
             self.refill()
         if self.stop.is_set():
             self.interrupted = True
         elif self.queue:
             raise PipelineError("internal error: work left in the queue with nothing running")
+
+    def _no_worker_left(self) -> None:
+        """Every worker is gone and none is coming (batch jobs ended): stop; the journal keeps what
+        finished and the same command does the rest."""
+        n_left = n_files(self.in_flight.values()) + n_files(self.queue)
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(self.in_flight))
+        self.in_flight.clear()
+        self.queue.clear()
+        raise PipelineError(
+            f"no Dask worker is left and none is coming (the batch jobs ended: time limit, scancel, ...); "
+            f"the files finished so far are kept; run the same command again to finish the other {n_left} "
+            f"(with --adapt MIN:MAX new jobs replace those that end; see the README on job time limits)"
+        )
 
     def wind_down(self) -> None:
         """After a stop: cancel queued tasks, let running ones notice the stop file, keep finished ones."""
@@ -418,7 +340,11 @@ class Driver:
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         with contextlib.suppress(Exception):
             self.client.cancel(
-                [f for f in futures if f.status == "pending" and self.in_flight[f][0] != "file"]
+                [
+                    f
+                    for f in futures
+                    if f.status == "pending" and self.in_flight[f][0] not in ("file", "batch")
+                ]
             )
         while self.in_flight and time.monotonic() < deadline:
             for future in list(self.in_flight):
@@ -428,6 +354,10 @@ class Driver:
                 if kind == "file" and future.status == "finished":
                     with contextlib.suppress(Exception):
                         self.record(payload, future.result())
+                elif kind == "batch" and future.status == "finished":
+                    with contextlib.suppress(Exception):
+                        for task, outcome in batch_outcomes(future, payload):
+                            self.record(task, outcome)
             time.sleep(0.05)
         with contextlib.suppress(Exception):
             self.client.cancel(list(self.in_flight))

@@ -241,6 +241,7 @@ def compress_drive(
         driver = Driver(
             client=client,
             journal=journal,
+            source=source_path,
             dest=dest_path,
             layout=layout,
             options=DriverOptions(

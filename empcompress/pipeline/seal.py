@@ -16,7 +16,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..journal import STATE_DONE, GeneratedEntry, JournalEntry
+from ..journal import OUTCOME_COPIED, STATE_DONE, GeneratedEntry, JournalEntry
 from ..manifest import BagProblem, PayloadFile, audit_bag, seal_bag, write_bag
 from ..scan import FileEntry
 from .layout import path_key
@@ -54,16 +54,23 @@ def audit_mapping(
     """Every source maps to exactly one payload file; no payload path is shared by two owners."""
     problems: list[BagProblem] = []
     owners: defaultdict[str, list[str]] = defaultdict(list)  # path key -> the outputs with that key
+    # a TIFF names our reference (a generated file) or a depositor's (the bag's copy of it)
+    references = set(generated) | {
+        row.output_rel_path
+        for name, row in rows.items()
+        if name in entries and row.state == STATE_DONE and row.outcome == OUTCOME_COPIED
+    }
     for rel_path in entries:
         row = rows.get(rel_path)
         if row is None:
             problems.append(BagProblem(rel_path, "a source file with no journal row: it is not in the bag"))
         elif row.state == STATE_DONE:
             owners[path_key(row.output_rel_path)].append(row.output_rel_path)
-            if row.gain_reference and row.gain_reference not in generated:
+            if row.gain_reference and row.gain_reference not in references:
                 problems.append(
                     BagProblem(
-                        f"data/{row.output_rel_path}", f"needs {row.gain_reference}, not in the journal"
+                        f"data/{row.output_rel_path}",
+                        f"needs {row.gain_reference}, which is not in the journal as a file of this bag",
                     )
                 )
     for name, entry in generated.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from pathlib import Path
+from collections import Counter, defaultdict
+from pathlib import Path, PurePosixPath
 
+from ..errors import EmpCompressError
 from ..journal import (
     OUTCOME_CONVERTED,
     OUTCOME_COPIED,
@@ -14,9 +15,18 @@ from ..journal import (
     GeneratedEntry,
     JournalEntry,
 )
-from ..report import CategoryReport, CompressSummary, DecisionReport, FileProblem, GainSetReport
+from ..manifest import PAYLOAD_DIRNAME
+from ..report import (
+    CategoryReport,
+    CompressSummary,
+    DecisionReport,
+    FileProblem,
+    GainMember,
+    GainSetReport,
+)
 from ..scan import CATEGORIES, ScanPlan
 from .driver import Driver
+from .gain_groups import LEFT_OUT_PREFIX, ORIGIN_DEPOSITOR, ORIGIN_ESTIMATED
 
 __all__ = ["build_summary"]
 
@@ -70,22 +80,12 @@ def build_summary(
         )
         for (stored, codec), members in sorted(decisions.items())
     )
-    gain_reports = []
-    for name, entry in sorted(generated.items()):
-        if entry.state != STATE_DONE:
-            continue
-        users = [row for row in in_bag if row.gain_reference == name]
-        detail = entry.detail
-        gain_reports.append(
-            GainSetReport(
-                output_rel_path=name,
-                folder=str(detail.get("folder", "")),
-                n_members=int(detail.get("n_members", len(users))),
-                n_converted_with_gain=len(users),
-                output_sha256=entry.output_sha256,
-                detail=entry.detail_json,
-            )
-        )
+    gain_reports = _gain_groups(in_bag, generated, dest / PAYLOAD_DIRNAME)
+    gain_left_out = tuple(
+        FileProblem(row.rel_path, row.message.split("; ")[0].removeprefix(LEFT_OUT_PREFIX))
+        for row in sorted(in_bag, key=lambda r: r.rel_path)
+        if row.message.startswith(LEFT_OUT_PREFIX)
+    )
     failures = tuple(
         FileProblem(name, row.message or "failed")
         for name, row in sorted(rows.items())
@@ -130,4 +130,53 @@ def build_summary(
         audit_problems=audit_problems,
         empty_folders=plan.empty_folders,
         n_unchanged=driver.counts["unchanged"],
+        gain_left_out=gain_left_out,
+    )
+
+
+def _gain_groups(
+    in_bag: list[JournalEntry], generated: dict[str, GeneratedEntry], payload: Path
+) -> tuple[GainSetReport, ...]:
+    """One report per reference the bag's TIFFs name, with each member's orientation from its record."""
+    users: dict[str, list[JournalEntry]] = defaultdict(list)
+    for row in in_bag:
+        if row.gain_reference and row.outcome == OUTCOME_CONVERTED:
+            users[row.gain_reference].append(row)
+    reports = []
+    for reference, rows in sorted(users.items()):
+        members = tuple(_member(row, payload) for row in sorted(rows, key=lambda r: r.rel_path))
+        entry = generated.get(reference)
+        folder = str(PurePosixPath(reference).parent)
+        common = Counter(member.relion_orientation for member in members).most_common(1)
+        reports.append(
+            GainSetReport(
+                output_rel_path=reference,
+                folder="" if folder == "." else folder,
+                n_members=len(rows),
+                n_converted_with_gain=len(rows),
+                output_sha256=entry.output_sha256 if entry is not None else "",
+                detail=entry.detail_json if entry is not None else "{}",
+                origin=ORIGIN_ESTIMATED if entry is not None else ORIGIN_DEPOSITOR,
+                relion_orientation=common[0][0] if common else "",
+                members=members,
+            )
+        )
+    return tuple(reports)
+
+
+def _member(row: JournalEntry, payload: Path) -> GainMember:
+    """How the reference applies to this movie, as its TIFF's record says."""
+    from ..gain import GainRecord
+    from ..reconstruct import read_record
+
+    try:
+        record = read_record(payload / row.output_rel_path)
+        entry = record.storage.gain
+        gain = GainRecord.from_dict(entry, name=row.output_rel_path) if entry is not None else None
+    except (EmpCompressError, OSError):
+        gain = None
+    if gain is None:
+        return GainMember(row.rel_path, "unknown", "unknown", 0)
+    return GainMember(
+        row.rel_path, gain.transform.orientation, gain.transform.relion_terms(), gain.n_exceptions
     )

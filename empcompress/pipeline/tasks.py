@@ -15,7 +15,6 @@ file and never touches the journal. Failures are classified:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -25,22 +24,26 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import EmpCompressError, GainError, InputError, VerificationError
-from ..files import commit_output, file_digests, file_sha256, open_regular, temporary_output
+from ..files import (
+    commit_output,
+    file_digests,
+    file_sha256,
+    open_regular,
+    sync_file_system,
+    temporary_output,
+)
 from ..journal import OUTCOME_CONVERTED, OUTCOME_COPIED, OUTCOME_KEPT_AS_IS
 from ..scan import ACTION_CONVERT, KIND_GAIN_NORMALISED, gain_support
 
 __all__ = [
     "FileTask",
     "FileOutcome",
-    "GainWriteResult",
     "run_file_task",
+    "run_file_batch",
     "copy_with_digests",
     "warm_up_worker",
     "check_paths_task",
     "classify_task",
-    "gain_partial_task",
-    "gain_merge_task",
-    "gain_write_task",
     "StopRequestedError",
 ]
 
@@ -65,15 +68,15 @@ class FileTask:
     codec: str = "auto"
     level: int | None = None
     threads: int = 1
-    gain_reference_path: str = ""  # the set's gain reference (absolute), to convert with
+    gain_reference_path: str = ""  # its gain group's reference (absolute), to convert with
     gain_reference_rel_path: str = ""
-    #: where this movie may write a re-oriented gain reference of its own (claimed by the layout)
-    own_gain_reference_path: str = ""
-    own_gain_reference_rel_path: str = ""
     source_size_bytes: int = 0  # as scanned, for ordering and progress
     classify_first: bool = False  # float movie: stop before converting if it is gain-normalised
     classify_sample_frames: int = 4
     expected_source_sha256: str = ""  # recheck: only hash the source; redo only if it differs
+    #: a copy in a batch: renamed without fsync; the batch makes its files durable at once
+    defer_sync: bool = False
+    gain_note: str = ""  # gain-normalised but no gain group took it: why (said in the outcome)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,6 @@ class FileOutcome:
     decision: str = ""
     codec: str = ""
     gain_reference_rel_path: str = ""  # payload path of the reference the TIFF's record names
-    #: a gain reference this conversion wrote (at own_gain_reference_rel_path): size, sha256, md5
-    own_reference_written: tuple[int, str, str] | None = None
     elapsed_seconds: float = 0.0
     worker: str = ""
 
@@ -130,6 +131,7 @@ def copy_with_digests(
     output: str | os.PathLike[str],
     *,
     progress: Callable[[str, int], None] | None = None,
+    durable: bool = True,
 ) -> tuple[int, str, str]:
     """Copy ``source`` to ``output`` byte for byte; returns (size, sha256, md5).
 
@@ -142,11 +144,12 @@ def copy_with_digests(
     output = Path(output)
     sha256, md5 = hashlib.sha256(), hashlib.md5()
     size_bytes = 0
-    buffer = bytearray(COPY_CHUNK_BYTES)
-    view = memoryview(buffer)
     with temporary_output(output) as temporary:
         with open_regular(source) as reader, open(temporary, "xb") as writer:
             status = os.fstat(reader.fileno())
+            # a small file gets a small buffer: zeroing 8 MiB per file cost more than copying it
+            buffer = bytearray(min(COPY_CHUNK_BYTES, max(status.st_size + 1, 64 << 10)))
+            view = memoryview(buffer)
             while n_read := reader.readinto(buffer):  # type: ignore[attr-defined]
                 chunk = view[:n_read]
                 writer.write(chunk)
@@ -160,7 +163,7 @@ def copy_with_digests(
                 f"{output}: the copy does not read back as written; check the destination disk"
             )
         os.utime(temporary, ns=(status.st_atime_ns, status.st_mtime_ns))
-        commit_output(temporary, output)
+        commit_output(temporary, output, durable=durable)
     return size_bytes, sha256.hexdigest(), md5.hexdigest()
 
 
@@ -242,7 +245,9 @@ def _copy(task: FileTask, stop: _StopCheck, base: FileOutcome, *, outcome: str, 
     if outcome == OUTCOME_KEPT_AS_IS:
         output_path, output_rel_path = _kept_output(task)
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    size_bytes, sha256, md5 = copy_with_digests(task.source_path, output_path, progress=stop)
+    size_bytes, sha256, md5 = copy_with_digests(
+        task.source_path, output_path, progress=stop, durable=not task.defer_sync
+    )
     return replace(
         base,
         ok=True,
@@ -279,7 +284,6 @@ def _convert(task: FileTask, stop: _StopCheck, *, gain: str | None) -> Any:
         overwrite=True,
         progress=stop,
         gain=gain,
-        gain_reference_output=(task.own_gain_reference_path or None) if gain is not None else None,
     )
 
 
@@ -311,13 +315,14 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
     warnings = "; ".join(result.warnings)
     gain_outcome = getattr(result, "gain", None)
     reference_rel_path = ""
-    own_written: tuple[int, str, str] | None = None
     if gain and gain_outcome is not None and gain_outcome.action == "applied" and gain_outcome.reference_path:
         reference_rel_path = _payload_relative(gain_outcome.reference_path, task)
-        if reference_rel_path == task.own_gain_reference_rel_path:
-            own_path = Path(task.own_gain_reference_path)
-            digests = file_digests(own_path)
-            own_written = (own_path.stat().st_size, digests["sha256"], digests["md5"])
+        if reference_rel_path != task.gain_reference_rel_path or gain_outcome.created_reference:
+            # the record must name the group's reference, never a file the layout did not plan
+            raise VerificationError(
+                f"{task.output_path}: its record names {reference_rel_path}, not its gain group's "
+                f"reference {task.gain_reference_rel_path}"
+            )
     elif gain:
         reason = getattr(gain_outcome, "reason", "") or "the gain was not applied"
         note = f"did not fit its set's gain reference ({reason}); stored without it"
@@ -325,7 +330,7 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
         base,
         ok=True,
         outcome=OUTCOME_CONVERTED,
-        message="; ".join(part for part in (note, warnings) if part),
+        message="; ".join(part for part in (task.gain_note, note, warnings) if part),
         source_size_bytes=result.source_size_bytes,
         source_sha256=result.source_sha256,
         output_size_bytes=result.output_size_bytes,
@@ -335,7 +340,6 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
         decision=decision.reason,
         codec=result.codec,
         gain_reference_rel_path=reference_rel_path,
-        own_reference_written=own_written,
     )
 
 
@@ -407,46 +411,42 @@ def classify_task(path: str, n_sample_frames: int) -> str:
     return KIND_GAIN_NORMALISED if kind.startswith("gain") else kind
 
 
-def gain_partial_task(path: str, max_frames: int | None) -> Any:
-    gain = gain_support()
-    assert gain is not None
-    return gain.gain_partial_from_movie(path, max_frames=max_frames)
+# ---------------------------------------------------------------- batches of small files
 
 
-def gain_merge_task(first: Any, second: Any) -> Any:
-    gain = gain_support()
-    assert gain is not None
-    return gain.merge_gain_partials(first, second)
+def run_file_batch(tasks: tuple[FileTask, ...]) -> tuple[FileOutcome, ...]:
+    """Copy a batch of small files, one after the other (runs on a worker); one outcome per task.
 
-
-@dataclass(frozen=True)
-class GainWriteResult:
-    output_size_bytes: int
-    output_sha256: str
-    output_md5: str
-    detail_json: str
-
-
-def gain_write_task(partial: Any, output_path: str) -> GainWriteResult:
-    """Finalize a merged partial and write the gain reference at ``output_path`` (given by the layout)."""
-    gain = gain_support()
-    assert gain is not None
-    estimate = gain.finalize_gain(partial)
-    final = Path(output_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    written_sha256 = gain.write_gain_reference(final, getattr(estimate, "gain", estimate), overwrite=True)
-    digests = file_digests(final)
-    if isinstance(written_sha256, str) and written_sha256 and written_sha256 != digests["sha256"]:
-        raise VerificationError(f"{final}: the gain reference does not read back as written")
-    detail = (
-        {
-            key: value
-            for key, value in vars(estimate).items()
-            if isinstance(value, (int, float, str, bool)) and not key.startswith("_")
-        }
-        if hasattr(estimate, "__dict__")
-        else {}
-    )
-    return GainWriteResult(
-        final.stat().st_size, digests["sha256"], digests["md5"], json.dumps(detail, default=str)
-    )
+    One Dask task (one round trip between client, scheduler and worker) for many small files
+    (an EPU session's ``.xml`` and ``.jpg`` beside every movie). Each file still goes through
+    :func:`run_file_task`: temporary name, verified, renamed; a stop request leaves the rest
+    as stopped, with nothing written.
+    """
+    outcomes: list[FileOutcome] = []
+    for index, task in enumerate(tasks):
+        outcome = run_file_task(replace(task, defer_sync=True))
+        outcomes.append(outcome)
+        if outcome.stopped or os.path.exists(task.stop_path):
+            outcomes += [
+                FileOutcome(
+                    rel_path=rest.rel_path,
+                    ok=False,
+                    outcome="",
+                    output_rel_path=rest.output_rel_path,
+                    message="stopped before it was started",
+                    stopped=True,
+                    worker=outcome.worker,
+                )
+                for rest in tasks[index + 1 :]
+            ]
+            break
+    written = [task.output_path for task, outcome in zip(tasks, outcomes, strict=True) if outcome.ok]
+    try:
+        sync_file_system(written)  # before any of them can be recorded as done
+    except OSError as error:
+        message = f"could not be made durable on the destination ({_error_text(error)}); run again"
+        outcomes = [
+            replace(outcome, ok=False, outcome="", message=message) if outcome.ok else outcome
+            for outcome in outcomes
+        ]
+    return tuple(outcomes)

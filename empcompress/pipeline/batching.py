@@ -1,0 +1,84 @@
+"""Small files travel in batches: one Dask task for many of them.
+
+A task costs a few milliseconds of scheduling and a round trip to fetch its result,
+whatever it does; an EPU session has a ``.xml`` and a ``.jpg`` (a few KiB each) beside
+every movie, so one task per file spent more time on Dask than on the files. Files
+to copy (never movies) of at most :data:`SMALL_FILE_BYTES` are grouped, in queue order,
+into batches of at most :data:`BATCH_MAX_FILES` files and :data:`BATCH_MAX_BYTES` bytes.
+The driver's window counts a batch as one task, so what is in flight (and in the
+scheduler's memory) stays bounded by the window, never by the number of files.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from ..scan import ACTION_CONVERT
+from .tasks import FileOutcome, FileTask
+
+__all__ = [
+    "SMALL_FILE_BYTES",
+    "BATCH_MAX_FILES",
+    "BATCH_MAX_BYTES",
+    "is_batchable",
+    "take_batch",
+    "batch_outcomes",
+    "n_files",
+]
+
+SMALL_FILE_BYTES = 1 << 20
+BATCH_MAX_FILES = 256
+BATCH_MAX_BYTES = 32 << 20
+
+
+def is_batchable(kind: str, payload: Any) -> bool:
+    """A queued file task that may share a batch: a small file to copy."""
+    return (
+        kind == "file"
+        and isinstance(payload, FileTask)
+        and payload.action != ACTION_CONVERT
+        and payload.source_size_bytes <= SMALL_FILE_BYTES
+    )
+
+
+def take_batch(queue: deque[tuple[str, Any]], first: FileTask) -> list[FileTask]:
+    """``first`` and the batchable tasks right behind it in the queue (taken off it), within the limits."""
+    batch = [first]
+    size_bytes = first.source_size_bytes
+    while queue and len(batch) < BATCH_MAX_FILES:
+        kind, payload = queue[0]
+        if not is_batchable(kind, payload) or size_bytes + payload.source_size_bytes > BATCH_MAX_BYTES:
+            break
+        queue.popleft()
+        batch.append(payload)
+        size_bytes += payload.source_size_bytes
+    return batch
+
+
+def batch_outcomes(future: Any, tasks: list[FileTask]) -> Iterator[tuple[FileTask, FileOutcome]]:
+    """Each task of a finished batch with its outcome; a batch that died fails every file (retried
+    by the next run)."""
+    try:
+        outcomes = tuple(future.result())
+        if len(outcomes) != len(tasks):
+            raise RuntimeError(f"{len(outcomes)} outcomes for {len(tasks)} files")
+    except Exception as error:  # the task itself died: lost workers, out of memory, ...
+        message = f"the task failed on the cluster ({type(error).__name__}: {error}); run again to retry"
+        outcomes = tuple(
+            FileOutcome(
+                rel_path=task.rel_path,
+                ok=False,
+                outcome="",
+                output_rel_path=task.output_rel_path,
+                message=message,
+            )
+            for task in tasks
+        )
+    yield from zip(tasks, outcomes, strict=True)
+
+
+def n_files(entries: Any) -> int:
+    """Files in (kind, payload) pairs, a batch counting as its files."""
+    return sum(len(payload) if kind == "batch" else 1 for kind, payload in entries)

@@ -1,0 +1,116 @@
+"""The gain-grouping tasks that run on Dask workers (see :mod:`.gain_groups` for the order).
+
+Each is a thin wrapper over :mod:`empcompress.gain.grouping`: estimates and
+partials are returned as Dask results that stay on the workers and are passed
+from task to task; only fits and comparisons (a few numbers) reach the client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import GainError, InputError
+from ..files import file_digests
+from ..gain import grouping
+from ..gain.estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
+from ..gainref import read_gain_reference, write_gain_reference
+
+__all__ = [
+    "ReferenceWritten",
+    "load_reference_task",
+    "fit_candidates_task",
+    "movie_estimate_task",
+    "compare_task",
+    "movie_partial_task",
+    "merge_task",
+    "finalize_task",
+    "fit_estimate_task",
+    "write_estimate_task",
+]
+
+
+def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
+    """A candidate reference's array as its file stores it (None when it cannot be read as one).
+
+    Loaded once on the cluster and handed to every fit task (Dask copies it once per worker).
+    """
+    try:
+        return read_gain_reference(reference_path).data
+    except (GainError, InputError, OSError):
+        return None
+
+
+def fit_candidates_task(
+    movie_path: str, references: tuple[npt.NDArray[np.float32] | None, ...], names: tuple[str, ...]
+) -> tuple[int, grouping.GainFit] | None:
+    """The first reference (index) that reproduces the movie, with the fit; None when none does."""
+    for index, (reference, name) in enumerate(zip(references, names, strict=True)):
+        if reference is None:
+            continue
+        try:
+            fit = grouping.fit_gain(movie_path, reference, name=name)
+        except (GainError, InputError, OSError):
+            return None  # the movie cannot be read: it is converted without a gain and says why
+        if fit.fits:
+            return index, fit
+    return None
+
+
+def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate:
+    return grouping.movie_estimate(movie_path, n_sample_frames=n_sample_frames)
+
+
+def compare_task(first: GainEstimate, second: GainEstimate, indices: tuple[int, int]) -> grouping.Comparison:
+    return grouping.compare_estimates(first, second, indices=indices)
+
+
+def movie_partial_task(movie_path: str, n_sample_frames: int, orientation: str) -> GainPartial:
+    return grouping.movie_partial(movie_path, n_sample_frames=n_sample_frames, orientation=orientation)
+
+
+def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
+    return merge_gain_partials(first, second)
+
+
+def finalize_task(partial: GainPartial) -> GainEstimate:
+    return finalize_gain(partial)
+
+
+def fit_estimate_task(movie_path: str, estimate: GainEstimate) -> grouping.GainFit:
+    try:
+        return grouping.fit_gain(movie_path, estimate.gain, name="the group's estimated gain")
+    except (GainError, InputError, OSError) as error:
+        return grouping.GainFit(movie_path, False, None, 1.0, 0, str(error))
+
+
+@dataclass(frozen=True)
+class ReferenceWritten:
+    output_size_bytes: int
+    output_sha256: str
+    output_md5: str
+    detail_json: str
+
+
+def write_estimate_task(estimate: GainEstimate, output_path: str) -> ReferenceWritten:
+    """Write a group's gain at the path the layout gave it; its digests read back from disk."""
+    final = Path(output_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    written_sha256 = write_gain_reference(final, estimate.gain, overwrite=True)
+    digests = file_digests(final)
+    if written_sha256 != digests["sha256"]:
+        raise GainError(f"{final}: the gain reference does not read back as written")
+    detail: dict[str, Any] = {
+        "n_frames": estimate.n_frames,
+        "n_reliable": estimate.n_reliable,
+        "n_unconfirmed": estimate.n_unconfirmed,
+        "n_exception": estimate.n_exception,
+        "n_unhit": estimate.n_unhit,
+        "n_movies": len(set(estimate.sources)),
+    }
+    return ReferenceWritten(final.stat().st_size, digests["sha256"], digests["md5"], json.dumps(detail))

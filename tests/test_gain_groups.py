@@ -1,0 +1,187 @@
+"""Gain groups across a drive (issue 9): one reference per gain, wherever the movies are.
+
+Generated drives: an EPU-like session whose grid squares share one gain; a movie
+normalised with the gain flipped; a depositor's reference above the movies; a
+session too sparse to estimate. Every movie restores byte for byte from the bag
+with no ``--gain`` option.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from drives import make_epu_session, snapshot_tree, write_mrc
+from test_pipeline import recover_everything
+
+from empcompress.bag import verify_bag
+from empcompress.cli import main
+from empcompress.gainref import write_gain_reference
+from empcompress.journal import Journal
+from empcompress.pipeline import CompressOptions, compress_drive
+from empcompress.reconstruct import read_record
+
+SHAPE = (48, 64)
+
+
+@pytest.fixture
+def gain() -> np.ndarray:
+    return np.random.default_rng(11).uniform(0.7, 1.4, SHAPE).astype(np.float32)
+
+
+def _rows(dest: Path, source: Path) -> dict[str, Any]:
+    with Journal.open(dest, source=str(source.resolve())) as journal:
+        return journal.entries()
+
+
+def _generated(dest: Path, source: Path) -> dict[str, Any]:
+    with Journal.open(dest, source=str(source.resolve())) as journal:
+        return journal.generated_entries()
+
+
+def _report(dest: Path) -> dict[str, Any]:
+    return json.loads((dest / "report.json").read_text(encoding="utf-8"))
+
+
+def test_an_epu_session_across_grid_squares_gets_exactly_one_reference(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    source = tmp_path / "src"
+    movies = make_epu_session(source, rng=np.random.default_rng(1), gain=gain, squares=(2, 3, 1))
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client)
+    assert summary.complete and summary.all_converted
+    generated = _generated(dest, source)
+    assert list(generated) == ["Images-Disc1/gain-reference.mrc"]  # the deepest folder holding them all
+    rows = _rows(dest, source)
+    movie_rows = [rows[str(m.relative_to(source))] for m in movies]
+    assert {row.gain_reference for row in movie_rows} == {"Images-Disc1/gain-reference.mrc"}
+    assert {row.stored_dtype for row in movie_rows} == {"uint8"}
+    (group,) = summary.gain_references
+    assert group.origin == "estimated" and group.n_converted_with_gain == len(movies)
+    assert {member.orientation for member in group.members} == {"identity"}
+    record = read_record(dest / "data" / movie_rows[0].output_rel_path)
+    assert record.storage.gain is not None
+    assert record.storage.gain["reference"] == "../../gain-reference.mrc"
+    assert verify_bag(dest, full=True).ok
+    recover_everything(source, dest, tmp_path / "scratch")  # restore_movie with no gain option
+    # the command line too, on one TIFF, with no --gain
+    tiff = dest / "data" / movie_rows[-1].output_rel_path
+    assert main(["restore", str(tiff), "-o", str(tmp_path / "one.mrc"), "-q"]) == 0
+    assert (tmp_path / "one.mrc").read_bytes() == movies[-1].read_bytes()
+    # a second run changes nothing and names the same reference
+    again = compress_drive(source, dest, client=client)
+    assert again.n_done_this_run == 0 and len(again.gain_references) == 1
+
+
+def test_a_flipped_movie_uses_the_same_reference_in_its_own_orientation(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    source = tmp_path / "src"
+    odd = "FoilHole_2000_Data_3001_4001_20240101_120000.mrc"
+    make_epu_session(source, rng=np.random.default_rng(2), gain=gain, squares=(11,), flipped=(odd,))
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client, options=CompressOptions(gain_sample_movies=8))
+    assert summary.complete and summary.all_converted
+    rows = _rows(dest, source)
+    assert len(_generated(dest, source)) == 1
+    assert {row.stored_dtype for row in rows.values() if row.category == "movie"} == {"uint8"}
+    assert len({row.gain_reference for row in rows.values() if row.category == "movie"}) == 1
+    report = _report(dest)
+    orientation = {
+        Path(f["source"]).name: f["gain_orientation"] for f in report["files"] if f["gain_orientation"]
+    }
+    assert orientation.pop(odd) == "flip-rows"
+    assert set(orientation.values()) == {"identity"} and len(orientation) == 10
+    (group,) = report["gain_references"]
+    assert group["relion_orientation"] == "--gain_rot 0 --gain_flip 0"
+    flipped_member = next(m for m in group["members"] if m["source"].endswith(odd))
+    assert flipped_member["relion_orientation"] == "--gain_rot 0 --gain_flip 1"
+    assert verify_bag(dest).ok
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("name", ["gain-reference.mrc", "CountRef_session.mrc"])
+def test_the_depositors_reference_above_the_movies_is_used_and_none_is_written(
+    tmp_path: Path, client: Any, gain: np.ndarray, name: str
+) -> None:
+    source = tmp_path / "src"
+    session = source / "session"
+    movies = make_epu_session(session, rng=np.random.default_rng(3), gain=gain, squares=(2, 2))
+    # the depositor's file is upside down relative to the movies (RELION would need --gain_flip 1)
+    reference = session / "Images-Disc1" / name
+    write_gain_reference(reference, gain[::-1].copy())
+    before = snapshot_tree(source)
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client)
+    assert snapshot_tree(source) == before
+    assert summary.complete and summary.all_converted
+    assert _generated(dest, source) == {}  # no reference estimated or stored
+    rows = _rows(dest, source)
+    copy = rows[str(reference.relative_to(source))].output_rel_path
+    assert (dest / "data" / copy).read_bytes() == reference.read_bytes()  # copied unchanged
+    assert {rows[str(m.relative_to(source))].gain_reference for m in movies} == {copy}
+    (group,) = summary.gain_references
+    assert group.origin == "depositor" and group.relion_orientation == "--gain_rot 0 --gain_flip 1"
+    assert "found on the drive" in (dest / "report.md").read_text(encoding="utf-8")
+    assert verify_bag(dest, full=True).ok
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_two_sessions_in_one_folder_each_with_its_depositor_reference(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    other = np.random.default_rng(12).uniform(0.7, 1.4, SHAPE).astype(np.float32)
+    source = tmp_path / "src"
+    first = make_epu_session(source, rng=np.random.default_rng(4), gain=gain, squares=(2,), prefix="a_")
+    second = make_epu_session(source, rng=np.random.default_rng(5), gain=other, squares=(2,), prefix="b_")
+    write_gain_reference(source / "gain_a.mrc", gain)
+    write_gain_reference(source / "gain_b.mrc", other)
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client)
+    assert summary.complete and summary.all_converted
+    rows = _rows(dest, source)
+    assert {rows[str(m.relative_to(source))].gain_reference for m in first} == {"gain_a.mrc"}
+    assert {rows[str(m.relative_to(source))].gain_reference for m in second} == {"gain_b.mrc"}
+    assert _generated(dest, source) == {}
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_a_session_too_sparse_to_estimate_is_kept_lossless_and_reported(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    source = tmp_path / "src"
+    rng = np.random.default_rng(6)
+    for index in range(2):
+        counts = rng.poisson(0.01, size=(3, *SHAPE)).astype(np.float32)
+        write_mrc(source / "sparse" / f"movie_{index}.mrc", (counts * gain[None]).astype(np.float32))
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client)
+    assert summary.complete
+    rows = _rows(dest, source)
+    for index in range(2):
+        row = rows[f"sparse/movie_{index}.mrc"]
+        assert row.stored_dtype == "float32" and row.gain_reference == ""
+        assert row.decision or row.message  # the report says why
+    assert _generated(dest, source) == {}
+    report = (dest / "report.md").read_text(encoding="utf-8")
+    assert "sparse/movie_0.mrc" in report
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_scan_predicts_the_groups_and_their_references(tmp_path: Path, gain: np.ndarray) -> None:
+    from empcompress.scan import scan_drive
+
+    source = tmp_path / "src"
+    make_epu_session(source, rng=np.random.default_rng(7), gain=gain, squares=(2, 3))
+    (estimated,) = scan_drive(source).gain_groups
+    assert (estimated.n_movies, estimated.reference, estimated.origin) == (5, "", "to be estimated")
+    assert estimated.reference_size_bytes == 1024 + 4 * SHAPE[0] * SHAPE[1]
+    write_gain_reference(source / "Images-Disc1" / "CountRef_x.mrc", gain[::-1].copy())
+    (found,) = scan_drive(source).gain_groups
+    assert found.reference == "Images-Disc1/CountRef_x.mrc" and found.origin == "found on the drive"
+    assert found.n_fitted == found.n_sampled > 0
+    assert found.relion_orientation == "--gain_rot 0 --gain_flip 1"
