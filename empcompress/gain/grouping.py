@@ -137,7 +137,7 @@ def _float_frames(path: str | os.PathLike[str], n_frames: int | None) -> list[np
 
 
 def movie_partial(
-    path: str | os.PathLike[str], *, n_sample_frames: int, orientation: str = "identity"
+    path: str | os.PathLike[str], *, n_sample_frames: int | None, orientation: str = "identity"
 ) -> GainPartial:
     """A movie's gain partial from its sample frames, turned into another movie's orientation.
 

@@ -16,10 +16,9 @@ from ..mrc import MrcMovie
 
 # ---------------------------------------------------------------- a set of movies
 from .classify import classify_movie, read_sample_frames
-from .estimate import GainEstimate, GainPartial, finalize_gain, gain_partial_from_movie, merge_gain_partials
+from .estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
 from .limits import (
     DEFAULT_SAMPLE_FRAMES,
-    MAX_EXCEPTION_FRACTION,
 )
 
 
@@ -30,7 +29,12 @@ class SetEstimate:
     estimate: GainEstimate
     used: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...]  # (path, reason): raw counts or not gain-normalised
-    misfits: tuple[tuple[str, float], ...]  # (path, exception fraction of a sample under the final gain)
+    #: (path, exception fraction of a sample under the final gain): another gain, left out
+    misfits: tuple[tuple[str, float], ...]
+
+
+#: Movies whose own estimates are compared to choose the seed (evenly spaced over the list).
+SEED_SAMPLE_MOVIES = 8
 
 
 def estimate_set_gain(
@@ -40,36 +44,70 @@ def estimate_set_gain(
     n_sample_frames: int = DEFAULT_SAMPLE_FRAMES,
     progress: Callable[[str, int], None] | None = None,
 ) -> SetEstimate:
-    """Classify each movie, estimate one gain over the gain-normalised ones, check each against it.
+    """Classify each movie, estimate one gain over those that share it, robustly.
 
     Raw-count and genuinely float movies are skipped (a gain never applies to
-    them). Movies whose sample the final gain does not reproduce are listed as
-    misfits: they probably come from another session and need their own gain.
+    them). Of the gain-normalised ones, up to :data:`SEED_SAMPLE_MOVIES` are
+    compared (their own estimates, in the 8 orientations: see
+    :mod:`.grouping`); the largest agreeing set seeds the gain, and every other
+    movie joins when the seed's gain reproduces it (in any orientation). Each
+    used movie's partial is merged in the seed's orientation. Movies that do not
+    fit are listed as misfits (another session's gain): they never spoil the
+    estimate.
     """
-    used: list[str] = []
+    from .grouping import choose_seed, compare_estimates, fit_gain, movie_estimate
+
+    candidates: list[str] = []
     skipped: list[tuple[str, str]] = []
-    merged: GainPartial | None = None
     for path in paths:
         kind = classify_movie(path, n_sample_frames=n_sample_frames)
         if kind.kind != "gain-normalised":
             skipped.append((str(path), f"{kind.kind}: {kind.reason}"))
         else:
-            partial = gain_partial_from_movie(path, max_frames=max_frames)
-            merged = partial if merged is None else merge_gain_partials(merged, partial)
-            used.append(str(path))
+            candidates.append(str(path))
         if progress is not None:
             progress("estimate", 1)
-    if merged is None:
+    if not candidates:
         raise GainError(
             f"none of the {len(paths)} movies is gain-normalised; no gain to estimate "
             f"({'; '.join(f'{p}: {r}' for p, r in skipped[:3])})"
         )
-    estimate = finalize_gain(merged)
+    n_sample = min(len(candidates), SEED_SAMPLE_MOVIES)
+    sample = [candidates[int(i * len(candidates) / n_sample)] for i in range(n_sample)]
+    estimates = [movie_estimate(path, n_sample_frames=n_sample_frames) for path in sample]
+    comparisons = [
+        compare_estimates(estimates[i], estimates[j], indices=(i, j))
+        for i in range(n_sample)
+        for j in range(i + 1, n_sample)
+    ]
+    seed = choose_seed(n_sample, comparisons)
+    oriented = {sample[index]: orientation for index, orientation in seed.members}
+    seed_gain = finalize_gain(_merged(oriented, max_frames)).gain
+    for path in candidates:
+        if path in oriented:
+            continue
+        fit = fit_gain(path, seed_gain, name="the seed's gain")
+        if fit.fits and fit.transform is not None and fit.transform.scale == "same":
+            oriented[path] = fit.transform.orientation
+    used = [path for path in candidates if path in oriented]
+    estimate = finalize_gain(_merged({path: oriented[path] for path in used}, max_frames))
     misfits = []
-    for path in used:
+    for path in candidates:
+        if path in oriented:
+            continue
         with MrcMovie(path) as movie:
             frames = [f.astype(np.float32, copy=False) for f in read_sample_frames(movie, n_sample_frames)]
-        fraction = exception_fraction(frames, estimate.gain)
-        if fraction > MAX_EXCEPTION_FRACTION:
-            misfits.append((path, fraction))
+        misfits.append((path, exception_fraction(frames, estimate.gain)))
     return SetEstimate(estimate, tuple(used), tuple(skipped), tuple(misfits))
+
+
+def _merged(oriented: dict[str, str], max_frames: int | None) -> GainPartial:
+    """The partials of these movies (all frames, or ``max_frames``), each in the seed's orientation."""
+    from .grouping import movie_partial
+
+    merged: GainPartial | None = None
+    for path, orientation in oriented.items():
+        partial = movie_partial(path, n_sample_frames=max_frames, orientation=orientation)
+        merged = partial if merged is None else merge_gain_partials(merged, partial)
+    assert merged is not None
+    return merged
