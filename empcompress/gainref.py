@@ -375,19 +375,28 @@ def orient_gain(
     if try_reciprocal:
         with np.errstate(divide="ignore", invalid="ignore"):
             variants.append((True, (np.float32(1) / data).astype(np.float32)))
-    results: list[tuple[float, str, int, int, str, bool, GainArray]] = []
-    identity: OrientedGain | None = None
+    # only the scores are kept (a candidate is as big as a frame): the winner is rebuilt at the end
+    results: list[tuple[float, str, int, int, str, bool]] = []
+    builders: dict[tuple[str, str, bool], Callable[[], GainArray]] = {}
     for reciprocal, values in variants:
         for transform_name, rot, flip, transform in TRANSFORMS:
-            moved = transform(values)
-            for scale_name, scale in _scalings(frame_shape, moved.shape):
-                candidate = np.ascontiguousarray(scale(moved), dtype=np.float32)
+            for scale_name, scale in _scalings(frame_shape, transform(values).shape):
+
+                def build(
+                    values: GainArray = values,
+                    transform: Callable[[GainArray], GainArray] = transform,
+                    scale: Callable[[GainArray], GainArray] = scale,
+                ) -> GainArray:
+                    return np.ascontiguousarray(scale(transform(values)), dtype=np.float32)
+
+                candidate = build()
                 fraction = exception_fraction(sample_frames, candidate)
-                results.append((fraction, transform_name, rot, flip, scale_name, reciprocal, candidate))
+                del candidate
+                results.append((fraction, transform_name, rot, flip, scale_name, reciprocal))
+                builders[(transform_name, scale_name, reciprocal)] = build
                 is_identity = not reciprocal and rot == 0 and flip == 0 and scale_name == "same size"
                 if is_identity and fraction <= max_exception_fraction:
-                    identity = _oriented(results[-1], n_tested=1, is_identity=True)
-                    return identity
+                    return _oriented((*results[-1], build()), n_tested=1, is_identity=True)
     if not results:
         raise GainError(
             f"{name}: its size {data.shape[1]}x{data.shape[0]} does not fit movie frames of "
@@ -409,7 +418,8 @@ def orient_gain(
             f"{name}: no orientation makes the movie's values integral counts: values reproduced, best "
             f"first: {tried} (at least {100 * (1 - max_exception_fraction):g}% needed); {hint}"
         )
-    return _oriented(best, n_tested=len(results), is_identity=False)
+    winner = builders[(best[1], best[4], best[5])]()
+    return _oriented((*best, winner), n_tested=len(results), is_identity=False)
 
 
 def _oriented(

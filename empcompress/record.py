@@ -405,7 +405,7 @@ def check_gain_entry(
     if not _SHA256.fullmatch(digest):
         raise fields.fail("reference_sha256", "must be 64 lowercase hexadecimal digits")
     if kind == "carried-over":
-        for key in ("formula", "n_exceptions", "exception_encoding", "exceptions"):
+        for key in ("formula", "n_exceptions", "exception_encoding", "exceptions", "transform"):
             if key in document:
                 raise fields.fail(key, "belongs to gain-normalised storage, not to a carried-over gain")
         return document

@@ -185,3 +185,151 @@ def test_scan_predicts_the_groups_and_their_references(tmp_path: Path, gain: np.
     assert found.reference == "Images-Disc1/CountRef_x.mrc" and found.origin == "found on the drive"
     assert found.n_fitted == found.n_sampled > 0
     assert found.relion_orientation == "--gain_rot 0 --gain_flip 1"
+
+
+# ---------------------------------------------------------------- regressions from review
+
+
+def test_an_unreadable_depositor_reference_keeps_its_copy_and_its_name(
+    tmp_path: Path, client: Any, gain: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new group's reference never takes the path of a kept output (review #1, #8)."""
+    import hashlib
+    import os
+
+    source = tmp_path / "src"
+    make_epu_session(source, rng=np.random.default_rng(3), gain=gain, squares=(1, 1))
+    reference = source / "Images-Disc1" / "gain-reference.mrc"
+    write_gain_reference(reference, gain[::-1].copy())
+    dest = tmp_path / "bag"
+    assert compress_drive(source, dest, client=client).complete
+    copy = dest / "data" / "Images-Disc1" / "gain-reference.mrc"
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    make_epu_session(source, rng=np.random.default_rng(4), gain=gain, squares=(1, 1), prefix="n_")
+    real_access = os.access
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        return False if str(path) == str(reference) else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)  # root reads everything: pretend it cannot
+    second = compress_drive(source, dest, client=client)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert not second.complete  # the unreadable file is a failure of this run ...
+    monkeypatch.undo()
+    third = compress_drive(source, dest, client=client)  # ... and the next run finishes
+    assert third.complete
+    assert verify_bag(dest, full=True).ok
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_a_drive_holding_a_bag_gets_one_reference_that_every_movie_names(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    """The outermost bag's payload is the root: a depositor's own bag inside the drive is payload
+    like any other folder (review #2)."""
+    source = tmp_path / "src"
+    make_epu_session(source / "old" / "data", rng=np.random.default_rng(3), gain=gain, squares=(2,))
+    (source / "old" / "bagit.txt").write_text("BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
+    make_epu_session(source / "new", rng=np.random.default_rng(4), gain=gain, squares=(2,))
+    dest = tmp_path / "bag"
+    summary = compress_drive(source, dest, client=client)
+    assert summary.complete and summary.all_converted
+    assert list(_generated(dest, source)) == ["gain-reference.mrc"]
+    rows = _rows(dest, source)
+    assert {row.gain_reference for row in rows.values() if row.category == "movie"} == {"gain-reference.mrc"}
+    assert not [p for p in (dest / "data" / "old").rglob("*.mrc")]  # nothing the layout did not plan
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_an_io_error_while_grouping_fails_the_run_and_the_next_run_stores_counts(
+    tmp_path: Path, client: Any, gain: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never stored as float32 for good because of a transient read error (review #5)."""
+    import empcompress.gain.grouping as grouping
+
+    source = tmp_path / "src"
+    movies = make_epu_session(source, rng=np.random.default_rng(3), gain=gain, squares=(2,))
+    bad = str(movies[0])
+    real_estimate, real_fit = grouping.movie_estimate, grouping.fit_gain
+
+    def estimate(path: Any, **kwargs: Any) -> Any:
+        if str(path) == bad:
+            raise OSError(5, "Input/output error", bad)
+        return real_estimate(path, **kwargs)
+
+    def fit(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == bad:
+            raise OSError(5, "Input/output error", bad)
+        return real_fit(path, *args, **kwargs)
+
+    monkeypatch.setattr(grouping, "movie_estimate", estimate)
+    monkeypatch.setattr(grouping, "fit_gain", fit)
+    dest = tmp_path / "bag"
+    first = compress_drive(source, dest, client=client)
+    rows = _rows(dest, source)
+    assert not first.complete and rows[str(movies[0].relative_to(source))].state == "failed"
+    assert rows[str(movies[1].relative_to(source))].stored_dtype == "uint8"  # the other one is not spoiled
+    monkeypatch.undo()
+    second = compress_drive(source, dest, client=client)
+    assert second.complete and second.all_converted
+    rows = _rows(dest, source)
+    assert {rows[str(m.relative_to(source))].stored_dtype for m in movies} == {"uint8"}
+    assert len({rows[str(m.relative_to(source))].gain_reference for m in movies}) == 1
+    recover_everything(source, dest, tmp_path / "scratch")
+
+
+def test_recheck_releases_movies_waiting_for_an_unchanged_depositor_reference(
+    tmp_path: Path, client: Any, gain: np.ndarray
+) -> None:
+    """review #4: an unchanged reference under --recheck is as good as a fresh copy."""
+    source = tmp_path / "src"
+    make_epu_session(source, rng=np.random.default_rng(3), gain=gain, squares=(2,))
+    write_gain_reference(source / "gain-reference.mrc", gain)
+    dest = tmp_path / "bag"
+    assert compress_drive(source, dest, client=client).complete
+    new = make_epu_session(source, rng=np.random.default_rng(8), gain=gain, squares=(1,), prefix="n_")
+    again = compress_drive(source, dest, client=client, options=CompressOptions(recheck=True))
+    assert again.complete and again.all_converted
+    row = _rows(dest, source)[str(new[0].relative_to(source))]
+    assert (row.stored_dtype, row.gain_reference) == ("uint8", "gain-reference.mrc")
+
+
+def test_the_estimate_is_written_in_the_orientation_most_movies_have(
+    tmp_path: Path, gain: np.ndarray
+) -> None:
+    """review #6: the first sampled movie being the flipped one does not flip the reference."""
+    from drives import write_mrc as write_movie
+
+    from empcompress.gain import estimate_set_gain
+
+    rng = np.random.default_rng(9)
+    paths = []
+    for index in range(5):
+        applied = gain[::-1] if index == 0 else gain
+        counts = rng.poisson(1.0, size=(12, *SHAPE)).astype(np.float32)
+        paths.append(write_movie(tmp_path / f"m{index}.mrc", (counts * applied[None]).astype(np.float32)))
+    result = estimate_set_gain(paths)
+    assert np.array_equal(result.estimate.gain.view(np.uint32), gain.view(np.uint32))
+
+
+def test_a_crafted_transform_in_a_carried_over_entry_is_one_error_line(
+    tmp_path: Path, gain: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """review #3: no TypeError from a record that puts a transform where none belongs."""
+    import tifffile
+
+    from empcompress.convert import convert_movie
+    from empcompress.errors import RecordError
+    from empcompress.gain import GainRecord
+
+    counts = np.random.default_rng(2).poisson(1.0, size=(3, *SHAPE)).astype(np.float32)
+    write_mrc(tmp_path / "raw.mrc", counts)
+    write_gain_reference(tmp_path / "gain.mrc", gain)
+    (tmp_path / "out").mkdir()
+    convert_movie(tmp_path / "raw.mrc", tmp_path / "out" / "raw.tif", gain=tmp_path / "gain.mrc")
+    with tifffile.TiffFile(tmp_path / "out" / "raw.tif") as tiff:
+        entry = json.loads(tiff.pages[0].description)["storage"]["gain"]
+    assert entry["kind"] == "carried-over"
+    for crafted in ("x", {}, {"orientation": "identity"}):
+        with pytest.raises(RecordError, match=r"storage\.gain\.transform"):
+            GainRecord.from_dict({**entry, "transform": crafted}, name="raw.tif")

@@ -64,6 +64,8 @@ __all__ = [
     "fit_gain",
     "fit_reference",
     "inverse_orientation",
+    "compose_orientations",
+    "majority_frame",
 ]
 
 AGREE, CONFLICT, UNKNOWN = "agree", "conflict", "unknown"
@@ -101,6 +103,7 @@ class Comparison:
     orientation: str  # an ORIENTATION_CODES value (meaningful for AGREE)
     n_overlap_pixels: int
     agreement: float  # best fraction of equal values over the overlap
+    unreadable: tuple[int, ...] = ()  # of the two, the movies whose estimate could not be made
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ def compare_estimates(
     return Comparison(indices[0], indices[1], verdict, code, n_overlap, agreement)
 
 
-def _compose(outer: str, inner: str) -> str:
+def compose_orientations(outer: str, inner: str) -> str:
     """The orientation of applying ``inner`` then ``outer``."""
     probe = np.arange(9, dtype=np.float32).reshape(3, 3)  # all 8 flips/rotations differ on it
     result = _orient(_orient(probe, inner), outer)
@@ -229,6 +232,21 @@ def _compose(outer: str, inner: str) -> str:
         if candidate.shape == result.shape and np.array_equal(candidate, result):
             return code
     raise AssertionError(f"no orientation composes {inner} then {outer}")
+
+
+def majority_frame(members: Sequence[tuple[int, str]]) -> tuple[tuple[int, str], ...]:
+    """The members re-expressed against their most common orientation (identity on a tie).
+
+    ``members`` give each movie's orientation relative to a root; the estimate is
+    then written in the orientation most movies have, so that a reference file
+    applies as it is to most of them (RELION users pass no flip for those).
+    """
+    counts: dict[str, int] = {}
+    for _, orientation in members:
+        counts[orientation] = counts.get(orientation, 0) + 1
+    best = max(counts.items(), key=lambda item: (item[1], item[0] == "identity"))[0]
+    undo = inverse_orientation(best)
+    return tuple((index, compose_orientations(orientation, undo)) for index, orientation in members)
 
 
 def choose_seed(n_movies: int, comparisons: Sequence[Comparison]) -> Seed:
@@ -257,7 +275,7 @@ def choose_seed(n_movies: int, comparisons: Sequence[Comparison]) -> Seed:
         while queue:
             current = queue.pop(0)
             for other, step in neighbours[current]:
-                orientation = _compose(step, placed[current])
+                orientation = compose_orientations(step, placed[current])
                 if other in placed or any((other, member) in conflicts for member in placed):
                     continue
                 placed[other] = orientation

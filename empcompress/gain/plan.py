@@ -126,7 +126,7 @@ class GainRecord:
         check_gain_entry(document, source=None, path_name=name)
         known = {"version", "kind", "reference", "reference_sha256", "formula", "n_exceptions"}
         known |= {"exception_encoding", "exceptions", "transform"}
-        transform = document.get("transform")
+        transform = document.get("transform") if document["kind"] == "gain-normalised" else None
         return cls(
             kind=document["kind"],
             reference=document["reference"],

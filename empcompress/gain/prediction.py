@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from ..errors import EmpCompressError
-from ..mrc import HEADER_SIZE_BYTES
-from .grouping import fit_reference
+from ..gainref import read_gain_reference
+from ..mrc import HEADER_SIZE_BYTES, read_header
+from .grouping import fit_gain
 
 __all__ = ["GainGroupPrediction", "predict_gain_groups"]
 
@@ -51,15 +55,16 @@ def predict_gain_groups(
     ``sampled_movies`` and ``references`` are paths relative to ``source``.
     """
     predictions = []
+    arrays = _readable_references(source, references, shapes=set(sampled_movies))
     for shape, movies in sorted(sampled_movies.items()):
         height, width = shape
         best: tuple[int, str, str] = (0, "", "")
-        for reference in references:
+        for reference, data in arrays.items():
             fitted = 0
             orientation = ""
             for movie in movies:
                 try:
-                    fit = fit_reference(source / movie, source / reference)
+                    fit = fit_gain(source / movie, data, name=reference)
                 except (EmpCompressError, OSError):
                     continue
                 if fit.fits and fit.transform is not None:
@@ -85,3 +90,22 @@ def predict_gain_groups(
             )
         )
     return tuple(predictions)
+
+
+def _readable_references(
+    source: Path, references: Sequence[str], *, shapes: set[tuple[int, int]]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """Each reference whose header fits some frame size (same, 2x, 1/2, turned), read once."""
+    fitting = set()
+    for ny, nx in shapes:
+        for shape in ((ny, nx), (nx, ny)):
+            fitting |= {shape, (2 * shape[0], 2 * shape[1]), (shape[0] // 2, shape[1] // 2)}
+    arrays = {}
+    for reference in references:
+        try:
+            if read_header(source / reference).frame_shape not in fitting:
+                continue
+            arrays[reference] = read_gain_reference(source / reference).data
+        except (EmpCompressError, OSError):
+            continue
+    return arrays

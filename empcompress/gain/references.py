@@ -28,7 +28,8 @@ def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:
     import stat
 
     folder = Path(os.path.abspath(tiff_path)).parent
-    for ancestor in (folder, *folder.parents):
+    root = folder
+    for ancestor in (folder, *folder.parents):  # the outermost: a bag may hold a depositor's bag
         if ancestor.name != "data":
             continue
         for marker in _BAG_MARKERS:
@@ -37,8 +38,9 @@ def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:
             except OSError:
                 continue
             if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                return ancestor
-    return folder
+                root = ancestor
+                break
+    return root
 
 
 def resolve_reference(

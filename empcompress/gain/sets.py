@@ -55,7 +55,7 @@ def estimate_set_gain(
     fit are listed as misfits (another session's gain): they never spoil the
     estimate.
     """
-    from .grouping import choose_seed, compare_estimates, fit_gain, movie_estimate
+    from .grouping import choose_seed, compare_estimates, fit_gain, majority_frame, movie_estimate
 
     candidates: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -81,7 +81,8 @@ def estimate_set_gain(
         for j in range(i + 1, n_sample)
     ]
     seed = choose_seed(n_sample, comparisons)
-    oriented = {sample[index]: orientation for index, orientation in seed.members}
+    # the gain is written in the orientation most of the movies have
+    oriented = {sample[index]: orientation for index, orientation in majority_frame(seed.members)}
     seed_gain = finalize_gain(_merged(oriented, max_frames)).gain
     for path in candidates:
         if path in oriented:

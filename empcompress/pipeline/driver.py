@@ -163,6 +163,7 @@ class Driver:
             client=self.client,
             submit=self._submit,
             enqueue=lambda task: self.queue.appendleft(("file", task)),
+            fail=self._fail,
             name_reference=self._name_group_reference,
             record_reference=self.journal.record_generated,
             copy_done=lambda rel_path: self.reference_copies.get(rel_path, True),
@@ -242,6 +243,7 @@ class Driver:
             )
             self.counts["unchanged"] += 1
             self.on_event(FileEvent(task.rel_path, "unchanged", outcome.source_size_bytes, 0, ""))
+            self._reference_copy_recorded(task.rel_path, ok=previous.state == STATE_DONE)
             return
         row = JournalEntry(
             rel_path=task.rel_path,
@@ -267,9 +269,7 @@ class Driver:
             source_inode=outcome.source_inode,
         )
         self.journal.record(row)
-        if task.rel_path in self.reference_copies and self.grouper is not None:
-            self.reference_copies[task.rel_path] = row.state == STATE_DONE
-            self.grouper.copy_recorded(task.rel_path, ok=row.state == STATE_DONE)
+        self._reference_copy_recorded(task.rel_path, ok=row.state == STATE_DONE)
         if (
             previous is not None
             and previous.output_rel_path != row.output_rel_path
@@ -289,13 +289,30 @@ class Driver:
     # ---------------------------------------------------------- the loop
 
     def _release_waiting(self) -> bool:
-        """Movies still waiting for a reference copy that never came back: converted without a gain."""
-        if self.grouper is None:
-            return False
-        for task in self.grouper.release_all():
-            self.queue.appendleft(("file", task))
+        """Movies still waiting for a reference copy that never came back fail this run (the next run
+        tries again); returns whether work is left to wait for."""
+        if self.grouper is not None:
+            self.grouper.fail_waiting()
         self.refill()
         return bool(self.in_flight)
+
+    def _fail(self, task: FileTask, message: str) -> None:
+        """A movie whose gain group could not be decided this run: a failure, retried by the next."""
+        self.record(
+            task,
+            FileOutcome(
+                rel_path=task.rel_path,
+                ok=False,
+                outcome="",
+                output_rel_path=task.output_rel_path,
+                message=message,
+            ),
+        )
+
+    def _reference_copy_recorded(self, rel_path: str, *, ok: bool) -> None:
+        if rel_path in self.reference_copies and self.grouper is not None:
+            self.reference_copies[rel_path] = ok
+            self.grouper.copy_recorded(rel_path, ok=ok)
 
     def run(self) -> None:
         self.refill()

@@ -81,6 +81,7 @@ class _Round:
     fits: dict[str, Any] = field(default_factory=dict)  # rel_path -> GainFit
     gain: Any = None  # future of the group's GainEstimate
     seed_note: str = ""
+    suspect: set[int] = field(default_factory=set)  # sampled movies whose estimate failed (I/O ...)
 
 
 class GainGrouper:
@@ -92,6 +93,7 @@ class GainGrouper:
         client: Any,
         submit: Callable[..., None],
         enqueue: Callable[[FileTask], None],
+        fail: Callable[[FileTask, str], None],
         name_reference: Callable[[str, dict[str, Any]], str],
         record_reference: Callable[[GeneratedEntry], object],
         copy_done: Callable[[str], bool | None],
@@ -103,6 +105,7 @@ class GainGrouper:
         self.client = client
         self.submit = submit
         self.enqueue = enqueue
+        self.fail = fail
         self.name_reference = name_reference
         self.record_reference = record_reference
         self.copy_done = copy_done
@@ -169,6 +172,9 @@ class GainGrouper:
             return
         unfitted = []
         for fitted_task, found in sorted(self._fit_results.values(), key=lambda item: item[0].rel_path):
+            if isinstance(found, _Failed):
+                self.fail(fitted_task, found.message)
+                continue
             if found is None:
                 unfitted.append(fitted_task)
                 continue
@@ -216,7 +222,7 @@ class GainGrouper:
         for i, j in pairs:
             self.submit(
                 "gain",
-                ("compare", state),
+                ("compare", state, (i, j)),
                 compare_task,
                 state.estimates[i],
                 state.estimates[j],
@@ -225,17 +231,28 @@ class GainGrouper:
 
     def _compared(self, state: _Round, comparison: Any) -> None:
         state.comparisons.append(comparison)
+        state.suspect.update(comparison.unreadable)
         state.n_pending -= 1
         if state.n_pending == 0:
             self._merge_seed(state, state.comparisons)
 
     def _merge_seed(self, state: _Round, comparisons: list[Any]) -> None:
-        from ..gain.grouping import choose_seed
+        from ..gain.grouping import choose_seed, majority_frame
         from .gain_tasks import finalize_task, merge_task, movie_partial_task
 
         seed = choose_seed(len(state.sample), comparisons)
         state.estimates = []  # released on the workers
-        members = [(state.sample[index], orientation) for index, orientation in seed.members]
+        chosen = [(index, orientation) for index, orientation in seed.members if index not in state.suspect]
+        if not chosen:
+            healthy = [index for index in range(len(state.sample)) if index not in state.suspect]
+            if not healthy:  # no sampled movie could be read: this round is a failure of this run
+                for task in state.movies:
+                    self.fail(
+                        task, "its gain group could not be estimated (the sampled movies could not be read)"
+                    )
+                return
+            chosen = [(healthy[0], "identity")]
+        members = [(state.sample[index], orientation) for index, orientation in majority_frame(chosen)]
         left_out = "; ".join(f"{state.sample[i].rel_path} ({why})" for i, why in seed.left_out)
         state.seed_note = f"estimated from {len(members)} sampled movies" + (
             f"; left out of the estimate: {left_out}" if left_out else ""
@@ -271,8 +288,12 @@ class GainGrouper:
         state.n_pending -= 1
         if state.n_pending:
             return
-        members = [t for t in state.movies if state.fits[t.rel_path].fits]
-        rest = [t for t in state.movies if not state.fits[t.rel_path].fits]
+        for task in state.movies:
+            if isinstance(state.fits[task.rel_path], _Failed):
+                self.fail(task, state.fits[task.rel_path].message)
+        fits = {name: fit for name, fit in state.fits.items() if not isinstance(fit, _Failed)}
+        members = [t for t in state.movies if t.rel_path in fits and fits[t.rel_path].fits]
+        rest = [t for t in state.movies if t.rel_path in fits and not fits[t.rel_path].fits]
         if not members:
             reasons = {t.rel_path: state.fits[t.rel_path].reason for t in rest}
             for movie in rest:
@@ -346,27 +367,24 @@ class GainGrouper:
             self._written(step[1], step[2], step[3], step[4], result)
 
     def _failed(self, step: tuple[Any, ...], error: BaseException) -> None:
+        """A grouping task failed (a lost worker, an I/O error): its movies fail this run, and the
+        next run groups them again; they are never stored without a gain for that reason."""
         message = str(error) if isinstance(error, EmpCompressError) else f"{type(error).__name__}: {error}"
+        failed = _Failed(f"its gain group could not be decided ({message}); run again to retry")
         kind = step[0]
         if kind == "candidates":
-            self._candidates_fitted(step[1], None)
+            self._candidates_fitted(step[1], failed)
         elif kind == "compare":
-            self._compared(step[1], _no_comparison())
+            state, (first, second) = step[1], step[2]
+            state.suspect.update((first, second))  # one of them could not be read: neither seeds
+            self._compared(state, _no_comparison())
         elif kind == "fit":
-            from ..gain.grouping import GainFit
-
-            task = step[2]
-            self._fitted(step[1], task, GainFit(task.source_path, False, None, 1.0, 0, message))
+            self._fitted(step[1], step[2], failed)
         elif kind == "write":
             state, members, rest = step[1], step[2], step[3]
             self.on_event(StageEvent(f"could not write the gain reference {step[4]} ({message})"))
             for task in [*members, *rest]:
-                self.enqueue(
-                    replace(
-                        task,
-                        gain_note=f"{LEFT_OUT_PREFIX}its group's reference could not be written ({message})",
-                    )
-                )
+                self.fail(task, f"its gain group's reference could not be written ({message}); run again")
             state.gain = None
 
     # ---------------------------------------------------------- conversion
@@ -383,33 +401,38 @@ class GainGrouper:
                 self.waiting.setdefault(candidate.source_rel_path, []).append(ready)
                 return
             if not done:
-                self.enqueue(_without_reference(task, candidate.source_rel_path))
+                self.fail(task, _not_copied(candidate.source_rel_path))
                 return
         self.enqueue(ready)
 
     def copy_recorded(self, source_rel_path: str, *, ok: bool) -> None:
         """The driver recorded a depositor reference's copy: release the movies waiting for it."""
         for task in self.waiting.pop(source_rel_path, []):
-            self.enqueue(task if ok else _without_reference(task, source_rel_path))
+            if ok:
+                self.enqueue(task)
+            else:
+                self.fail(task, _not_copied(source_rel_path))
 
-    def release_all(self) -> list[FileTask]:
-        """Movies still waiting (a reference copy never came back): converted without a gain."""
-        tasks = [
-            _without_reference(task, source_rel_path)
-            for source_rel_path, waiting in self.waiting.items()
-            for task in waiting
-        ]
+    def fail_waiting(self) -> int:
+        """Movies still waiting for a reference copy that never came back: failures of this run."""
+        n_failed = 0
+        for source_rel_path, waiting in list(self.waiting.items()):
+            for task in waiting:
+                self.fail(task, _not_copied(source_rel_path))
+                n_failed += 1
         self.waiting.clear()
-        return tasks
+        return n_failed
 
 
-def _without_reference(task: FileTask, source_rel_path: str) -> FileTask:
-    return replace(
-        task,
-        gain_reference_path="",
-        gain_reference_rel_path="",
-        gain_note=f"{LEFT_OUT_PREFIX}its gain reference {source_rel_path} was not copied into the bag",
-    )
+@dataclass(frozen=True)
+class _Failed:
+    """A grouping step that failed for one movie (an I/O error, a lost worker): retried next run."""
+
+    message: str
+
+
+def _not_copied(source_rel_path: str) -> str:
+    return f"its gain reference {source_rel_path} was not copied into the bag this run; run again"
 
 
 def _no_comparison() -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import GainError, InputError
+from ..errors import EmpCompressError, GainError, InputError
 from ..files import file_digests
 from ..gain import grouping
 from ..gain.estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
@@ -49,24 +49,43 @@ def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
 def fit_candidates_task(
     movie_path: str, references: tuple[npt.NDArray[np.float32] | None, ...], names: tuple[str, ...]
 ) -> tuple[int, grouping.GainFit] | None:
-    """The first reference (index) that reproduces the movie, with the fit; None when none does."""
+    """The first reference (index) that reproduces the movie, with the fit; None when none does.
+
+    A movie that cannot be read raises (an I/O error is a failure of this run, retried by the next).
+    """
     for index, (reference, name) in enumerate(zip(references, names, strict=True)):
         if reference is None:
             continue
-        try:
-            fit = grouping.fit_gain(movie_path, reference, name=name)
-        except (GainError, InputError, OSError):
-            return None  # the movie cannot be read: it is converted without a gain and says why
+        fit = grouping.fit_gain(movie_path, reference, name=name)
         if fit.fits:
             return index, fit
     return None
 
 
-def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate:
-    return grouping.movie_estimate(movie_path, n_sample_frames=n_sample_frames)
+@dataclass(frozen=True)
+class EstimateFailed:
+    """A sampled movie whose own estimate could not be made (an I/O error): it seeds nothing."""
+
+    message: str
 
 
-def compare_task(first: GainEstimate, second: GainEstimate, indices: tuple[int, int]) -> grouping.Comparison:
+def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate | EstimateFailed:
+    try:
+        return grouping.movie_estimate(movie_path, n_sample_frames=n_sample_frames)
+    except (EmpCompressError, OSError) as error:
+        return EstimateFailed(f"{movie_path}: {error}")
+
+
+def compare_task(
+    first: GainEstimate | EstimateFailed, second: GainEstimate | EstimateFailed, indices: tuple[int, int]
+) -> grouping.Comparison:
+    if isinstance(first, EstimateFailed) or isinstance(second, EstimateFailed):
+        unreadable = tuple(
+            index
+            for index, estimate in zip(indices, (first, second), strict=True)
+            if isinstance(estimate, EstimateFailed)
+        )
+        return grouping.Comparison(indices[0], indices[1], grouping.UNKNOWN, "identity", 0, 0.0, unreadable)
     return grouping.compare_estimates(first, second, indices=indices)
 
 
@@ -83,10 +102,8 @@ def finalize_task(partial: GainPartial) -> GainEstimate:
 
 
 def fit_estimate_task(movie_path: str, estimate: GainEstimate) -> grouping.GainFit:
-    try:
-        return grouping.fit_gain(movie_path, estimate.gain, name="the group's estimated gain")
-    except (GainError, InputError, OSError) as error:
-        return grouping.GainFit(movie_path, False, None, 1.0, 0, str(error))
+    """Does the group's gain reproduce the movie? (A movie that cannot be read raises: see above.)"""
+    return grouping.fit_gain(movie_path, estimate.gain, name="the group's estimated gain")
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,8 @@ def write_estimate_task(estimate: GainEstimate, output_path: str) -> ReferenceWr
     """Write a group's gain at the path the layout gave it; its digests read back from disk."""
     final = Path(output_path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    written_sha256 = write_gain_reference(final, estimate.gain, overwrite=True)
+    # the layout gave a fresh name: a file there already is not ours to replace (the same gain is fine)
+    written_sha256 = write_gain_reference(final, estimate.gain, overwrite=False)
     digests = file_digests(final)
     if written_sha256 != digests["sha256"]:
         raise GainError(f"{final}: the gain reference does not read back as written")

@@ -179,6 +179,11 @@ class PayloadLayout:
         self._folder_keys.update("/".join(parts[:index]) for index in range(1, len(parts)))
         return True
 
+    def reserve_kept(self, rel_path: str, output_rel_path: str) -> None:
+        """Keep the path of an output whose source this run could not see (an unreadable folder):
+        its row and its file stay, so no new file may take its name."""
+        self._claim(f"kept:{rel_path}", output_rel_path)
+
     def claim_generated(self, folder: str, name: str, *, identity: str) -> str:
         """A free payload path for a file we generate in ``folder`` (``name``, else ``stem~N.ext``).
 

@@ -216,6 +216,9 @@ def compress_drive(
         n_stale = forget_vanished(journal, rows, entries, payload, layout, unreadable=unreadable)
         prune_empty_folders(payload)
         # rows of files under a folder that could not be read this time are kept, with their outputs
+        for name, kept in journal.entries().items():
+            if name not in entries and kept.output_rel_path:
+                layout.reserve_kept(name, kept.output_rel_path)
         kept_names = set(entries) | set(rows)
         work: list[FileEntry] = []
         recheck: list[FileEntry] = []

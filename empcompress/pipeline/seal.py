@@ -57,8 +57,8 @@ def audit_mapping(
     # a TIFF names our reference (a generated file) or a depositor's (the bag's copy of it)
     references = set(generated) | {
         row.output_rel_path
-        for name, row in rows.items()
-        if name in entries and row.state == STATE_DONE and row.outcome == OUTCOME_COPIED
+        for row in rows.values()
+        if row.state == STATE_DONE and row.outcome == OUTCOME_COPIED
     }
     for rel_path in entries:
         row = rows.get(rel_path)

@@ -309,20 +309,26 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
     except (InputError, VerificationError) as error:
         # a property of the data: it cannot be stored as a TIFF that gives it back exactly
         return _copy(task, stop, base, outcome=OUTCOME_KEPT_AS_IS, message=f"not converted: {error}")
+    gain_outcome: Any = getattr(result, "gain", None)
+    if gain and _names_another_reference(gain_outcome, task):
+        # the record must name the group's reference, never a file the layout did not plan
+        if gain_outcome.created_reference:
+            with contextlib.suppress(OSError):
+                os.unlink(gain_outcome.reference_path)
+        note = "its TIFF could not name its gain group's reference; converted without it"
+        gain = None
+        try:
+            result = _convert(task, stop, gain=None)
+        except (InputError, VerificationError) as error:
+            return _copy(task, stop, base, outcome=OUTCOME_KEPT_AS_IS, message=f"not converted: {error}")
+        gain_outcome = getattr(result, "gain", None)
     with contextlib.suppress(OSError):
         os.utime(task.output_path, ns=(base.source_mtime_ns, base.source_mtime_ns))
     decision = result.decision
     warnings = "; ".join(result.warnings)
-    gain_outcome = getattr(result, "gain", None)
     reference_rel_path = ""
     if gain and gain_outcome is not None and gain_outcome.action == "applied" and gain_outcome.reference_path:
-        reference_rel_path = _payload_relative(gain_outcome.reference_path, task)
-        if reference_rel_path != task.gain_reference_rel_path or gain_outcome.created_reference:
-            # the record must name the group's reference, never a file the layout did not plan
-            raise VerificationError(
-                f"{task.output_path}: its record names {reference_rel_path}, not its gain group's "
-                f"reference {task.gain_reference_rel_path}"
-            )
+        reference_rel_path = task.gain_reference_rel_path
     elif gain:
         reason = getattr(gain_outcome, "reason", "") or "the gain was not applied"
         note = f"did not fit its set's gain reference ({reason}); stored without it"
@@ -341,6 +347,17 @@ def _convert_or_keep(task: FileTask, stop: _StopCheck, base: FileOutcome) -> Fil
         codec=result.codec,
         gain_reference_rel_path=reference_rel_path,
     )
+
+
+def _names_another_reference(gain_outcome: Any, task: FileTask) -> bool:
+    """The conversion applied a gain but its record names a file other than the group's reference."""
+    if gain_outcome is None or gain_outcome.action != "applied" or not gain_outcome.reference_path:
+        return False
+    try:
+        named = _payload_relative(gain_outcome.reference_path, task)
+    except VerificationError:
+        return True
+    return named != task.gain_reference_rel_path or bool(gain_outcome.created_reference)
 
 
 def warm_up_worker() -> None:
