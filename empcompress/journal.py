@@ -316,7 +316,10 @@ class Journal:
         finally:
             self._batch = None
             try:
-                cursor.execute("ROLLBACK" if journal_failed else "COMMIT")
+                # SQLite ends the transaction itself on some errors (a full disk): then there is
+                # nothing to commit, and the error already on its way says what happened
+                if self._connection.in_transaction:
+                    cursor.execute("ROLLBACK" if journal_failed else "COMMIT")
             except sqlite3.Error as error:
                 with contextlib.suppress(sqlite3.Error):
                     cursor.execute("ROLLBACK")

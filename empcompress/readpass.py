@@ -164,6 +164,10 @@ class SourcePass:
                 else:
                     # buffer index % 2 was last hashed two frames ago, and that hash has been waited for
                     raw = movie.read_raw_frame(index, out=buffers[index % 2] if buffers else None)
+                following = index + 1
+                if self.sample is not None and following == self.sample.index:
+                    following += 1  # in memory already
+                movie.prefetch(following)  # read from the disk while this frame is worked on
                 if self._hasher is None:
                     digest.update(raw.data)
                 else:

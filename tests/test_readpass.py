@@ -169,3 +169,12 @@ def test_a_source_changed_during_the_read_is_caught(
         convert_movie(source, tmp_path / "m.tif")
     assert not (tmp_path / "m.tif").exists()
     assert temporaries_in(tmp_path) == []
+
+
+def test_prefetch_is_only_a_hint(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = counts(rng, (3, 16, 12), dose=1.0)
+    source = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    with MrcMovie(source) as movie:
+        for index in (-1, 0, 1, 2, 3, 1000):
+            movie.prefetch(index)  # out of range: nothing; in range: a hint to the kernel
+        assert np.array_equal(movie.read_frame(1), values[1])

@@ -19,6 +19,7 @@ The stages, each in its own module of this package:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import threading
@@ -162,6 +163,25 @@ def _redo_for(
         if problem.rel_path in entries:  # a source with no row
             redo.add(problem.rel_path)
     return redo
+
+
+def _write_reports(
+    dest: Path, summary: CompressSummary, entries: list[JournalEntry], generated: list[GeneratedEntry]
+) -> tuple[str, ...]:
+    """The reports; a full or failing destination disk stops the run with one clear line."""
+    try:
+        return write_reports(dest, summary=summary, entries=entries, generated=generated)
+    except OSError as error:
+        where = error.filename or dest
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise PipelineError(
+                f"{where}: the disk holding the destination is full ({error.strerror}); free space there "
+                "and run the same command again (what is done is kept)"
+            ) from None
+        raise PipelineError(
+            f"{where}: the reports could not be written ({error.strerror or error}); run the same "
+            "command again (what is done is kept)"
+        ) from None
 
 
 def compress_drive(
@@ -343,9 +363,7 @@ def compress_drive(
                 summary, sealed=not summary.failures
             )  # what the reports say if the audit passes
             in_bag = [rows[name] for name in sorted(rows) if name in entries]
-            tag_files = write_reports(
-                dest_path, summary=summary, entries=in_bag, generated=list(generated.values())
-            )
+            tag_files = _write_reports(dest_path, summary, in_bag, list(generated.values()))
             result = write_and_seal(
                 dest_path,
                 payload=files,
@@ -361,7 +379,7 @@ def compress_drive(
             redo = _redo_for(audit_problems, rows, entries)
             if attempt == 1 or not redo:
                 summary = summarise(rows, generated, sealed=False, audit_problems=audit_problems)
-                write_reports(dest_path, summary=summary, entries=in_bag, generated=list(generated.values()))
+                _write_reports(dest_path, summary, in_bag, list(generated.values()))
                 emit(StageEvent(f"the audit found {len(audit_problems)} problems; the bag is not sealed"))
                 break
             emit(
