@@ -44,7 +44,7 @@ from ..errors import GainError
 from ..gainref import ORIENTATION_CODES, TRANSFORMS, GainTransform, orient_gain, read_gain_reference
 from ..mrc import MrcMovie
 from .classify import read_sample_frames
-from .estimate import GainEstimate, GainPartial, finalize_gain, gain_partial_from_frames
+from .estimate import GainEstimate, GainPartial, finalize_gain, gain_partial_from_movie
 from .limits import MAX_EXCEPTION_FRACTION, MIN_RELIABLE_FRACTION, ORIENT_SAMPLE_FRAMES
 
 __all__ = [
@@ -148,7 +148,7 @@ def movie_partial(
     :func:`choose_seed`); the partial is turned back by its inverse so that
     partials of one group merge pixel for pixel.
     """
-    partial = gain_partial_from_frames(_float_frames(path, n_sample_frames), sources=(str(path),))
+    partial = gain_partial_from_movie(path, max_frames=n_sample_frames)  # frame by frame
     return orient_partial(partial, inverse_orientation(orientation))
 
 
@@ -176,15 +176,15 @@ def movie_estimate(
     frames when None).
     """
     n_frames = n_sample_frames
+    with MrcMovie(path) as movie:
+        n_total = movie.header.nz
     while True:
-        frames = _float_frames(path, n_frames)
-        estimate = finalize_gain(gain_partial_from_frames(frames, sources=(str(path),)))
+        # frame by frame: memory is the partial (16 bytes a pixel), never the sampled frames
+        estimate = finalize_gain(gain_partial_from_movie(path, max_frames=n_frames))
         confirmed = estimate.n_reliable / max(1, estimate.n_hit)
-        limit = max_frames if max_frames is not None else None
-        grown = 4 * len(frames)
-        with MrcMovie(path) as movie:
-            n_total = movie.header.nz
-        if confirmed >= MIN_RELIABLE_FRACTION or len(frames) >= n_total or (limit and grown > limit):
+        n_read = min(n_frames, n_total)
+        grown = 4 * n_read
+        if confirmed >= MIN_RELIABLE_FRACTION or n_read >= n_total or (max_frames and grown > max_frames):
             return estimate
         n_frames = grown
 
