@@ -184,6 +184,7 @@ _FLOAT32_INF_BITS = 0x7F800000
 
 __all__ += [
     "GAIN_SUMMARY_KEPT",
+    "gain_summary_merge_into",
     "NEUTRAL_GAIN",
     "GAIN_COUNT_LIMIT",
     "gain_summary_update",
@@ -328,6 +329,22 @@ def gain_summary_merge(
     n_out = np.empty(out.shape[:2], dtype=np.uint8)
     _gain_summary_merge(kept_b, out, n_out)
     return out, n_out
+
+
+def gain_summary_merge_into(
+    kept_a: npt.NDArray[np.float32], kept_b: npt.NDArray[np.float32]
+) -> npt.NDArray[np.uint8]:
+    """:func:`gain_summary_merge` into ``kept_a`` itself (C-contiguous float32): no third array.
+
+    Merging the same ``kept_b`` twice gives the same result (a union of distinct values).
+    """
+    if kept_a.shape != kept_b.shape:
+        raise ValueError(f"gain summaries of different shapes: {kept_a.shape} vs {kept_b.shape}")
+    if kept_a.dtype != np.float32 or not kept_a.flags.c_contiguous or not kept_a.flags.writeable:
+        raise ValueError("merging in place needs a writable C-contiguous float32 summary")
+    n_out = np.empty(kept_a.shape[:2], dtype=np.uint8)
+    _gain_summary_merge(kept_b, kept_a, n_out)
+    return n_out
 
 
 def gain_summary_merge_numpy(

@@ -199,3 +199,18 @@ def test_the_deepest_common_folder() -> None:
     assert _deepest_common_folder(["a/x.tif", "b/y.tif"]) == ""
     assert _deepest_common_folder(["a/b/x.tif"]) == "a/b"
     assert _deepest_common_folder(["x.tif", "a/y.tif"]) == ""
+
+
+def test_merging_into_the_first_partial_equals_merging_into_a_new_one(
+    tmp_path: Path, gain: np.ndarray
+) -> None:
+    first = movie_partial(_movie(tmp_path / "a.mrc", gain, seed=1), n_sample_frames=6)
+    second = movie_partial(_movie(tmp_path / "b.mrc", gain, seed=2), n_sample_frames=6)
+    fresh = merge_gain_partials(first, second)
+    copy = orient_partial(orient_partial(first, "flip-rows"), "flip-rows")  # an independent copy
+    merged = merge_gain_partials(copy, second, into_first=True)
+    assert merged.kept is copy.kept  # no third partial
+    for name in ("kept", "n_kept", "n_hits", "flags"):
+        assert np.array_equal(getattr(merged, name), getattr(fresh, name)), name
+    again = merge_gain_partials(merged, second, into_first=True)  # a retried merge changes no value
+    assert np.array_equal(again.kept, fresh.kept) and np.array_equal(again.n_kept, fresh.n_kept)

@@ -114,13 +114,24 @@ def gain_partial_from_movie(path: str | os.PathLike[str], *, max_frames: int | N
     )
 
 
-def merge_gain_partials(a: GainPartial, b: GainPartial) -> GainPartial:
-    """Merge two partials (neither is modified). Associative and commutative."""
+def merge_gain_partials(a: GainPartial, b: GainPartial, *, into_first: bool = False) -> GainPartial:
+    """Merge two partials. Associative and commutative.
+
+    Neither is modified, unless ``into_first``: then ``a``'s arrays become the
+    result (no third partial in memory: 20 bytes a pixel, 1.9 GB for a K3
+    super-resolution frame), for a reduction where each partial is used once.
+    """
     if a.frame_shape != b.frame_shape:
         raise GainError(
             f"cannot merge gain summaries of {a.frame_shape[1]}x{a.frame_shape[0]} and "
             f"{b.frame_shape[1]}x{b.frame_shape[0]} frames: movies of one gain have one frame size"
         )
+    if into_first:
+        n_kept = kernels.gain_summary_merge_into(a.kept, b.kept)
+        # saturating add in uint16, without a full-size uint32 temporary
+        np.add(a.n_hits, np.minimum(b.n_hits, np.uint16(65535) - a.n_hits), out=a.n_hits)
+        np.bitwise_or(a.flags, b.flags, out=a.flags)
+        return GainPartial(a.kept, n_kept, a.n_hits, a.flags, a.n_frames + b.n_frames, a.sources + b.sources)
     kept, n_kept = kernels.gain_summary_merge(a.kept, b.kept)
     n_hits = np.minimum(a.n_hits.astype(np.uint32) + b.n_hits, 65535).astype(np.uint16)
     return GainPartial(

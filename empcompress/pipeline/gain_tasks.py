@@ -94,7 +94,8 @@ def movie_partial_task(movie_path: str, n_sample_frames: int, orientation: str) 
 
 
 def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
-    return merge_gain_partials(first, second)
+    # each partial feeds one merge of the tree: merging into the first saves a third partial
+    return merge_gain_partials(first, second, into_first=True)
 
 
 def finalize_task(partial: GainPartial) -> GainEstimate:
