@@ -48,14 +48,23 @@ STEPS = {
     ),
     "partial of one movie (16 frames or all)": (
         "import pickle; from empcompress.gain.grouping import movie_partial\n"
-        "pickle.dump(movie_partial(A, n_sample_frames=16), open(W / 'a.part', 'wb'))"
+        "pickle.dump(movie_partial(A, n_sample_frames=16), open(W / 'a.part', 'wb'), protocol=5)\n"
+        "print('partial bytes', sum(x.nbytes for x in vars(pickle.load(open(W / 'a.part', 'rb'))).values()"
+        " if hasattr(x, 'nbytes')), file=sys.stderr)"
     ),
-    "merge two partials and finalize": (
-        "import pickle; from empcompress.gain import merge_gain_partials, finalize_gain\n"
-        "from empcompress.gain.grouping import movie_partial\n"
-        "m = merge_gain_partials(pickle.load(open(W / 'a.part', 'rb')),\n"
-        "                        movie_partial(B, n_sample_frames=16))\n"
-        "g = finalize_gain(m); del m\n"
+    "second movie's partial (as above)": (
+        "import pickle; from empcompress.gain.grouping import movie_partial\n"
+        "pickle.dump(movie_partial(B, n_sample_frames=16), open(W / 'b.part', 'wb'), protocol=5)"
+    ),
+    "merge two partials (into the first, as merge_task)": (
+        "import pickle; from empcompress.gain import merge_gain_partials\n"
+        "a, b = (pickle.load(open(W / name, 'rb')) for name in ('a.part', 'b.part'))\n"
+        "m = merge_gain_partials(a, b, into_first=True)\n"
+        "pickle.dump(m, open(W / 'm.part', 'wb'), protocol=5)"
+    ),
+    "finalize the group's gain": (
+        "import pickle; from empcompress.gain import finalize_gain\n"
+        "g = finalize_gain(pickle.load(open(W / 'm.part', 'rb')))\n"
         "import numpy as np; np.save(W / 'gain.npy', g.gain)"
     ),
     "fit one movie to the gain": (
