@@ -99,6 +99,7 @@ def slurm_overhead(work: Path, *, n_movies: int, n_frames: int, size: int) -> di
         "DASK_JOBQUEUE__SLURM__CORES": "1",
         "DASK_JOBQUEUE__SLURM__MEMORY": "4GiB",
         "DASK_JOBQUEUE__SLURM__WALLTIME": "01:00:00",
+        "DASK_JOBQUEUE__SLURM__LOG_DIRECTORY": str(work / "job-logs"),
         "DASK_JOBQUEUE__SLURM__SCHEDULER_OPTIONS": repr({"host": "127.0.0.1", "dashboard_address": ":0"}),
     }
     slurm = compress(source, work / "bag-slurm", "--cluster", "slurm", "--jobs", "2", env=slurm_env)
