@@ -49,7 +49,7 @@ def test_a_sealed_bag_is_unsealed_before_anything_in_it_changes(
         raise OSError(errno.ENOSPC, "No space left on device", str(dest / "report.json"))
 
     monkeypatch.setattr("empcompress.pipeline.run.write_reports", full)
-    with pytest.raises(OSError):
+    with pytest.raises(PipelineError, match="the disk holding the destination is full"):
         compress_drive(source, dest, client=client, options=NO_GAIN)
     assert not (dest / "bagit.txt").exists()  # never a "bag" whose payload no longer matches
     monkeypatch.undo()
