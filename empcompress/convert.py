@@ -404,9 +404,7 @@ def _write_one_read(
                     codec=chosen,
                     rows_per_strip=rows,
                     description=placeholder,
-                    pixel_size_angstrom=header.pixel_size_angstrom
-                    if np.isfinite(header.pixel_size_angstrom)
-                    else 0.0,
+                    pixel_size_angstrom=_tiff_pixel_size_angstrom(header),
                     threads=threads,
                 )
             except DecisionOutgrownError as grown:  # a later frame needs a wider type: read again
@@ -509,9 +507,7 @@ def _write_with_gain(
                     codec=chosen,
                     rows_per_strip=rows,
                     description=description,
-                    pixel_size_angstrom=header.pixel_size_angstrom
-                    if np.isfinite(header.pixel_size_angstrom)
-                    else 0.0,
+                    pixel_size_angstrom=_tiff_pixel_size_angstrom(header),
                     threads=threads,
                 )
                 break
@@ -646,3 +642,8 @@ def convert_movie(
         elapsed_seconds=time.perf_counter() - started,
         gain=gain_outcome,
     )
+
+
+def _tiff_pixel_size_angstrom(header: MrcHeader) -> float:
+    """The pixel size the TIFF's resolution tags get (0: none, for a header that holds no number)."""
+    return header.pixel_size_angstrom if np.isfinite(header.pixel_size_angstrom) else 0.0

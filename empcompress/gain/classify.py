@@ -10,12 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import kernels
-from ..gainref import (
-    exception_fraction,
-)
+from ..gainref import exception_fraction
 from ..mrc import MrcMovie
-
-# ---------------------------------------------------------------- classification
 from .estimate import finalize_gain, gain_partial_from_frames, sample_frame_indices
 from .limits import (
     DEFAULT_SAMPLE_FRAMES,

@@ -12,12 +12,8 @@ import numpy.typing as npt
 from .. import kernels
 from ..errors import GainError
 from ..mrc import MrcMovie
-
-# ---------------------------------------------------------------- counts under a gain
 from .exception_list import GainExceptions
-from .limits import (
-    MAX_EXCEPTION_FRACTION,
-)
+from .limits import MAX_EXCEPTION_FRACTION
 
 
 @dataclass(frozen=True, eq=False)

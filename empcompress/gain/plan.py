@@ -27,8 +27,6 @@ from ..gainref import (
     write_gain_reference,
 )
 from ..mrc import MrcMovie
-
-# ---------------------------------------------------------------- conversion with a gain
 from .classify import integral_frames, read_sample_frames
 from .counts import GainCounter, GainCountSurvey
 from .estimate import estimate_gain

@@ -9,17 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GainError
-from ..gainref import (
-    exception_fraction,
-)
+from ..gainref import exception_fraction
 from ..mrc import MrcMovie
-
-# ---------------------------------------------------------------- a set of movies
 from .classify import classify_movie, read_sample_frames
 from .estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
-from .limits import (
-    DEFAULT_SAMPLE_FRAMES,
-)
+from .limits import DEFAULT_SAMPLE_FRAMES
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..scan import ACTION_CONVERT
-from .tasks import FileOutcome, FileTask
+from .tasks import FileOutcome, FileTask, failed_outcome, lost_task_message
 
 __all__ = [
     "SMALL_FILE_BYTES",
@@ -65,17 +65,8 @@ def batch_outcomes(future: Any, tasks: list[FileTask]) -> Iterator[tuple[FileTas
         if len(outcomes) != len(tasks):
             raise RuntimeError(f"{len(outcomes)} outcomes for {len(tasks)} files")
     except Exception as error:  # the task itself died: lost workers, out of memory, ...
-        message = f"the task failed on the cluster ({type(error).__name__}: {error}); run again to retry"
-        outcomes = tuple(
-            FileOutcome(
-                rel_path=task.rel_path,
-                ok=False,
-                outcome="",
-                output_rel_path=task.output_rel_path,
-                message=message,
-            )
-            for task in tasks
-        )
+        message = lost_task_message(error)
+        outcomes = tuple(failed_outcome(task, message) for task in tasks)
     yield from zip(tasks, outcomes, strict=True)
 
 

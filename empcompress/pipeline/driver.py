@@ -32,7 +32,7 @@ from .events import EventCallback, FileEvent, StageEvent
 from .gain_groups import GENERATED_SET, ORIGIN_DEPOSITOR, ORIGIN_ESTIMATED, Candidate, GainGrouper
 from .layout import PayloadLayout
 from .reconcile import remove_output
-from .tasks import FileOutcome, FileTask, run_file_batch, run_file_task
+from .tasks import FileOutcome, FileTask, failed_outcome, lost_task_message, run_file_batch, run_file_task
 from .watch import WorkerWatch
 
 __all__ = ["Driver", "DriverOptions", "GAIN_REFERENCE_NAME", "GENERATED_SET", "GENERATED_MOVIE"]
@@ -213,14 +213,7 @@ class Driver:
         try:
             outcome: FileOutcome = future.result()
         except Exception as error:  # the task itself died: lost workers, out of memory, ...
-            outcome = FileOutcome(
-                rel_path=task.rel_path,
-                ok=False,
-                outcome="",
-                output_rel_path=task.output_rel_path,
-                message=f"the task failed on the cluster ({type(error).__name__}: {error}); "
-                "run again to retry",
-            )
+            outcome = failed_outcome(task, lost_task_message(error))
         if task.classify_first and not outcome.stopped and self.grouper is not None:
             self.grouper.classified(task, needs_gain=outcome.needs_gain)
         if not outcome.needs_gain:
@@ -298,16 +291,7 @@ class Driver:
 
     def _fail(self, task: FileTask, message: str) -> None:
         """A movie whose gain group could not be decided this run: a failure, retried by the next."""
-        self.record(
-            task,
-            FileOutcome(
-                rel_path=task.rel_path,
-                ok=False,
-                outcome="",
-                output_rel_path=task.output_rel_path,
-                message=message,
-            ),
-        )
+        self.record(task, failed_outcome(task, message))
 
     def _reference_copy_recorded(self, rel_path: str, *, ok: bool) -> None:
         if rel_path in self.reference_copies and self.grouper is not None:

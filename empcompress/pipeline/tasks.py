@@ -38,6 +38,8 @@ from ..scan import ACTION_CONVERT, KIND_GAIN_NORMALISED, gain_support
 __all__ = [
     "FileTask",
     "FileOutcome",
+    "failed_outcome",
+    "lost_task_message",
     "run_file_task",
     "run_file_batch",
     "copy_with_digests",
@@ -105,6 +107,18 @@ class FileOutcome:
     gain_reference_rel_path: str = ""  # payload path of the reference the TIFF's record names
     elapsed_seconds: float = 0.0
     worker: str = ""
+
+
+def failed_outcome(task: FileTask, message: str) -> FileOutcome:
+    """The outcome of a file that failed this run (nothing written; the next run retries it)."""
+    return FileOutcome(
+        rel_path=task.rel_path, ok=False, outcome="", output_rel_path=task.output_rel_path, message=message
+    )
+
+
+def lost_task_message(error: BaseException) -> str:
+    """Why a task that died on the cluster (a lost worker, out of memory, ...) has no outcome."""
+    return f"the task failed on the cluster ({type(error).__name__}: {error}); run again to retry"
 
 
 class StopRequestedError(Exception):

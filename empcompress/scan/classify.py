@@ -9,8 +9,6 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import EmpCompressError
 from ..mrc import MrcHeader, read_header
-
-# ---------------------------------------------------------------- classifying
 from .entries import (
     ACTION_CONVERT,
     ACTION_COPY,

@@ -16,8 +16,6 @@ from ..detect import FrameStats, decide_storage, frame_stats
 from ..encode import choose_codec
 from ..errors import EmpCompressError
 from ..mrc import MrcMovie
-
-# ---------------------------------------------------------------- prediction
 from .entries import (
     CATEGORY_GAIN_REFERENCE,
     CONVERT_TIME_FACTOR,

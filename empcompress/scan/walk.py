@@ -7,11 +7,7 @@ import stat
 from pathlib import Path
 
 from ..errors import InputError
-
-# ---------------------------------------------------------------- walking
-from .entries import (
-    SkippedEntry,
-)
+from .entries import SkippedEntry
 
 
 def walk_source(
