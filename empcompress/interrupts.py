@@ -26,6 +26,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "recording",
     "sigint_blocked",
     "exit_on_late_signals",
+    "checkpoint",
 ]
 
 #: The signals that stop a command (SIGHUP: the terminal went away).
@@ -205,6 +207,37 @@ def exit_on_late_signals(status: int) -> None:
         os._exit(status)
 
     set_handlers(leave)
+
+
+def checkpoint() -> None:
+    """A safe point in long work: raise :class:`Interrupted` if a stop signal has arrived (main thread only).
+
+    The handler raises wherever the main thread is, which is what stops a
+    command inside a long call. But library code can swallow that exception: a
+    SIGHUP was lost in about one ``restore`` in five (it finished and exited 0)
+    because the handler struck during a lazy import inside imagecodecs, which
+    takes a failed import for a missing codec (``except ImportError``; NumPy's C
+    API had turned our exception into an ImportError on the way).
+
+    So at each checkpoint a stop signal already received is raised again. Pending
+    handlers are run first (``PyErr_CheckSignals``), in case the main thread has
+    not yet run one. The command line calls this at every progress step: a stop
+    is acted on within one frame's work. In another thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _run_pending_handlers()
+    if _received:
+        raise Interrupted(_received[0])
+
+
+def _run_pending_handlers() -> None:
+    import ctypes
+
+    check = ctypes.pythonapi.PyErr_CheckSignals
+    check.argtypes = []
+    check.restype = ctypes.c_int
+    check()  # a handler's exception propagates (ctypes.pythonapi checks for a set error)
 
 
 def install_for_startup() -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from .. import interrupts
+
 if TYPE_CHECKING:
     pass
 
@@ -41,6 +43,7 @@ def _byte_progress(total_bytes: int, *, description: str, quiet: bool) -> Iterat
     )
 
     def advance(stage: str, n_bytes: int) -> None:
+        interrupts.checkpoint()  # a stop signal is acted on within a frame's work (see its docstring)
         bar.set_postfix_str(stage, refresh=False)
         bar.update(n_bytes)
 
