@@ -18,10 +18,19 @@ MB = 10^6 bytes; MB/s are of the float32 MRC input. Sources are read from the
 page cache. Prints a markdown table and writes it to
 ``benchmarks/results-gain.md``.
 
+``--one-read`` measures instead how often ``convert --gain`` reads its source
+(issue 10: once, plus the gain plan's sample at most): one gain-normalised movie
+per frame size, converted in a fresh process by this tree and, side by side, by
+an older checkout (``--old``, e.g. ``git worktree add /tmp/old HEAD``). Source
+reads are counted through ``MrcMovie`` (every read of the source goes through it,
+in old and new code alike); CPU seconds and peak RSS (``VmHWM``) are the
+converting process's own. Adds (or replaces) its section in ``results-gain.md``.
+
 Usage::
 
     python benchmarks/bench_gain.py             # 3 movies x 12 frames of 4096x4096 (~10 min on 2 cores)
     python benchmarks/bench_gain.py --quick     # 2 movies x 8 frames of 512x512 (< 1 min)
+    python benchmarks/bench_gain.py --one-read --old /tmp/old [--movies-one-read 4096x4096x12,11520x8184x8]
 """
 
 from __future__ import annotations
@@ -225,6 +234,181 @@ def relion_side(
     )
 
 
+#: Runs in a fresh process: warm up, then ``convert --gain`` argv[2] to argv[3] once with the tree at
+#: argv[1]; prints what it cost. Counts the bytes read from the source through MrcMovie.
+_MEASURE_ONE_READ = r"""
+import json, os, resource, sys, time
+from pathlib import Path
+tree, source, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+gain, threads = sys.argv[4], int(sys.argv[5])
+sys.path.insert(0, tree)
+import numpy as np
+from empcompress import mrc
+from empcompress.convert import convert_movie
+from empcompress.gainref import write_gain_reference
+
+source_reads = {"bytes": 0}
+def counted(method, size):
+    def wrapper(self, *args, **kwargs):
+        if Path(self.path) == source:
+            source_reads["bytes"] += size(self)
+        return method(self, *args, **kwargs)
+    return wrapper
+mrc.MrcMovie.read_raw_frame = counted(
+    mrc.MrcMovie.read_raw_frame, lambda movie: movie.header.frame_size_bytes
+)
+mrc.MrcMovie.read_header_bytes = counted(mrc.MrcMovie.read_header_bytes, lambda movie: 1024)
+mrc.MrcMovie.read_extended_header_bytes = counted(
+    mrc.MrcMovie.read_extended_header_bytes, lambda movie: movie.header.extended_header_size_bytes
+)
+
+def peak_rss():
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+
+warm = output.parent / "warm"
+warm.mkdir(exist_ok=True)
+rng = np.random.default_rng(1)
+warm_gain = rng.uniform(0.6, 1.6, size=(64, 64)).astype(np.float32)
+write_gain_reference(warm / "gain.mrc", warm_gain, overwrite=True)
+values = (rng.poisson(1.0, size=(4, 64, 64)).astype(np.float32) * warm_gain).astype(np.float32)
+import mrcfile
+with mrcfile.new(warm / "w.mrc", overwrite=True) as handle:
+    handle.set_data(values)
+convert_movie(warm / "w.mrc", warm / "w.tif", gain=warm / "gain.mrc", overwrite=True)
+source_reads["bytes"] = 0
+usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+result = convert_movie(source, output, gain=gain, threads=threads, overwrite=True)
+wall = time.perf_counter() - started
+usage_after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({
+    "wall": wall,
+    "cpu": usage_after.ru_utime + usage_after.ru_stime - usage.ru_utime - usage.ru_stime,
+    "source_reads": source_reads["bytes"],
+    "peak_rss": peak_rss(),
+    "output_bytes": result.output_size_bytes,
+    "stored": result.decision.stored_dtype,
+    "gain": result.gain.action,
+    "n_exceptions": result.gain.n_exceptions,
+}))
+"""
+
+
+def write_gain_movie(
+    path: Path, *, n_frames: int, shape: tuple[int, int], dose: float, gain: np.ndarray
+) -> None:
+    """One gain-normalised float32 movie (Poisson counts x ``gain``, rounded once), frame by frame."""
+    with mrcfile.new_mmap(path, shape=(n_frames, *shape), mrc_mode=2, overwrite=True) as handle:
+        handle.voxel_size = 0.83
+        for frame in range(n_frames):
+            rng = np.random.default_rng((7, frame))
+            handle.data[frame] = rng.poisson(dose, size=shape).astype(np.float32) * gain
+
+
+def one_read_main(args: argparse.Namespace) -> int:
+    """``--one-read``: source reads per source byte, CPU and peak RSS of ``convert --gain``, old and new."""
+    trees = [("this tree", str(HERE.parent))]
+    if args.old is not None:
+        trees.insert(0, ("old (" + _tree_commit(args.old) + ")", str(args.old)))
+    work = args.work / "one-read"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rows = []
+    for cell in args.movies_one_read.split(","):
+        nx, ny, n_frames = (int(part) for part in cell.split("x"))
+        spec = SetSpec(1, n_frames, max(nx, ny), args.dose)
+        gain = np.ascontiguousarray(make_gain(spec)[:ny, :nx])
+        source = work / f"movie_{nx}x{ny}x{n_frames}.mrc"
+        print(f"building {source.name}", file=sys.stderr)
+        write_gain_movie(source, n_frames=n_frames, shape=(ny, nx), dose=args.dose, gain=gain)
+        gain_path = work / "gain.mrc"
+        write_gain_reference(gain_path, gain, overwrite=True)
+        size = source.stat().st_size
+        measured = {}
+        for label, tree in trees:
+            output = work / "out" / f"{source.stem}.tif"
+            output.parent.mkdir(exist_ok=True)
+            print(f"converting {source.name} with {label}", file=sys.stderr)
+            load = os.getloadavg()[0]
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _MEASURE_ONE_READ,
+                    tree,
+                    str(source),
+                    str(output),
+                    str(gain_path),
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{label} failed: {done.stderr[-2000:]}")
+            measured[label] = {**json.loads(done.stdout.strip().splitlines()[-1]), "load": load}
+            shutil.rmtree(output.parent)
+        rows.append((f"{nx}x{ny}, {n_frames} frames", size, measured))
+        source.unlink()
+    lines = [
+        f"## `convert --gain`: source reads per source byte, old and new (issue 10, one read; {args.dose} "
+        f"e-/pixel/frame, threads={args.threads})",
+        "",
+        "Source reads are counted through `MrcMovie` (every read of the source goes through it); CPU s and "
+        "peak RSS (VmHWM) are the converting process's own, in a fresh process per conversion after a small "
+        "warm-up; sources read from the page cache. The machine is shared (load average in the last column): "
+        "compare CPU s, not wall s.",
+        "",
+        "| movie | tree | source reads / source | CPU s | wall s | peak RSS MiB | stored | gain | exceptions "
+        "| output MB | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, size, measured in rows:
+        for label, entry in measured.items():
+            lines.append(
+                f"| {name} ({size / 1e6:.0f} MB) | {label} | {entry['source_reads'] / size:.3f} | "
+                f"{entry['cpu']:.1f} | {entry['wall']:.1f} | {entry['peak_rss'] / 2**20:.0f} | "
+                f"{entry['stored']} | {entry['gain']} | {entry['n_exceptions']} | "
+                f"{entry['output_bytes'] / 1e6:.1f} | {entry['load']:.1f} |"
+            )
+    lines += [
+        "",
+        "Old: the gain plan's 4 sampled frames, a survey pass (sha256, statistics, counts and exceptions), "
+        "a trial read of the middle frame and an encoding pass: 2 + 5/n_frames. New: the sampled frames, "
+        "then one pass that counts, hashes and encodes; the sampled frames that fit in "
+        "`convert.HELD_SAMPLE_BYTES` (512 MiB) are held for the pass and not read again (4096x4096 float32: "
+        "all 4; 11520x8184: 1 of 4, so 1 + 3/n_frames). Peak RSS: the held sampled frames stay in memory "
+        "until the pass reaches them.",
+    ]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if not args.no_write:
+        _replace_section(RESULTS, lines[0], section)
+        print(f"written to {RESULTS}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _tree_commit(tree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or str(tree)
+
+
+def _replace_section(path: Path, title: str, section: str) -> None:
+    """Put ``section`` in ``path`` in place of the section with the same title line, else at the end."""
+    text = path.read_text() if path.exists() else "# bench_gain.py results\n"
+    start = text.find(title.split(";")[0])
+    if start < 0:
+        path.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    end = text.find("\n## ", start + 1)
+    path.write_text(text[:start] + section + (text[end + 1 :] if end >= 0 else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,7 +429,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="first wait up to this long for the 1-minute load average to drop below 0.5 (shared machines)",
     )
+    parser.add_argument(
+        "--one-read",
+        action="store_true",
+        help="measure source reads per source byte of convert --gain (this tree, and --old side by side)",
+    )
+    parser.add_argument(
+        "--old", type=Path, default=None, help="an older checkout to compare with (--one-read)"
+    )
+    parser.add_argument(
+        "--movies-one-read",
+        default="4096x4096x12,11520x8184x8",
+        help="NXxNYxFRAMES,... movies for --one-read",
+    )
     args = parser.parse_args(argv)
+    if args.one_read:
+        return one_read_main(args)
     deadline = time.monotonic() + args.wait_quiet
     while os.getloadavg()[0] > 0.5 and time.monotonic() < deadline:
         time.sleep(10)

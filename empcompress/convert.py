@@ -15,19 +15,20 @@ frame buffers in memory:
    bytes, and check that the rebuilt file (header, extended header, frames) hashes
    to the sha256 of what pass 2 read. Only then is the file renamed into place.
 
-Gain-normalised conversion (a ``gain``) still surveys the movie first (the exception
-list of the record needs every frame), then encodes: two reads, verified the same way.
+Gain-normalised conversion (a ``gain``) reads every source byte once too: the gain
+plan's sampled frames decide what the pass tries (counts as uint8 or uint16, or the
+float path), and the pass counts every frame against the gain (collecting the
+record's exceptions), hashes and encodes it; see :func:`_write_with_gain`. It is
+verified the same way, the gain reference read from disk.
 """
 
 from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,14 +36,23 @@ import numpy as np
 import numpy.typing as npt
 
 from . import __version__, kernels
-from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
+from .detect import FrameStats, StorageDecision, decide_storage
 from .encode import Codec, choose_codec, encode_frame_strips, make_codec, rows_per_strip
 from .errors import EmpCompressError, InputError, VerificationError
 from .files import commit_output, file_digests, is_temporary_name, temporary_output
-from .gain import GainCounter, GainOutcome, GainRecord, gain_stored_frames, plan_gain, settle_gain
+from .gain import GainCounter, GainOutcome, GainRecord, plan_gain, settle_gain
+from .gain.plan import placeholder_record, plan_sample_indices
 from .metadata import MovieRecord, SourceRecord, StorageRecord
 from .mrc import MrcHeader, MrcMovie, read_header
-from .readpass import DecisionOutgrownError, SourcePass, read_sample
+from .readpass import (
+    DecisionOutgrownError,
+    FrameSample,
+    FrameStore,
+    SourcePass,
+    cast_store,
+    read_sample,
+    read_samples,
+)
 from .verify import verify_tiff
 from .write import (
     ClassicTiffOverflowError,
@@ -56,7 +66,6 @@ from .write import (
 __all__ = ["MovieSurvey", "ConversionResult", "survey_movie", "convert_movie"]
 
 ProgressCallback = Callable[[str, int], None]
-HASH_CHUNK_BYTES = 8 << 20
 #: Frames smaller than this are converted on one thread, whatever ``threads`` says: for them the
 #: per-frame hand-offs between threads (hashing, strip encoding, Numba's parallel kernels, the
 #: decoder's pool while verifying) cost more than the work they share. Measured on 2 cores: one
@@ -157,54 +166,37 @@ def survey_movie(
     frame_hook: Callable[[int, npt.NDArray[np.generic]], None] | None = None,
     threads: int = 1,
 ) -> MovieSurvey:
-    """Pass 1: sha256 of the whole file and stats of every frame, in one read.
+    """sha256 of the whole file and stats of every frame, in one read (the read pass, storing nothing).
 
-    ``frame_hook(index, values)``, if given, sees every frame's values in the
-    same pass (the gain survey uses it). With ``threads`` > 1 each frame is
-    hashed on a helper thread while its stats are computed (two read buffers).
+    Conversion does not need it (it surveys while it encodes); tests and benchmarks compare
+    with it. ``frame_hook(index, values)``, if given, sees every frame's values in the same
+    pass. With ``threads`` > 1 each frame is hashed on a helper thread (two read buffers).
     """
-    with MrcMovie(path) as movie, ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hasher:
+    nothing = np.empty(0, dtype=np.uint8)
+
+    def store(index: int, values: npt.NDArray[np.generic], merged: FrameStats) -> npt.NDArray[np.generic]:
+        if frame_hook is not None:
+            frame_hook(index, values)
+        return nothing
+
+    def surveyed(stage: str, size_bytes: int) -> None:
+        assert progress is not None
+        progress("survey", size_bytes)
+
+    with MrcMovie(path) as movie:
+        with SourcePass(
+            movie,
+            store=store,
+            threads=threads,
+            progress=surveyed if progress is not None else None,
+            header_bytes=movie.read_header_bytes(),
+            extended_header_bytes=movie.read_extended_header_bytes(),
+        ) as read:
+            for _ in read.stored_frames():
+                pass
         header = movie.header
-        digest = hashlib.sha256()
-        digest.update(movie.read_header_bytes())
-        digest.update(movie.read_extended_header_bytes())
-        merged: FrameStats | None = None
-        buffers = [np.empty(header.frame_size_bytes, dtype=np.uint8) for _ in range(2)] if threads > 1 else []
-        hashing: Future[None] | None = None
-        for index in range(header.nz):
-            # buffer index % 2 was last hashed two frames ago, and that hash has been waited for
-            raw = movie.read_raw_frame(index, out=buffers[index % 2] if buffers else None)
-            if not buffers:
-                digest.update(raw.data)
-            else:
-                if hashing is not None:
-                    hashing.result()
-                hashing = hasher.submit(digest.update, raw.data)
-            values = movie.values_from_raw(raw)
-            stats = frame_stats(values)
-            merged = stats if merged is None else merged.merge(stats)
-            if frame_hook is not None:
-                frame_hook(index, values)
-            if progress is not None:
-                progress("survey", raw.size)
-        if hashing is not None:
-            hashing.result()
-    assert merged is not None
-    decision = decide_storage(source_dtype=header.value_dtype, stats=merged)
-    return MovieSurvey(str(path), header, digest.hexdigest(), merged, decision)
-
-
-def _stored_frames(
-    movie: MrcMovie, stored_dtype: np.dtype, progress: ProgressCallback | None
-) -> Iterator[npt.NDArray[np.generic]]:
-    """Frames in TIFF row order and storage type; a fresh array per frame."""
-    for index in range(movie.header.nz):
-        raw = movie.read_raw_frame(index)
-        out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
-        kernels.flip_cast(movie.values_from_raw(raw), out)
-        yield out
-        if progress is not None:
-            progress("encode", raw.size)
+    decision = decide_storage(source_dtype=header.value_dtype, stats=read.stats)
+    return MovieSurvey(str(path), header, read.sha256, read.stats, decision)
 
 
 def _trial_frame(
@@ -383,9 +375,8 @@ def _write_one_read(
         del trial
         with SourcePass(
             movie,
-            decision=decision,
-            decided_from=known,
-            sample=sample,
+            store=cast_store(header, decision, known),
+            samples=[sample],
             threads=threads,
             progress=progress,
             header_bytes=header_bytes,
@@ -434,9 +425,30 @@ def _write_one_read(
     raise RuntimeError(f"{source}: no storage type and TIFF kind settled after {_MAX_ATTEMPTS} passes")
 
 
+#: Sampled frames a gain-normalised conversion holds for its read pass (taken from memory when the
+#: pass reaches them) while their raw bytes stay within this; the other sampled frames are read
+#: again by the pass. 4096x4096 float32 frames: the gain plan's 4 sampled frames are all held.
+HELD_SAMPLE_BYTES = 512 << 20
+#: Exceptions a placeholder record leaves room for beyond twice the rate seen in the sampled frames.
+_EXCEPTION_ALLOWANCE = 1024
+
+
+def _held_samples(samples: list[FrameSample]) -> list[FrameSample]:
+    """The samples the read pass holds (the rest let go of now): in file order, within the budget."""
+    held, total = [], 0
+    for sample in samples:
+        if total + sample.size_bytes <= HELD_SAMPLE_BYTES:
+            held.append(sample)
+            total += sample.size_bytes
+        else:
+            sample.release()
+    return held
+
+
 def _write_with_gain(
     source: Path,
     output: Path,
+    movie: MrcMovie,
     temporary: Path,
     *,
     gain: str | os.PathLike[str],
@@ -446,79 +458,223 @@ def _write_with_gain(
     threads: int,
     progress: ProgressCallback | None,
 ) -> tuple[_Written, GainOutcome, Path | None]:
-    """Gain-normalised conversion: survey every frame (the record's exceptions need them), then encode."""
-    plan = plan_gain(source, output, gain=gain)
-    counter = None
-    if plan.action == "apply" and plan.gain is not None:
-        counter = GainCounter(plan.gain, n_frames=read_header(source).nz, reference_name=plan.label)
-    survey = survey_movie(
-        source, progress=progress, frame_hook=counter.add if counter else None, threads=threads
-    )
-    header, decision = survey.header, survey.decision
-    gain_survey, gain_record, gain_outcome = settle_gain(
-        plan,
-        source_is_integer=decision.is_integer,
-        counter=counter,
-        output=output,
-        reference_output=gain_reference_output,
-    )
-    applied_gain = None
-    if gain_record is not None and gain_survey is not None and gain_survey.stored_dtype is not None:
-        applied_gain = plan.gain
-        decision = StorageDecision(
-            gain_survey.stored_dtype, True, 0.0, float(gain_survey.max_count), gain_survey.reason
-        )
-    elif gain_outcome.action == "not-applied" and not decision.is_integer:
-        decision = replace(decision, reason=f"{decision.reason}; {gain_outcome.reason}")
-    stored_dtype = np.dtype(decision.stored_dtype)
-    with MrcMovie(source) as movie:
-        middle = movie.read_frame(header.nz // 2)
-        trial = _trial_frame(movie, middle, stored_dtype, applied_gain)
-        del middle
+    """Gain-normalised conversion in one read: count, hash and encode every frame in the same pass.
+
+    The gain plan's sampled frames (read first) decide what the pass tries: counts as
+    uint8 or uint16 under the gain, or the plain float path (the gain refused, or none
+    to apply). The pass counts every frame against the gain and collects the record's
+    exceptions; it starts again (another read) only when a frame does not fit: a count
+    past uint8, more exceptions than a movie may have (the float path, still counting
+    so the outcome says how many), a float path whose full count keeps the gain after
+    all, or a record longer than its placeholder. The gain is settled (its reference
+    file placed) after the pass, before verification reads it.
+    """
+    header = movie.header
+    header_bytes, extended_header_bytes = movie.read_header_bytes(), movie.read_extended_header_bytes()
+    samples = read_samples(movie, plan_sample_indices(header.nz))
+    plan = plan_gain(source, output, gain=gain, samples=samples)
+    applicable = plan.gain if plan.action == "apply" else None
+    counts_dtype: str | None = None  # counts stored as this, or None: the float path
+    expected_exceptions = 0
+    if applicable is not None:
+        sampled = GainCounter(applicable, n_frames=len(samples), reference_name=plan.label)
+        for index, sample in enumerate(samples):
+            sampled.add(index, movie.values_from_raw(sample.raw))
+        counts_dtype = sampled.stored_dtype
+        rate = sampled.n_exceptions / len(samples)
+        expected_exceptions = int(2 * rate * header.nz) + _EXCEPTION_ALLOWANCE
+        del sampled  # and its scratch frame
+    counted: GainCounter | None = None  # a float pass's count of every frame, the gain refused
+    seen: FrameStats | None = None  # frames that outgrew an earlier float decision
+    bigtiff: bool | None = None  # None: guessed from the sample
+    classic_extra_bytes: int | None = None
+    reserve = 0  # a record found longer than its placeholder: at least this long
+    created_reference = False
+    held = samples  # the first pass decides from the plan's samples, later ones from the middle frame
+    for attempt in range(_MAX_ATTEMPTS):
+        if attempt > 0:
+            held = [read_sample(movie)]
+        known = held[0].stats
+        for sample in held[1:]:
+            known = known.merge(sample.stats)
+        if seen is not None:
+            known = seen.merge(known)
+        trial_sample = min(held, key=lambda sample: abs(sample.index - header.nz // 2))  # the middlemost
+        counter: GainCounter | None = None
+        if counts_dtype is not None:
+            assert applicable is not None
+            stored_dtype = np.dtype(counts_dtype)
+            decision = StorageDecision(counts_dtype, True, 0.0, 0.0, "")
+            counter = GainCounter(applicable, n_frames=header.nz, reference_name=plan.label)
+            store = _counting_store(header, counter, stored_dtype)
+            trial = _trial_frame(movie, movie.values_from_raw(trial_sample.raw), stored_dtype, applicable)
+            limit = counter.limit
+            expected_gain = placeholder_record(
+                plan,
+                output=output,
+                reference_output=gain_reference_output,
+                n_frames=header.nz,
+                n_exceptions=min(expected_exceptions, limit),
+            )
+        else:
+            decision = decide_storage(source_dtype=header.value_dtype, stats=known)
+            stored_dtype = np.dtype(decision.stored_dtype)
+            if applicable is not None and counted is None:  # count too: the outcome says how many
+                counter = GainCounter(applicable, n_frames=header.nz, reference_name=plan.label)
+            store = _cast_and_count_store(header, decision, known, counter)
+            trial = _trial_frame(movie, movie.values_from_raw(trial_sample.raw), stored_dtype)
+            expected_gain = placeholder_record(
+                plan,
+                output=output,
+                reference_output=gain_reference_output,
+                n_frames=header.nz,
+                n_exceptions=0,
+            )
+            if plan.action == "apply":
+                expected_gain = None  # refused: no entry, a longer reason instead
         chosen, trial_sizes = _resolve_codec(movie, trial, decision, codec=codec, level=level)
-        del trial
         rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=stored_dtype.itemsize)
-        description = _movie_record(
-            source,
+        n_strips_per_frame = -(-header.ny // rows)
+
+        def record(sha256: str, decision: StorageDecision, gain_record: GainRecord | None) -> str:
+            return _movie_record(
+                source,
+                movie,
+                header_bytes=header_bytes,
+                extended_header_bytes=extended_header_bytes,
+                sha256=sha256,
+                decision=decision,
+                chosen=chosen,  # noqa: B023 (used within this attempt only)
+                rows=rows,  # noqa: B023
+                gain_record=gain_record,
+            ).to_json()
+
+        notes = len("; ".join(plan.notes)) + 2 * len(plan.label) + len(plan.orientation)
+        placeholder = record(
+            _PLACEHOLDER_SHA256,
+            replace(_placeholder(decision), reason="?" * (2 * len(_PLACEHOLDER_REASON) + notes)),
+            expected_gain,
+        )
+        placeholder += " " * max(0, reserve - len(placeholder))
+        if bigtiff is None:
+            bigtiff = _predicted_bigtiff(
+                trial, chosen, trial_sizes, header=header, rows=rows, description_bytes=len(placeholder)
+            )
+        del trial, trial_sample
+        held = _held_samples(held)
+        with SourcePass(
             movie,
-            header_bytes=movie.read_header_bytes(),
-            extended_header_bytes=movie.read_extended_header_bytes(),
-            sha256=survey.sha256,
-            decision=decision,
-            chosen=chosen,
-            rows=rows,
-            gain_record=gain_record,
-        ).to_json()
-
-        def frames() -> Iterator[npt.NDArray[np.generic]]:
-            if applied_gain is None:
-                return _stored_frames(movie, stored_dtype, progress)
-            return gain_stored_frames(movie, applied_gain, stored_dtype, progress)
-
-        for bigtiff in (False, True):  # classic TIFF unless the strips do not fit
+            store=store,
+            samples=held,
+            threads=threads,
+            progress=progress,
+            header_bytes=header_bytes,
+            extended_header_bytes=extended_header_bytes,
+        ) as read:
+            held = []  # the pass lets go of each sample frame once it reaches it
             try:
-                write_tiff_attempt(
+                total_strip_bytes = write_tiff_attempt(
                     temporary,
-                    frames(),
+                    read.stored_frames(),
                     bigtiff=bigtiff,
+                    classic_extra_bytes=classic_extra_bytes,
                     n_frames=header.nz,
                     frame_shape=header.frame_shape,
                     dtype=stored_dtype,
                     codec=chosen,
                     rows_per_strip=rows,
-                    description=description,
+                    description=placeholder,
                     pixel_size_angstrom=_tiff_pixel_size_angstrom(header),
                     threads=threads,
                 )
-                break
-            except ClassicTiffOverflowError:
+            except DecisionOutgrownError as grown:  # a later frame does not fit: read again
+                if counts_dtype is None:
+                    seen = grown.stats if seen is None else seen.merge(grown.stats)
+                else:
+                    assert counter is not None
+                    counts_dtype = counter.stored_dtype  # uint16, or None: the float path (counting)
+                bigtiff = None
                 continue
-    reference = (
-        Path(gain_outcome.reference_path)
-        if applied_gain is not None and gain_outcome.reference_path
-        else None
-    )
-    return _Written(survey.sha256, decision, chosen, trial_sizes), gain_outcome, reference
+            except ClassicTiffOverflowError:
+                bigtiff = True
+                continue
+            sha256, stats = read.sha256, read.stats
+        final = decide_storage(source_dtype=header.value_dtype, stats=stats)
+        if counts_dtype is None:
+            if (final.stored_dtype, final.is_integer) != (decision.stored_dtype, decision.is_integer):
+                raise RuntimeError(
+                    f"{source}: the storage type changed after the pass ({decision} -> {final})"
+                )
+            if counter is not None:
+                if counter.stored_dtype is not None:  # every frame counted: the gain fits after all
+                    counts_dtype, bigtiff = counter.stored_dtype, None
+                    expected_exceptions = counter.n_exceptions
+                    continue
+                counted = counter
+        else:
+            counted = counter
+        gain_survey, gain_record, outcome = settle_gain(
+            plan,
+            source_is_integer=final.is_integer,
+            counter=counted,
+            output=output,
+            reference_output=gain_reference_output,
+        )
+        created_reference = created_reference or outcome.created_reference
+        if counts_dtype is not None:
+            if gain_survey is None or gain_survey.stored_dtype != counts_dtype or gain_record is None:
+                raise RuntimeError(f"{source}: the gain was not kept after a pass that fitted it")
+            final = StorageDecision(counts_dtype, True, 0.0, float(gain_survey.max_count), gain_survey.reason)
+        elif outcome.action == "not-applied" and not final.is_integer:
+            final = replace(final, reason=f"{final.reason}; {outcome.reason}")
+        description = record(sha256, final, gain_record)
+        if len(description) > len(placeholder):  # rare: write again with room for this record
+            reserve, bigtiff = len(description) + 1024, None
+            continue
+        if bigtiff and not bigtiff_expected(
+            total_strip_bytes=total_strip_bytes,
+            n_frames=header.nz,
+            n_strips_per_frame=n_strips_per_frame,
+            extra_bytes=len(description),
+        ):
+            bigtiff, classic_extra_bytes = False, len(description)
+            continue
+        replace_description(temporary, description)
+        reference = (
+            Path(outcome.reference_path) if counts_dtype is not None and outcome.reference_path else None
+        )
+        outcome = replace(outcome, created_reference=created_reference)
+        return _Written(sha256, final, chosen, trial_sizes), outcome, reference
+    raise RuntimeError(f"{source}: no storage type and TIFF kind settled after {_MAX_ATTEMPTS} passes")
+
+
+def _counting_store(header: MrcHeader, counter: GainCounter, stored_dtype: np.dtype) -> FrameStore:
+    """Counts of each frame under the gain, as ``stored_dtype``; outgrown past it or past the exceptions."""
+
+    def store(index: int, values: npt.NDArray[np.generic], merged: FrameStats) -> npt.NDArray[np.generic]:
+        out = np.empty(header.frame_shape, dtype=stored_dtype)
+        counter.add(index, values, out)
+        if not counter.fits(stored_dtype):
+            raise DecisionOutgrownError(merged, index)
+        return out
+
+    return store
+
+
+def _cast_and_count_store(
+    header: MrcHeader, decision: StorageDecision, decided_from: FrameStats, counter: GainCounter | None
+) -> FrameStore:
+    """The plain store (cast to the storage type), counting each frame under a gain too when given one."""
+    cast = cast_store(header, decision, decided_from)
+    if counter is None:
+        return cast
+
+    def store(index: int, values: npt.NDArray[np.generic], merged: FrameStats) -> npt.NDArray[np.generic]:
+        out = cast(index, values, merged)
+        counter.add(index, values)
+        return out
+
+    return store
 
 
 def convert_movie(
@@ -564,9 +720,9 @@ def convert_movie(
             gain_outcome: GainOutcome | None = None
             gain_path: Path | None = None
             with temporary_output(output) as temporary:
-                if gain is None:
-                    with MrcMovie(source) as movie:
-                        header = movie.header
+                with MrcMovie(source) as movie:
+                    header = movie.header
+                    if gain is None:
                         written = _write_one_read(
                             source,
                             movie,
@@ -576,18 +732,19 @@ def convert_movie(
                             threads=threads,
                             progress=progress,
                         )
-                else:
-                    written, gain_outcome, gain_path = _write_with_gain(
-                        source,
-                        output,
-                        temporary,
-                        gain=gain,
-                        gain_reference_output=gain_reference_output,
-                        codec=codec,
-                        level=level,
-                        threads=threads,
-                        progress=progress,
-                    )
+                    else:
+                        written, gain_outcome, gain_path = _write_with_gain(
+                            source,
+                            output,
+                            movie,
+                            temporary,
+                            gain=gain,
+                            gain_reference_output=gain_reference_output,
+                            codec=codec,
+                            level=level,
+                            threads=threads,
+                            progress=progress,
+                        )
                 try:
                     # from the file on disk: the rebuilt source must hash to what the write stage read
                     verified = verify_tiff(temporary, threads=threads, progress=progress, gain_path=gain_path)

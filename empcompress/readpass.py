@@ -1,27 +1,29 @@
 """The one read of a source movie: sha256, statistics and the frames to store, in one pass.
 
-``convert`` reads every source byte once. A sample frame (the middle one) is read
-first and held in memory; the storage type and the codec are decided from it.
+``convert`` reads every source byte once. Sample frames (the middle one for a plain
+conversion; the gain plan's evenly spaced frames for a gain-normalised one) are read
+first and held in memory; the storage type and the codec are decided from them.
 Then the pass reads the header, the extended header and every frame in file order,
 hashing them in that order (sha256 of the whole file), computing each frame's
-statistics and casting it to the storage type for the encoder; when the pass
-reaches the sample frame it takes it from memory instead of reading it again. So
-the source is read exactly once, sample included.
+statistics and handing its values to a :data:`FrameStore`, which makes the frame to
+encode (cast to the storage type, :func:`cast_store`, or counted under a gain); when
+the pass reaches a held sample frame it takes it from memory instead of reading it
+again. So the source is read exactly once, samples included.
 
-If a frame does not fit the storage type decided from the sample (a count too large
-for uint8, a value that is not an integer), the pass stops with
-:class:`DecisionOutgrownError`, carrying the statistics seen so far, and the caller
-starts again with a wider type (rare: it costs another read).
+If a frame does not fit what was decided from the samples (a count too large for
+uint8, a value that is not an integer, more gain exceptions than the record may
+hold), the store raises :class:`DecisionOutgrownError`, carrying the statistics seen
+so far, and the caller starts again with a wider decision (rare: it costs another read).
 
 Memory: one (``threads`` = 1) or two (hashing on a helper thread) read buffers, the
-held sample until the pass reaches it, and a fresh stored frame per frame (the
-encoder keeps one in flight). Nothing grows with the number of frames.
+held samples until the pass reaches each of them, and a fresh stored frame per frame
+(the encoder keeps one in flight). Nothing grows with the number of frames.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
@@ -30,11 +32,23 @@ import numpy.typing as npt
 
 from . import kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
-from .mrc import MrcMovie
+from .mrc import MrcHeader, MrcMovie
 
-__all__ = ["FrameSample", "DecisionOutgrownError", "read_sample", "SourcePass"]
+__all__ = [
+    "FrameSample",
+    "FrameStore",
+    "DecisionOutgrownError",
+    "read_sample",
+    "read_samples",
+    "cast_store",
+    "SourcePass",
+]
 
 ProgressCallback = Callable[[str, int], None]
+#: Makes the frame to encode (TIFF row order, storage type, a fresh array) from frame ``index``'s
+#: values, given the merged statistics of the frames read so far (this one included); raises
+#: :class:`DecisionOutgrownError` when the frame does not fit what was decided before the pass.
+FrameStore = Callable[[int, npt.NDArray[np.generic], FrameStats], npt.NDArray[np.generic]]
 
 
 class FrameSample:
@@ -57,12 +71,41 @@ class FrameSample:
         self._raw = None
         return raw
 
+    def release(self) -> None:
+        """Let go of the raw bytes (a pass that stopped before reaching this frame)."""
+        self._raw = None
 
-def read_sample(movie: MrcMovie) -> FrameSample:
-    """Read the middle frame into its own buffer, with its statistics."""
-    index = movie.header.nz // 2
+    @property
+    def size_bytes(self) -> int:
+        return 0 if self._raw is None else int(self._raw.size)
+
+
+def read_sample(movie: MrcMovie, index: int | None = None) -> FrameSample:
+    """Read frame ``index`` (the middle one by default) into its own buffer, with its statistics."""
+    index = movie.header.nz // 2 if index is None else index
     raw = movie.read_raw_frame(index, out=np.empty(movie.header.frame_size_bytes, dtype=np.uint8))
     return FrameSample(index, raw, frame_stats(movie.values_from_raw(raw)))
+
+
+def read_samples(movie: MrcMovie, indices: Sequence[int]) -> list[FrameSample]:
+    """Read frames ``indices`` (each once, in file order), each into its own buffer."""
+    return [read_sample(movie, index) for index in sorted(set(indices))]
+
+
+def cast_store(header: MrcHeader, decision: StorageDecision, decided_from: FrameStats) -> FrameStore:
+    """The plain conversion's store: every frame must keep ``decision`` (made from ``decided_from``,
+    the samples' statistics) when its statistics are merged in; cast to its storage type."""
+    stored_dtype = np.dtype(decision.stored_dtype)
+
+    def store(index: int, values: npt.NDArray[np.generic], merged: FrameStats) -> npt.NDArray[np.generic]:
+        now = decide_storage(source_dtype=header.value_dtype, stats=decided_from.merge(merged))
+        if (now.stored_dtype, now.is_integer) != (decision.stored_dtype, decision.is_integer):
+            raise DecisionOutgrownError(merged, index)
+        out = np.empty(header.frame_shape, dtype=stored_dtype)
+        kernels.flip_cast(values, out)
+        return out
+
+    return store
 
 
 class DecisionOutgrownError(Exception):
@@ -77,28 +120,26 @@ class DecisionOutgrownError(Exception):
 class SourcePass:
     """One pass over a movie: iterate :meth:`stored_frames`; then :attr:`sha256` and :attr:`stats`.
 
-    Use as a context manager (it owns the hashing thread). ``decision`` is the
-    storage type every frame must fit, made from the statistics ``decided_from``
-    (the sample's); ``sample``, if given, is taken from memory when the pass
-    reaches its frame.
+    Use as a context manager (it owns the hashing thread). ``store`` makes each frame
+    to encode and checks it fits what was decided before the pass (see
+    :data:`FrameStore`); ``samples``, frames read before the pass, are taken from
+    memory when the pass reaches them (and let go of then, or when the pass stops).
     """
 
     def __init__(
         self,
         movie: MrcMovie,
         *,
-        decision: StorageDecision,
-        decided_from: FrameStats,
-        sample: FrameSample | None,
+        store: FrameStore,
+        samples: Sequence[FrameSample] = (),
         threads: int,
         progress: ProgressCallback | None,
         header_bytes: bytes,
         extended_header_bytes: bytes,
     ) -> None:
         self.movie = movie
-        self.decision = decision
-        self.decided_from = decided_from
-        self.sample = sample
+        self.store = store
+        self._held = {sample.index: sample for sample in samples}
         self.progress = progress
         self.header_bytes = header_bytes
         self.extended_header_bytes = extended_header_bytes
@@ -115,7 +156,9 @@ class SourcePass:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.sample = None  # a pass stopped before the sample frame lets go of it too
+        for sample in self._held.values():  # a pass stopped before a sample frame lets go of it too
+            sample.release()
+        self._held = {}
         if self._hasher is not None:
             self._hasher.shutdown(wait=True, cancel_futures=True)
 
@@ -135,37 +178,35 @@ class SourcePass:
             raise RuntimeError(f"{self.movie.path}: the read pass did not reach the end of the movie")
         return self._stats
 
-    def _fits(self, stats: FrameStats) -> bool:
-        """Whether the frames so far fit the decision (made from ``decided_from``): it stays the same."""
-        header = self.movie.header
-        now = decide_storage(source_dtype=header.value_dtype, stats=self.decided_from.merge(stats))
-        return (now.stored_dtype, now.is_integer) == (self.decision.stored_dtype, self.decision.is_integer)
-
     def stored_frames(self) -> Iterator[npt.NDArray[np.generic]]:
-        """Every frame in TIFF row order and the storage type (a fresh array per frame), in file order.
+        """Every frame as ``store`` makes it (a fresh array per frame), in file order.
 
-        Raises :class:`DecisionOutgrownError` before yielding a frame that does not fit.
+        Raises :class:`DecisionOutgrownError` (from ``store``) before yielding a frame that
+        does not fit.
         """
         movie, header = self.movie, self.movie.header
-        stored_dtype = np.dtype(self.decision.stored_dtype)
         digest = hashlib.sha256()
         digest.update(self.header_bytes)
         digest.update(self.extended_header_bytes)
         size_bytes = len(self.header_bytes) + len(self.extended_header_bytes)
+        # read buffers only when some frame is read here (not every one is a held sample)
         buffers = (
-            [np.empty(header.frame_size_bytes, dtype=np.uint8) for _ in range(2)] if self._hasher else []
+            [np.empty(header.frame_size_bytes, dtype=np.uint8) for _ in range(2)]
+            if self._hasher and len(self._held) < header.nz
+            else []
         )
         hashing: Future[None] | None = None
         merged: FrameStats | None = None
         try:
             for index in range(header.nz):
-                if self.sample is not None and index == self.sample.index:
-                    raw = self.sample.take()
+                held = self._held.pop(index, None)
+                if held is not None:
+                    raw = held.take()
                 else:
                     # buffer index % 2 was last hashed two frames ago, and that hash has been waited for
                     raw = movie.read_raw_frame(index, out=buffers[index % 2] if buffers else None)
                 following = index + 1
-                if self.sample is not None and following == self.sample.index:
+                while following in self._held:
                     following += 1  # in memory already
                 movie.prefetch(following)  # read from the disk while this frame is worked on
                 if self._hasher is None:
@@ -178,10 +219,7 @@ class SourcePass:
                 values = movie.values_from_raw(raw)
                 stats = frame_stats(values)
                 merged = stats if merged is None else merged.merge(stats)
-                if not self._fits(merged):
-                    raise DecisionOutgrownError(merged, index)
-                out = np.empty(header.frame_shape, dtype=stored_dtype)
-                kernels.flip_cast(values, out)
+                out = self.store(index, values, merged)
                 del raw, values
                 yield out
                 if self.progress is not None:

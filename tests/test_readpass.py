@@ -19,21 +19,25 @@ from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
 import empcompress.convert
-from empcompress import write
+import empcompress.gain.counts
+from empcompress import kernels, write
 from empcompress.convert import convert_movie, survey_movie
+from empcompress.gain.plan import plan_sample_indices
+from empcompress.gainref import read_gain_array, write_gain_reference
 from empcompress.mrc import MrcMovie
 from empcompress.reconstruct import read_record
 from empcompress.restore import restore_movie
 from empcompress.verify import verify_tiff
 
 
-def frame_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
-    """Count every frame MrcMovie reads from now on."""
+def frame_reads(monkeypatch: pytest.MonkeyPatch, source: Path | None = None) -> Counter[int]:
+    """Count every frame MrcMovie reads from now on (of ``source`` only, when given)."""
     seen: Counter[int] = Counter()
     original = MrcMovie.read_raw_frame
 
     def counting(self: MrcMovie, index: int, **options: Any) -> Any:
-        seen[index] += 1
+        if source is None or Path(self.path) == source:
+            seen[index] += 1
         return original(self, index, **options)
 
     monkeypatch.setattr(MrcMovie, "read_raw_frame", counting)
@@ -178,3 +182,173 @@ def test_prefetch_is_only_a_hint(tmp_path: Path, rng: np.random.Generator) -> No
         for index in (-1, 0, 1, 2, 3, 1000):
             movie.prefetch(index)  # out of range: nothing; in range: a hint to the kernel
         assert np.array_equal(movie.read_frame(1), values[1])
+
+
+# ---- gain-normalised conversion: one read too (count, hash and encode in the same pass)
+
+GAIN_SHAPE = (24, 64, 96)
+
+
+def gain_movie(
+    tmp_path: Path, rng: np.random.Generator, *, odd: dict[int, float] | None = None, late_count: int = 0
+) -> tuple[Path, Path]:
+    """A gain-normalised movie and its gain file; ``odd``: frame -> fraction of values off counts x gain."""
+    gain = rng.uniform(0.6, 1.6, size=GAIN_SHAPE[1:]).astype(np.float32)
+    counts = rng.poisson(1.0, size=GAIN_SHAPE)
+    if late_count:
+        counts[late_count, 5, 5] = 300  # past uint8, in a frame the plan does not sample
+    values = (counts.astype(np.float32) * gain).astype(np.float32)
+    for frame, fraction in (odd or {}).items():
+        values[frame][rng.random(GAIN_SHAPE[1:]) < fraction] += np.float32(0.1234)
+    (tmp_path / "out").mkdir()
+    write_gain_reference(tmp_path / "out" / "gain.mrc", gain)
+    return write_mrc(tmp_path / "m.mrc", values, mode=2), tmp_path / "out" / "gain.mrc"
+
+
+def convert_with_gain(source: Path, gain: Path, threads: int = 1) -> Any:
+    output = gain.parent / "m.tif"
+    result = convert_movie(source, output, gain=gain, threads=threads)
+    assert round_trips(source, output)
+    assert result.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert temporaries_in(gain.parent) == []
+    return result
+
+
+def test_the_gain_plan_samples_frames_the_tests_avoid() -> None:
+    assert plan_sample_indices(GAIN_SHAPE[0]) == [0, 8, 15, 23]  # and orients the gain on 0 and 8
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_gain_normalised_movie_is_read_once(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    source, gain = gain_movie(tmp_path, rng, odd={3: 0.001, 20: 0.001})
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain, threads)
+    assert reads == Counter(range(GAIN_SHAPE[0]))  # the plan's sampled frames included
+    assert result.gain.action == "applied" and result.decision.stored_dtype == "uint8"
+    assert result.gain.n_exceptions > 0  # from frames the plan did not sample: recorded all the same
+
+
+def test_sampled_frames_past_the_budget_are_read_again(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, gain = gain_movie(tmp_path, rng)
+    monkeypatch.setattr(empcompress.convert, "HELD_SAMPLE_BYTES", 0)
+    reads = frame_reads(monkeypatch, source)
+    convert_with_gain(source, gain)
+    assert reads == Counter(range(GAIN_SHAPE[0])) + Counter(plan_sample_indices(GAIN_SHAPE[0]))
+
+
+def test_a_count_past_uint8_after_the_sample_starts_again_as_uint16(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, gain = gain_movie(tmp_path, rng, late_count=10)
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "applied" and result.decision.stored_dtype == "uint16"
+    assert result.decision.value_max == 300
+    sampled = set(plan_sample_indices(GAIN_SHAPE[0]))
+    first_pass = Counter(i for i in range(11) if i not in sampled)  # up to the frame that outgrew it
+    assert reads == Counter(sampled) + first_pass + Counter(range(GAIN_SHAPE[0]))
+
+
+def test_exceptions_past_the_limit_after_the_sample_start_again_on_the_float_path(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, gain = gain_movie(tmp_path, rng, odd=dict.fromkeys(range(1, 7), 0.01))  # 0.1% of 24: 147
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "not-applied" and result.decision.stored_dtype == "float32"
+    assert "does not reproduce" in result.gain.reason and "0.1% allowed" in result.gain.reason
+    assert max(reads.values()) == 2 and sum(reads.values()) < 2 * GAIN_SHAPE[0]  # stopped early once
+    assert "gain not applied" in read_record(gain.parent / "m.tif").storage.reason
+    assert result.gain.n_exceptions == n_exceptions(source, gain)  # every frame counted, on the float path
+
+
+def n_exceptions(source: Path, gain: Path) -> int:
+    """Values of the movie that are not counts x gain (what the pass must have counted), by the NumPy twin."""
+    reference = read_gain_array(gain)
+    total = 0
+    with MrcMovie(source) as movie:
+        for index in range(movie.header.nz):
+            values = np.array(movie.read_frame(index), dtype=np.float32)
+            _, indices, _ = kernels.gain_counts_numpy(values, reference, np.empty(values.shape, np.uint16))
+            total += indices.size
+    return total
+
+
+def test_a_sample_with_too_many_exceptions_is_one_float_read(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, gain = gain_movie(tmp_path, rng, odd={i: 0.01 for i in range(24) if i not in (0, 8)})
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "not-applied" and result.decision.stored_dtype == "float32"
+    assert "does not reproduce" in result.gain.reason
+    assert reads == Counter(range(GAIN_SHAPE[0]))
+
+
+def test_a_float_pass_whose_full_count_keeps_the_gain_starts_again_with_it(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0.5% odd in two of the four sampled frames: 0.25% of the sample, 0.04% of the movie
+    source, gain = gain_movie(tmp_path, rng, odd={15: 0.005, 23: 0.005})
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "applied" and result.decision.stored_dtype == "uint8"
+    assert reads == Counter(2 * list(range(GAIN_SHAPE[0])))  # the float pass, then the counts
+    assert result.gain.n_exceptions == n_exceptions(source, gain) > 24
+
+
+def test_a_record_longer_than_its_placeholder_is_written_again(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, gain = gain_movie(tmp_path, rng, odd={5: 0.01, 12: 0.01})  # none in the sampled frames
+    monkeypatch.setattr(empcompress.convert, "placeholder_record", lambda *args, **kwargs: None)  # no room
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "applied" and result.gain.n_exceptions > 0
+    assert reads == Counter(2 * list(range(GAIN_SHAPE[0])))
+    with tifffile.TiffFile(gain.parent / "m.tif") as tiff:  # the second placeholder had room to spare
+        assert tiff.pages.first.tags[270].count == len(tiff.pages.first.tags[270].value) + 1
+
+
+def test_other_gain_outcomes_are_one_read(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gain from another session (not applied from the plan) and a raw-count movie (carried over)."""
+    source, gain = gain_movie(tmp_path, rng)
+    write_gain_reference(gain, rng.uniform(0.6, 1.6, size=GAIN_SHAPE[1:]).astype(np.float32), overwrite=True)
+    reads = frame_reads(monkeypatch, source)
+    result = convert_with_gain(source, gain)
+    assert result.gain.action == "not-applied" and result.decision.stored_dtype == "float32"
+    assert reads == Counter(range(GAIN_SHAPE[0]))
+    raw = write_mrc(tmp_path / "raw.mrc", counts(rng, GAIN_SHAPE, dose=1.0), mode=2)
+    reads = frame_reads(monkeypatch, raw)
+    output = gain.parent / "raw.tif"
+    result = convert_movie(raw, output, gain=gain)
+    assert result.gain is not None and result.gain.action == "carried-over"
+    assert read_record(output).storage.gain["kind"] == "carried-over"  # type: ignore[index]
+    assert reads == Counter(range(GAIN_SHAPE[0]))
+    assert round_trips(raw, output)
+
+
+def test_gain_counts_that_do_not_give_back_what_was_read_are_caught(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is counted is what is hashed: a count altered after the frame was read fails verification."""
+    source, gain = gain_movie(tmp_path, rng)
+    original = kernels.gain_counts
+
+    def corrupting(values: Any, reference: Any, out: Any) -> Any:
+        result = original(values, reference, out)
+        if out.shape == GAIN_SHAPE[1:]:  # the frames stored (not the trial's bands)
+            out[0, 0] += 1
+        return result
+
+    monkeypatch.setattr(empcompress.gain.counts.kernels, "gain_counts", corrupting)
+    with pytest.raises(empcompress.convert.VerificationError, match="does not match the recorded source"):
+        convert_movie(source, gain.parent / "m.tif", gain=gain)
+    assert not (gain.parent / "m.tif").exists()
+    assert temporaries_in(gain.parent) == []

@@ -1,4 +1,4 @@
-"""Counts of a movie under a gain: the survey pass's counter and the frames to store."""
+"""Counts of a movie under a gain: the read pass's counter (it also makes the frames to store)."""
 
 from __future__ import annotations
 
@@ -37,47 +37,87 @@ class GainCountSurvey:
 
 
 class GainCounter:
-    """Counts of each frame under a gain, fed frame by frame (the survey pass's hook).
+    """Counts of each frame under a gain, fed frame by frame (in the read pass).
 
     Collects the exceptions while they stay under the threshold for the whole
-    movie; past it, only counts them (the movie will be refused anyway).
+    movie (so the list never outgrows what the record may hold: at most
+    :data:`MAX_EXCEPTION_FRACTION` of the movie's values, 8 bytes each); past
+    it, only counts them (the movie will be refused anyway).
     """
 
     def __init__(self, gain: npt.NDArray[np.float32], *, n_frames: int, reference_name: str) -> None:
         self.gain = np.ascontiguousarray(gain, dtype=np.float32)
         self.n_frames = n_frames
         self.reference_name = reference_name
-        self._scratch = np.empty(self.gain.shape, dtype=np.uint16)
-        self._limit = int(MAX_EXCEPTION_FRACTION * n_frames * self.gain.size)
+        self._scratch: npt.NDArray[np.uint16] | None = None
+        self.limit = int(MAX_EXCEPTION_FRACTION * n_frames * self.gain.size)
         self._indices: list[npt.NDArray[np.uint32]] = [np.empty(0, np.uint32)] * n_frames
         self._bits: list[npt.NDArray[np.uint32]] = [np.empty(0, np.uint32)] * n_frames
         self._seen = [False] * n_frames
         self.n_exceptions = 0
         self.max_count = 0
         self.n_values = 0
+        self._clipped_at = kernels.GAIN_COUNT_LIMIT  # the smallest type counted into so far
 
-    def add(self, index: int, values: npt.NDArray[np.generic]) -> None:
+    def add(
+        self,
+        index: int,
+        values: npt.NDArray[np.generic],
+        out: npt.NDArray[np.unsignedinteger] | None = None,
+    ) -> None:
+        """Count frame ``index``; its counts (TIFF row order, clipped to ``out``'s type) go to ``out``.
+
+        With ``out`` of uint8, a value whose count is reproduced only past 255 is not taken
+        for an exception: it raises :attr:`max_count` past 255 (so uint8 no longer fits).
+        """
         if values.shape != self.gain.shape:
             raise GainError(
                 f"movie frames of {values.shape[1]}x{values.shape[0]} do not match the gain reference "
                 f"{self.reference_name} of {self.gain.shape[1]}x{self.gain.shape[0]}"
             )
-        top, indices, bits = kernels.gain_counts(
-            values.astype(np.float32, copy=False), self.gain, self._scratch
-        )
+        if out is None:
+            if self._scratch is None:
+                self._scratch = np.empty(self.gain.shape, dtype=np.uint16)
+            out = self._scratch
+        top, indices, bits = kernels.gain_counts(values, self.gain, out)
+        self._clipped_at = min(self._clipped_at, int(np.iinfo(out.dtype).max))
+        if out.dtype != np.uint16 and indices.size:
+            # clipped to uint8: which of these would a uint16 count reproduce? (exceptions are few)
+            wider, _, _ = kernels.gain_counts_numpy(
+                bits.view(np.float32), self.gain.reshape(-1)[indices], np.empty(indices.size, np.uint16)
+            )
+            top = max(top, wider)
         self.max_count = max(self.max_count, top)
         self.n_exceptions += int(indices.size)
         self.n_values += int(values.size)
         self._seen[index] = True
-        if self.n_exceptions <= self._limit:
+        if self.n_exceptions <= self.limit:
             self._indices[index] = indices
             self._bits[index] = bits
+
+    @property
+    def over_limit(self) -> bool:
+        """More exceptions than a movie may have to keep the gain (it is refused whatever follows)."""
+        return self.n_exceptions > self.limit
+
+    def fits(self, stored_dtype: str | np.dtype) -> bool:
+        """Whether the frames so far keep the gain with counts stored as ``stored_dtype``."""
+        return not self.over_limit and self.max_count <= np.iinfo(np.dtype(stored_dtype)).max
+
+    @property
+    def stored_dtype(self) -> str | None:
+        """The counts' storage type the frames so far need (None: the gain cannot be kept)."""
+        if self.over_limit or self.max_count > kernels.GAIN_COUNT_LIMIT:
+            return None
+        return "uint8" if self.max_count <= 255 else "uint16"
 
     def survey(self) -> GainCountSurvey:
         fraction = self.n_exceptions / max(1, self.n_values)
         if not all(self._seen):
             raise GainError("the gain survey did not see every frame")
-        if self.n_exceptions > self._limit:
+        if self.max_count > self._clipped_at:  # its exceptions include counts the type clipped
+            raise RuntimeError(f"counts past {self._clipped_at} were counted into a narrower type")
+        if self.n_exceptions > self.limit:
             return GainCountSurvey(
                 self.n_values,
                 self.n_exceptions,

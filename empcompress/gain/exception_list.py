@@ -11,8 +11,6 @@ import numpy.typing as npt
 
 from ..errors import GainError
 
-# ---------------------------------------------------------------- exception lists
-
 
 @dataclass(frozen=True, eq=False)
 class GainExceptions:
@@ -38,6 +36,16 @@ class GainExceptions:
             *(b.astype("<u4").tobytes() for b in self.bits),
         ]
         return base64.b64encode(zlib.compress(b"".join(chunks), 9)).decode("ascii")
+
+    @staticmethod
+    def encoded_size_bound(*, n_frames: int, n_exceptions: int) -> int:
+        """The longest :meth:`encode` text of ``n_exceptions`` values in ``n_frames`` frames (characters).
+
+        zlib's own bound (``compressBound``) of the raw arrays, then base64's 4 characters per 3 bytes.
+        """
+        raw = 4 * (n_frames + 2 * n_exceptions)
+        compressed = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13
+        return 4 * -(-compressed // 3)
 
     @classmethod
     def decode(cls, text: str, *, n_frames: int, n_pixels: int, name: str) -> GainExceptions:

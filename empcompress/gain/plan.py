@@ -1,9 +1,10 @@
-"""Conversion with a gain: what to try (plan), and after the survey pass what to keep (settle)."""
+"""Conversion with a gain: what to try (plan), and after the read pass what to keep (settle)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import kernels
 from ..errors import GainError
 from ..files import commit_output, temporary_output
 from ..gainref import (
@@ -27,9 +29,11 @@ from ..gainref import (
     write_gain_reference,
 )
 from ..mrc import MrcMovie
+from ..readpass import FrameSample
 from .classify import integral_frames, read_sample_frames
 from .counts import GainCounter, GainCountSurvey
-from .estimate import estimate_gain
+from .estimate import estimate_gain, sample_frame_indices
+from .exception_list import GainExceptions
 from .limits import (
     EXCEPTION_ENCODING,
     GAIN_FORMULA,
@@ -43,7 +47,7 @@ from .references import reference_root_for
 
 @dataclass(frozen=True, eq=False)
 class GainPlan:
-    """What conversion will try with a gain, decided from a sample before the survey pass."""
+    """What conversion will try with a gain, decided from a sample before the read pass."""
 
     action: str  # "apply" | "carry-over" | "none"
     gain: npt.NDArray[np.float32] | None = None  # for "apply": MRC row order of the movie
@@ -215,7 +219,11 @@ def _is_float32_mrc(path: str | os.PathLike[str]) -> bool:
 
 
 def plan_gain(
-    source: str | os.PathLike[str], output: str | os.PathLike[str], *, gain: str | os.PathLike[str]
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    gain: str | os.PathLike[str],
+    samples: Sequence[FrameSample] | None = None,
 ) -> GainPlan:
     """Decide, from a sample of frames, what conversion will try with ``gain`` (a path or "auto").
 
@@ -223,12 +231,19 @@ def plan_gain(
     supplied gain is oriented to the movie (and not applied when no
     orientation fits); ``auto`` reuses ``gain-reference.mrc`` beside the output
     when it fits, else estimates a gain from the movie's frames.
+    ``samples``, when given, are the frames :func:`plan_sample_indices` names, already
+    read (conversion holds them for its read pass); else they are read here.
     """
     source, output = Path(source), Path(output)
     reference = None if str(gain) == "auto" else read_gain_reference(gain)
     with MrcMovie(source) as movie:
         header = movie.header
-        frames = read_sample_frames(movie, PLAN_SAMPLE_FRAMES)
+        if samples is None:
+            frames = read_sample_frames(movie, PLAN_SAMPLE_FRAMES)
+        else:
+            if [sample.index for sample in samples] != plan_sample_indices(header.nz):
+                raise ValueError(f"{source}: the samples are not the frames the gain plan samples")
+            frames = [_native(movie.values_from_raw(sample.raw)) for sample in samples]
     if header.value_dtype.kind in "iu" or integral_frames(frames):
         if reference is None:
             return GainPlan("none", notes=("raw counts (integer values): no gain needed",))
@@ -249,6 +264,15 @@ def plan_gain(
     return _supplied_plan(source, output, reference, values)
 
 
+def plan_sample_indices(n_frames: int) -> list[int]:
+    """The frames :func:`plan_gain` samples, in file order."""
+    return sample_frame_indices(n_frames, PLAN_SAMPLE_FRAMES)
+
+
+def _native(values: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    return values if values.dtype.isnative else values.astype(values.dtype.newbyteorder("="))
+
+
 def settle_gain(
     plan: GainPlan,
     *,
@@ -257,7 +281,7 @@ def settle_gain(
     output: str | os.PathLike[str],
     reference_output: str | os.PathLike[str] | None = None,
 ) -> tuple[GainCountSurvey | None, GainRecord | None, GainOutcome]:
-    """After the survey pass: keep or refuse the gain and place its reference file.
+    """After the read pass: keep or refuse the gain and place its reference file.
 
     Returns the count survey (accepted or not), the record entry for the TIFF
     (None when no gain is involved) and the outcome for the result. The gain
@@ -278,17 +302,7 @@ def settle_gain(
             digest = file_sha256(placed)
         else:
             placed, digest, created = place_gain_copy(plan.supplied_path, directory)
-        relative = _relative_reference(placed, output)
-        record = GainRecord(
-            "carried-over",
-            relative,
-            digest,
-            details={
-                "note": "gain reference supplied with this raw-count movie, copied unchanged; processing "
-                "programs multiply the counts by it; restore does not need it",
-                "supplied_name": Path(plan.supplied_path).name,
-            },
-        )
+        record = _carried_over_record(plan, _relative_reference(placed, output), digest)
         outcome = GainOutcome(
             "carried-over",
             str(placed),
@@ -327,14 +341,13 @@ def settle_gain(
     else:
         placed, digest, created = place_gain_reference(plan.gain, directory)
     assert survey.exceptions is not None
-    record = GainRecord(
-        "gain-normalised",
+    record = _normalised_record(
+        plan,
         _relative_reference(placed, output),
         digest,
         n_exceptions=survey.n_exceptions,
         exceptions=survey.exceptions.encode(),
-        details={"orientation": plan.orientation, "max_count": survey.max_count},
-        transform=plan.transform if plan.existing_reference is not None else GainTransform(),
+        max_count=survey.max_count,
     )
     outcome = GainOutcome(
         "applied",
@@ -347,6 +360,81 @@ def settle_gain(
         created,
     )
     return survey, record, outcome
+
+
+def _carried_over_record(plan: GainPlan, relative: str, digest: str) -> GainRecord:
+    assert plan.supplied_path is not None
+    return GainRecord(
+        "carried-over",
+        relative,
+        digest,
+        details={
+            "note": "gain reference supplied with this raw-count movie, copied unchanged; processing "
+            "programs multiply the counts by it; restore does not need it",
+            "supplied_name": Path(plan.supplied_path).name,
+        },
+    )
+
+
+def _normalised_record(
+    plan: GainPlan, relative: str, digest: str, *, n_exceptions: int, exceptions: str, max_count: int
+) -> GainRecord:
+    return GainRecord(
+        "gain-normalised",
+        relative,
+        digest,
+        n_exceptions=n_exceptions,
+        exceptions=exceptions,
+        details={"orientation": plan.orientation, "max_count": max_count},
+        transform=plan.transform if plan.existing_reference is not None else GainTransform(),
+    )
+
+
+#: Room left in a placeholder record for a reference's name that :func:`settle_gain` may lengthen
+#: (a content-named copy: ``-`` and 12 hex digits, and more for a path it cannot predict).
+_REFERENCE_NAME_SLACK = 64
+
+
+def placeholder_record(
+    plan: GainPlan,
+    *,
+    output: str | os.PathLike[str],
+    reference_output: str | os.PathLike[str] | None,
+    n_frames: int,
+    n_exceptions: int,
+) -> GainRecord | None:
+    """A record entry as long as :func:`settle_gain`'s will be, for a read pass that has yet to run.
+
+    For a movie expected to keep the gain (``plan.action`` "apply") with up to
+    ``n_exceptions`` exceptions, or to carry over a supplied gain; None when no entry
+    is expected. Only an estimate of the length: conversion writes again (another read)
+    in the rare case the final entry is longer.
+    """
+    output = Path(output)
+    if plan.action == "carry-over" and plan.supplied_path is not None:
+        supplied = Path(plan.supplied_path)
+        if reference_output is not None:
+            named = supplied if _existing_reference_usable(supplied, output) else Path(reference_output)
+        else:
+            named = output.parent / supplied.name
+        relative = _relative_reference(named, output) + "-" * _REFERENCE_NAME_SLACK
+        return _carried_over_record(plan, relative, "0" * 64)
+    if plan.action != "apply":
+        return None
+    if plan.existing_reference is not None:
+        relative = _relative_reference(Path(plan.existing_reference), output)
+    elif reference_output is not None:
+        relative = _relative_reference(Path(reference_output), output)
+    else:
+        relative = GAIN_REFERENCE_NAME
+    return _normalised_record(
+        plan,
+        relative + "-" * _REFERENCE_NAME_SLACK,
+        "0" * 64,
+        n_exceptions=n_exceptions,
+        exceptions="A" * GainExceptions.encoded_size_bound(n_frames=n_frames, n_exceptions=n_exceptions),
+        max_count=kernels.GAIN_COUNT_LIMIT,
+    )
 
 
 def _relative_reference(reference: Path, output: Path) -> str:
