@@ -22,6 +22,17 @@ setting; its default deflate runs at 12-25 MB/s) runs on the same files in the s
 the code in OLD_TREE (a checkout of the previous commit, e.g. ``git worktree add /tmp/old HEAD``)
 and with this tree, alternately, warm and cold: bytes read per source byte before and after.
 
+Focused measurements (each replaces the grid; ``--tree`` names the code measured, default this
+checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
+
+- ``--stages``: each stage of a conversion timed alone on one frame of each size and dose.
+- ``--equal-doses N``: 4096x4096 and 11520x8184 float32 movies (8 frames) at each dose, N runs each
+  in turn, warm: MB of source per CPU second, user and system time, at equal codecs.
+- ``--cold-warm N``: a 24-frame 4096x4096 movie at 1 e-, N pairs of warm and cold conversions
+  (with ``--cold-warm-old OLD_TREE``, the code in OLD_TREE in turn too).
+- ``--read-ahead N``: cold reads of a 12-frame 4096x4096 movie as the read pass does them, the work
+  on each frame replaced by a sleep (the machine's CPU load does not enter): how long reads wait.
+
 Run: ``python benchmarks/bench_superres.py --json /tmp/superres.json --before-after /tmp/old``
 (about 20-30 minutes on 2 cores; ``--quick``: frames of 1152x818, a smoke test). Results:
 ``results-superres.md``. Scratch files go to ``benchmarks/_work/superres`` and are deleted.
@@ -119,6 +130,8 @@ with open(output, "rb") as handle:
 print(json.dumps({
     "wall": wall,
     "cpu": usage_after.ru_utime + usage_after.ru_stime - usage.ru_utime - usage.ru_stime,
+    "user": usage_after.ru_utime - usage.ru_utime,
+    "sys": usage_after.ru_stime - usage.ru_stime,
     "rchar": after["rchar"] - before["rchar"],
     "read_bytes": after["read_bytes"] - before["read_bytes"],
     "source_reads": source_reads["bytes"],
@@ -187,6 +200,8 @@ class Row:
     stored: str
     kind: str
     load: float
+    user_seconds: float | None = None
+    sys_seconds: float | None = None
 
 
 def _fsync(path: Path) -> None:
@@ -200,8 +215,20 @@ def _header(spec: SyntheticMovieSpec, *, mode: int, n_frames: int) -> bytes:
     return bytes(header)
 
 
-def write_movies(work: Path, dose: float, frame_counts: Sequence[int], shape: tuple[int, int]) -> list[Movie]:
-    """Float32 and mode-101 movies of ``max(frame_counts)`` frames and of each shorter prefix, in one go."""
+def write_movies(
+    work: Path,
+    dose: float,
+    frame_counts: Sequence[int],
+    shape: tuple[int, int],
+    *,
+    sources: Sequence[str] = ("float32", "mode 101"),
+    distinct_frames: int | None = None,
+) -> list[Movie]:
+    """Float32 and mode-101 movies of ``max(frame_counts)`` frames and of each shorter prefix, in one go.
+
+    ``distinct_frames``: draw only this many frames and repeat them in turn (quicker to write; the
+    codecs work strip by strip, so a repeated frame costs what a new one does).
+    """
     spec = SyntheticMovieSpec(
         dose_per_pixel_per_frame=dose, n_frames=max(frame_counts), ny=shape[0], nx=shape[1]
     )
@@ -212,14 +239,17 @@ def write_movies(work: Path, dose: float, frame_counts: Sequence[int], shape: tu
     histograms: dict[tuple[str, int], np.ndarray] = {}
     for n_frames in frame_counts:
         for source, mode in (("float32", 2), ("mode 101", 101)):
-            path = work / f"sr_{dose:g}_{n_frames}_{'f32' if mode == 2 else 'm101'}.mrc"
+            if source not in sources:
+                continue
+            path = work / f"sr_{shape[1]}x{shape[0]}_{dose:g}_{n_frames}_{'f32' if mode == 2 else 'm101'}.mrc"
             handle = open(path, "wb")  # noqa: SIM115 (closed below)
             handle.write(_header(spec, mode=mode, n_frames=n_frames))
             files[source, n_frames] = handle
             histograms[source, n_frames] = np.zeros(256, dtype=np.int64)
     try:
         for index in range(spec.n_frames):
-            counts = np.random.default_rng([spec.seed, index]).poisson(base)
+            seed_index = index if distinct_frames is None else index % distinct_frames
+            counts = np.random.default_rng([spec.seed, seed_index]).poisson(base)
             as_float = counts.astype("<f4").tobytes()
             clipped = np.minimum(counts, MODE_101_MAX).astype(np.uint8)
             packed = (clipped[:, 0::2] | (clipped[:, 1::2] << 4)).astype(np.uint8).tobytes()
@@ -294,6 +324,8 @@ def measure_empcompress(movie: Movie, *, tree: Path, cache: str, work: Path, lab
         f"{measured['stored']}, {measured['codec']}",
         measured["kind"],
         load,
+        user_seconds=measured.get("user"),
+        sys_seconds=measured.get("sys"),
     )
 
 
@@ -369,8 +401,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [],
         "notes": [],
     }
+    # the focused measurements replace the grid of movies
+    focused = bool(args.stages or args.equal_doses or args.cold_warm or args.read_ahead)
+    if args.stages:
+        results["stages"] = run_stages(args)
+    if args.equal_doses:
+        results["equal_doses"] = run_equal_doses(args, work)
+    if args.cold_warm:
+        results["cold_warm"] = run_cold_warm(args, work)
+    if args.read_ahead:
+        results["read_ahead"] = run_read_ahead(args, work)
     relion = shutil.which("relion_convert_to_tiff") is not None and not args.skip_relion
-    for dose in DOSES:
+    for dose in () if focused else DOSES:
         frame_counts = sorted({frames for cell_dose, frames in CELLS if cell_dose == dose})
         _progress(f"writing {dose:g} e- movies: {frame_counts} frames of {shape[1]}x{shape[0]}")
         movies = write_movies(work, dose, frame_counts, shape)
@@ -413,6 +455,212 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+#: Per-core throughput at equal doses (issue 10's "no worse per core than on 4096x4096"): float32
+#: counts, both frame sizes, (frame shape, frames) cells, warm cache, ``threads=1``.
+EQUAL_DOSE_CELLS = (((4096, 4096), 8), (SUPER_RESOLUTION, 8))
+#: Cold against warm cache on 4096x4096 float32 counts: (dose, frames).
+COLD_WARM_CELLS = ((1.0, 24),)
+
+
+def _checkpoint(args: argparse.Namespace, key: str, rows: list[dict[str, Any]]) -> None:
+    """The rows so far, in ``<--json>.<key>.partial`` (a long run stopped early keeps what it measured)."""
+    if args.json:
+        Path(f"{args.json}.{key}.partial").write_text(json.dumps(rows, indent=1))
+
+
+def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """4096x4096 and 11520x8184 float32 movies at each dose, converted in turn ``args.equal_doses`` times.
+
+    The order of the cells alternates from one repeat to the next, so that a drift in the
+    machine's speed falls on both sizes alike.
+    """
+    rows: list[dict[str, Any]] = []
+    for dose in DOSES:
+        movies: list[Movie] = []
+        for shape in sorted({shape for shape, _ in EQUAL_DOSE_CELLS}):
+            frame_counts = sorted({frames for cell_shape, frames in EQUAL_DOSE_CELLS if cell_shape == shape})
+            if args.quick:
+                shape = (shape[0] // 8, shape[1] // 8)
+            _progress(f"writing {dose:g} e- float32 movies: {frame_counts} frames of {shape[1]}x{shape[0]}")
+            movies += write_movies(work, dose, frame_counts, shape, sources=("float32",), distinct_frames=2)
+        for repeat in range(args.equal_doses):
+            for movie in movies if repeat % 2 == 0 else movies[::-1]:
+                size = f"{movie.shape[1]}x{movie.shape[0]}"
+                _progress(f"equal doses {repeat}: {size}, {movie.n_frames} frames, {dose:g} e-")
+                row = measure_empcompress(
+                    movie, tree=Path(args.tree), cache="warm", work=work, label="empcompress"
+                )
+                rows.append({**_row_json(row), "repeat": repeat})
+                _checkpoint(args, "equal_doses", rows)
+        for movie in movies:
+            Path(movie.path).unlink()
+    return rows
+
+
+def run_cold_warm(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """4096x4096 float32 movies converted warm and cold in turn, ``args.cold_warm`` pairs per cell.
+
+    Within a pair the order alternates (warm first, then cold first), so neither cache state always
+    runs on the machine's quieter moments. With ``args.cold_warm_old`` (a checkout of the code
+    before), each conversion is run with both trees in turn as well.
+    """
+    rows: list[dict[str, Any]] = []
+    shape = (512, 512) if args.quick else (4096, 4096)
+    trees = [("empcompress", Path(args.tree))]
+    if args.cold_warm_old:
+        trees = [("empcompress (old)", Path(args.cold_warm_old)), ("empcompress (new)", Path(args.tree))]
+    for dose, n_frames in COLD_WARM_CELLS:
+        _progress(f"writing {dose:g} e- float32 movie: {n_frames} frames of {shape[1]}x{shape[0]}")
+        (movie,) = write_movies(work, dose, [n_frames], shape, sources=("float32",), distinct_frames=4)
+        for repeat in range(args.cold_warm):
+            for cache in ("warm", "cold") if repeat % 2 == 0 else ("cold", "warm"):
+                for label, tree in trees if repeat % 2 == 0 else trees[::-1]:
+                    _progress(f"cold/warm {repeat}: {label}, {dose:g} e-, {n_frames} frames, {cache}")
+                    row = measure_empcompress(movie, tree=tree, cache=cache, work=work, label=label)
+                    rows.append({**_row_json(row), "repeat": repeat})
+                    _checkpoint(args, "cold_warm", rows)
+        Path(movie.path).unlink()
+    return rows
+
+
+#: Runs in a fresh process: the read pass's reading and read-ahead alone, with the work on each frame
+#: replaced by a sleep (no CPU, so the machine's load does not change it): how long the reads wait.
+_MEASURE_READ_AHEAD = r"""
+import json, os, sys, time
+import numpy as np
+tree, source, work_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+sys.path.insert(0, tree)
+from empcompress.mrc import MrcMovie
+def io():
+    with open("/proc/self/io") as handle:
+        return {key: int(value) for key, value in (line.split(": ") for line in handle.read().splitlines())}
+descriptor = os.open(source, os.O_RDONLY)
+os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+os.close(descriptor)
+before, waits = io(), []
+started = time.perf_counter()
+with MrcMovie(source) as movie:
+    buffer = np.empty(movie.header.frame_size_bytes, dtype=np.uint8)
+    for index in range(movie.header.nz):
+        asked = time.perf_counter()
+        movie.read_raw_frame(index, out=buffer)
+        waits.append(time.perf_counter() - asked)
+        movie.prefetch(index + 1)  # as the read pass does
+        time.sleep(work_seconds)  # the work on this frame
+wall = time.perf_counter() - started
+print(json.dumps({"wall": wall, "waits": waits, "read_bytes": io()["read_bytes"] - before["read_bytes"]}))
+"""
+#: Seconds of work per 4096x4096 float32 frame the read-ahead measurement stands in for (67 MB at
+#: about 220 MB per CPU second: Huffman-only deflate at 1 e-, verified).
+READ_AHEAD_WORK_SECONDS = (0.0, 0.3)
+
+
+def run_read_ahead(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Cold reads of a 4096x4096 float32 movie with the read pass's read-ahead, old and new code in turn."""
+    rows: list[dict[str, Any]] = []
+    shape = (512, 512) if args.quick else (4096, 4096)
+    _progress(f"writing the read-ahead movie: 12 frames of {shape[1]}x{shape[0]}")
+    (movie,) = write_movies(work, 1.0, [12], shape, sources=("float32",), distinct_frames=2)
+    trees = [("empcompress", Path(args.tree))]
+    if args.cold_warm_old:
+        trees = [("empcompress (old)", Path(args.cold_warm_old)), ("empcompress (new)", Path(args.tree))]
+    for repeat in range(args.read_ahead):
+        for work_seconds in READ_AHEAD_WORK_SECONDS:
+            for label, tree in trees if repeat % 2 == 0 else trees[::-1]:
+                _progress(f"read-ahead {repeat}: {label}, {work_seconds} s of work per frame")
+                load = os.getloadavg()[0]
+                done = subprocess.run(
+                    [sys.executable, "-c", _MEASURE_READ_AHEAD, str(tree), movie.path, str(work_seconds)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"read-ahead with {tree} failed:\n{done.stderr[-3000:]}")
+                measured = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(
+                    {
+                        "tool": label,
+                        "repeat": repeat,
+                        "work_seconds": work_seconds,
+                        "load": load,
+                        "movie": dict(movie.__dict__),
+                        **measured,
+                    }
+                )
+                _checkpoint(args, "read_ahead", rows)
+    Path(movie.path).unlink()
+    return rows
+
+
+def run_stages(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each stage of a conversion timed alone (CPU seconds, best of 3) on one frame of each size and dose.
+
+    The stages the one-read conversion runs over every frame: sha256 of the source bytes (once
+    while reading, once more over the rebuilt bytes while verifying), statistics, the cast to the
+    storage type, encoding (LZW and Huffman-only deflate, whichever ``auto`` picks), decoding, and
+    the cast back while verifying. Rates are MB of float32 source per CPU second, so that they
+    add up like the whole conversion's.
+    """
+    import hashlib
+
+    import imagecodecs
+
+    sys.path.insert(0, str(REPO))
+    from empcompress import kernels
+    from empcompress.detect import frame_stats
+    from empcompress.encode import encode_frame_strips, make_codec, rows_per_strip
+
+    def cpu_seconds(work: Any, *arguments: Any) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            work(*arguments)
+            best = min(best, time.process_time() - started)
+        return best
+
+    lzw = make_codec("lzw", level=None, is_integer=True)
+    huffman = make_codec("deflate", level=None, is_integer=True)
+    rows: list[dict[str, Any]] = []
+    strip_rows = 0
+
+    def encode_lzw(frame: Any) -> None:
+        encode_frame_strips(frame, lzw, rows=strip_rows)
+
+    def encode_huffman(frame: Any) -> None:
+        encode_frame_strips(frame, huffman, rows=strip_rows)
+
+    def decode_lzw(strips: list[bytes]) -> None:
+        for strip in strips:
+            imagecodecs.lzw_decode(strip)
+
+    encode_frame_strips(np.zeros((64, 64), np.uint8), huffman, rows=16)  # compile the Numba encoder
+    for dose in DOSES:
+        for shape in ((4096, 4096), SUPER_RESOLUTION):
+            if args.quick:
+                shape = (shape[0] // 8, shape[1] // 8)
+            spec = SyntheticMovieSpec(dose_per_pixel_per_frame=dose, n_frames=1, ny=shape[0], nx=shape[1])
+            counts = np.random.default_rng([spec.seed, 0]).poisson(illumination(spec) * dose).astype("<f4")
+            source = counts.reshape(-1).view(np.uint8)
+            stored = np.empty(shape, np.uint8)
+            kernels.flip_cast(counts, stored)
+            strip_rows = rows_per_strip(frame_shape=shape, itemsize=1)
+            encoded = encode_frame_strips(stored, lzw, rows=strip_rows)
+            rebuilt = np.empty(shape, np.float32)
+            seconds = {
+                "sha256": cpu_seconds(lambda data: hashlib.sha256(data).digest(), source.data),
+                "statistics": cpu_seconds(frame_stats, counts),
+                "cast": cpu_seconds(kernels.flip_cast, counts, stored),
+                "LZW encode": cpu_seconds(encode_lzw, stored),
+                "LZW decode": cpu_seconds(decode_lzw, encoded),
+                "Huffman encode": cpu_seconds(encode_huffman, stored),
+                "cast back": cpu_seconds(kernels.flip_cast, stored, rebuilt),
+            }
+            _progress(f"stages {shape[1]}x{shape[0]} {dose:g} e-: {seconds}")
+            rows.append({"dose": dose, "shape": list(shape), "size_bytes": source.size, "seconds": seconds})
+    return rows
+
+
 def _row_json(row: Row) -> dict[str, Any]:
     document = {key: value for key, value in row.__dict__.items() if key != "movie"}
     document["movie"] = dict(row.movie.__dict__)
@@ -451,7 +699,186 @@ def format_report(results: dict[str, Any]) -> str:
             f"{row['read_bytes'] / size:.3f} | {row['peak_rss_bytes'] / 2**20:.0f} | {row['load']:.1f} |"
         )
     lines += ["", *[f"- {note}" for note in results["notes"]]]
+    if results.get("stages"):
+        lines += ["", *format_stages(results["stages"])]
+    if results.get("equal_doses"):
+        lines += ["", *format_equal_doses(results["equal_doses"])]
+    if results.get("cold_warm"):
+        lines += ["", *format_cold_warm(results["cold_warm"])]
+    if results.get("read_ahead"):
+        lines += ["", *format_read_ahead(results["read_ahead"])]
     return "\n".join(lines)
+
+
+def _spread(values: Sequence[float], digits: int = 0) -> str:
+    """Median (min-max)."""
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def _mb_per_cpu_second(row: dict[str, Any]) -> float:
+    return float(row["movie"]["size_bytes"] / 1e6 / max(row["cpu_seconds"], 1e-9))
+
+
+def _size_label(movie: dict[str, Any]) -> str:
+    return f"{movie['shape'][1]}x{movie['shape'][0]}"
+
+
+def format_stages(stages: list[dict[str, Any]]) -> list[str]:
+    names = list(stages[0]["seconds"])
+    lines = [
+        "Stages, MB of float32 source per CPU second (one frame, best of 3):",
+        "",
+        "| dose | frame | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for stage in stages:
+        rates = [stage["size_bytes"] / 1e6 / max(stage["seconds"][name], 1e-9) for name in names]
+        lines.append(
+            f"| {stage['dose']:g} | {stage['shape'][1]}x{stage['shape'][0]} | "
+            + " | ".join(f"{rate:.0f}" for rate in rates)
+            + " |"
+        )
+    return lines
+
+
+def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
+    """Every run, then per cell: MB/s per CPU second, median (min-max), and the ratio to 4096x4096."""
+    lines = [
+        "Equal doses, every run (warm cache, threads 1):",
+        "",
+        "| repeat | dose | frame | frames | MRC MB | stored as | output MB | wall s | CPU s | user s | sys s "
+        "| MB/s per CPU s | MB/s (wall) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        movie = row["movie"]
+        lines.append(
+            f"| {row['repeat']} | {movie['dose']:g} | {_size_label(movie)} | {movie['n_frames']} | "
+            f"{_mb(movie['size_bytes'])} | {row['stored']} | {_mb(row['output_bytes'])} | "
+            f"{row['wall_seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['user_seconds']:.1f} | "
+            f"{row['sys_seconds']:.1f} | {_mb_per_cpu_second(row):.0f} | "
+            f"{movie['size_bytes'] / 1e6 / row['wall_seconds']:.0f} | {row['load']:.1f} |"
+        )
+    lines += [
+        "",
+        "Equal doses, summary: MB of source per CPU second, median (min-max) of the repeats; "
+        "ratio of medians to the smallest frames (4096x4096) with the same number of frames (8):",
+        "",
+        "| dose | frame | frames | stored as | runs | MB/s per CPU s | / 4096x4096 8 frames | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple[float, str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        movie = row["movie"]
+        cells.setdefault((movie["dose"], _size_label(movie), movie["n_frames"]), []).append(row)
+    smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
+    for (dose, size, n_frames), cell in cells.items():
+        rates = [_mb_per_cpu_second(row) for row in cell]
+        reference = [
+            _mb_per_cpu_second(row)
+            for (other_dose, other_size, other_frames), other in cells.items()
+            if (other_dose, other_size, other_frames) == (dose, smallest, 8)
+            for row in other
+        ]
+        ratio = float(np.median(rates) / np.median(reference)) if reference else float("nan")
+        lines.append(
+            f"| {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | {_spread(rates)} | "
+            f"{ratio:.2f} | {_spread([row['load'] for row in cell], 1)} |"
+        )
+    return lines
+
+
+def format_read_ahead(rows: list[dict[str, Any]]) -> list[str]:
+    """Per tree and work per frame: seconds the reads waited, median (min-max) of the runs."""
+    lines = [
+        "Read-ahead, cold cache: seconds the frame reads waited in all (frame 0 apart: nothing is read "
+        "ahead of it), median (min-max) of the runs:",
+        "",
+        "| tool | work per frame s | runs | frame 0 wait s | frames 1.. wait s | wall s | MB/s (wall) "
+        "| read_bytes / source | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["tool"], row["work_seconds"]), []).append(row)
+    for (tool, work_seconds), cell in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0])):
+        size = cell[0]["movie"]["size_bytes"]
+        lines.append(
+            f"| {tool} | {work_seconds:g} | {len(cell)} | {_spread([row['waits'][0] for row in cell], 2)} | "
+            f"{_spread([sum(row['waits'][1:]) for row in cell], 2)} | "
+            f"{_spread([row['wall'] for row in cell], 2)} | "
+            f"{_spread([size / 1e6 / row['wall'] for row in cell])} | "
+            f"{_spread([row['read_bytes'] / size for row in cell], 3)} | "
+            f"{_spread([row['load'] for row in cell], 1)} |"
+        )
+    return lines
+
+
+def format_cold_warm(rows: list[dict[str, Any]]) -> list[str]:
+    """Every run, then per cell: wall and CPU seconds, median (min-max), and the cold/warm ratios."""
+    lines = [
+        "Cold against warm, every run (threads 1):",
+        "",
+        "| repeat | tool | dose | frames | MRC MB | cache | stored as | wall s | CPU s | user s | sys s "
+        "| wall - CPU s | MB/s (wall) | read_bytes / source | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        movie = row["movie"]
+        lines.append(
+            f"| {row['repeat']} | {row['tool']} | {movie['dose']:g} | {movie['n_frames']} | "
+            f"{_mb(movie['size_bytes'])} | "
+            f"{row['cache']} | {row['stored']} | {row['wall_seconds']:.2f} | {row['cpu_seconds']:.2f} | "
+            f"{row['user_seconds']:.2f} | {row['sys_seconds']:.2f} | "
+            f"{row['wall_seconds'] - row['cpu_seconds']:.2f} | "
+            f"{movie['size_bytes'] / 1e6 / row['wall_seconds']:.0f} | "
+            f"{row['read_bytes'] / movie['size_bytes']:.3f} | {row['load']:.1f} |"
+        )
+    lines += [
+        "",
+        "Cold against warm, summary: median (min-max) of the runs; cold/warm: ratio of the medians, and the "
+        "median of the ratios within each pair:",
+        "",
+        "| tool | dose | frames | cache | runs | wall s | CPU s | sys s | MB/s (wall) "
+        "| cold/warm wall (pairs) | cold/warm CPU (pairs) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple[str, float, int], dict[str, dict[int, dict[str, Any]]]] = {}
+    for row in rows:
+        movie = row["movie"]
+        cell = cells.setdefault((row["tool"], movie["dose"], movie["n_frames"]), {})
+        cell.setdefault(row["cache"], {})[row["repeat"]] = row
+    for (tool, dose, n_frames), by_cache in cells.items():
+        for cache in ("warm", "cold"):
+            runs = list(by_cache.get(cache, {}).values())
+            if not runs:
+                continue
+            size = runs[0]["movie"]["size_bytes"]
+            walls = [row["wall_seconds"] for row in runs]
+            cpus = [row["cpu_seconds"] for row in runs]
+            ratios = "-"
+            if cache == "cold" and "warm" in by_cache:
+                warm = by_cache["warm"]
+                pairs = [repeat for repeat in by_cache["cold"] if repeat in warm]
+                wall_ratio = np.median(walls) / np.median([warm[r]["wall_seconds"] for r in pairs])
+                cpu_ratio = np.median(cpus) / np.median([warm[r]["cpu_seconds"] for r in pairs])
+                pair_wall = np.median(
+                    [by_cache["cold"][r]["wall_seconds"] / warm[r]["wall_seconds"] for r in pairs]
+                )
+                pair_cpu = np.median(
+                    [by_cache["cold"][r]["cpu_seconds"] / warm[r]["cpu_seconds"] for r in pairs]
+                )
+                ratios = f"{wall_ratio:.3f} ({pair_wall:.3f}) | {cpu_ratio:.3f} ({pair_cpu:.3f})"
+            else:
+                ratios = "- | -"
+            lines.append(
+                f"| {tool} | {dose:g} | {n_frames} | {cache} | {len(runs)} | {_spread(walls, 2)} | "
+                f"{_spread(cpus, 2)} | "
+                f"{_spread([row['sys_seconds'] for row in runs], 2)} | "
+                f"{_spread([size / 1e6 / wall for wall in walls])} | {ratios} | "
+                f"{_spread([row['load'] for row in runs], 1)} |"
+            )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -463,6 +890,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each before/after cell")
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small frames: a smoke test")
+    parser.add_argument(
+        "--equal-doses",
+        type=int,
+        default=0,
+        metavar="REPEATS",
+        help="instead of the grid: 4096x4096 and 11520x8184 float32 movies at each dose, REPEATS runs each",
+    )
+    parser.add_argument(
+        "--cold-warm",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of the grid: 4096x4096 float32 movies, PAIRS warm and cold conversions in turn",
+    )
+    parser.add_argument(
+        "--cold-warm-old", metavar="OLD_TREE", help="with --cold-warm: also the code in OLD_TREE, in turn"
+    )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of the grid: cold reads of a 4096x4096 movie with the read-ahead alone, PAIRS runs",
+    )
+    parser.add_argument("--tree", default=str(REPO), help="the code measured (default: this checkout)")
+    parser.add_argument(
+        "--stages", action="store_true", help="instead of the grid: each stage timed alone on one frame"
+    )
     args = parser.parse_args(argv)
     if args.report_from:
         print(format_report(json.loads(Path(args.report_from).read_text())))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -325,6 +327,78 @@ def pack_4bit(
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
+#: The read-ahead window assumed where the file system does not say (Linux's default).
+DEFAULT_READ_AHEAD_BYTES = 128 * 1024
+#: Largest piece of a frame hinted at once (a window of more than this is unusual).
+MAX_PREFETCH_PIECE_BYTES = 16 << 20
+
+
+def read_ahead_window_bytes(path: str | os.PathLike[str]) -> int:
+    """The read-ahead window of the device or file system holding ``path`` (``read_ahead_kb``).
+
+    Linux reads at most this much (or the device's largest request, if larger) per
+    ``posix_fadvise(WILLNEED)`` call, whatever length the call names: hints are given in
+    pieces of this size. :data:`DEFAULT_READ_AHEAD_BYTES` where it is not known.
+    """
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return DEFAULT_READ_AHEAD_BYTES
+    name = f"{os.major(device)}:{os.minor(device)}"
+    for candidate in (  # the backing device (also network file systems), a disk, a partition's disk
+        f"/sys/class/bdi/{name}/read_ahead_kb",
+        f"/sys/dev/block/{name}/queue/read_ahead_kb",
+        f"/sys/dev/block/{name}/../queue/read_ahead_kb",
+    ):
+        try:
+            window_bytes = int(Path(candidate).read_text().strip()) * 1024
+        except (OSError, ValueError):
+            continue
+        if window_bytes > 0:
+            return min(window_bytes, MAX_PREFETCH_PIECE_BYTES)
+    return DEFAULT_READ_AHEAD_BYTES
+
+
+class _Prefetcher:
+    """Hints one frame at a time to the kernel from a helper thread, piece by piece.
+
+    ``posix_fadvise(WILLNEED)`` is partly synchronous (it waits while the device's queue is
+    full) and Linux reads at most one read-ahead window per call (measured: 8 of a 64 MiB
+    frame), so the whole frame is hinted window by window, off the caller's thread. Nothing
+    is read into the process: the kernel fills its page cache, and the caller's own read of
+    the frame (the only one) then finds it there. A new hint supersedes an unfinished one.
+    """
+
+    def __init__(self, descriptor: int, piece_bytes: int) -> None:
+        self.descriptor = descriptor
+        self.piece_bytes = piece_bytes
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="empcompress-prefetch")
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def hint(self, offset: int, size_bytes: int) -> None:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._pool.submit(self._advise, generation, offset, size_bytes)
+
+    def _advise(self, generation: int, offset: int, size_bytes: int) -> None:
+        end = offset + size_bytes
+        for start in range(offset, end, self.piece_bytes):
+            if self._generation != generation:  # superseded, or closing
+                return
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(
+                    self.descriptor, start, min(self.piece_bytes, end - start), os.POSIX_FADV_WILLNEED
+                )
+
+    def close(self) -> None:
+        """Stop hinting and wait for the helper: the descriptor may be closed after this."""
+        with self._lock:
+            self._generation += 1
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class MrcMovie:
     """An open MRC movie, read frame by frame.
 
@@ -339,6 +413,7 @@ class MrcMovie:
         self.header = read_header(self.path)
         self._handle: BinaryIO | None = open_mrc(self.path)
         self._buffer: npt.NDArray[np.uint8] | None = None  # allocated on first use, let go on close
+        self._prefetcher: _Prefetcher | None = None  # started on the first hint, stopped on close
 
     def __enter__(self) -> MrcMovie:
         return self
@@ -353,6 +428,9 @@ class MrcMovie:
 
     def close(self) -> None:
         self._buffer = None
+        if self._prefetcher is not None:  # before the descriptor it uses is closed
+            self._prefetcher.close()
+            self._prefetcher = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -396,18 +474,22 @@ class MrcMovie:
         return buffer
 
     def prefetch(self, index: int) -> None:
-        """Ask the kernel to start reading frame ``index`` now (``posix_fadvise(WILLNEED)``), if it can.
+        """Ask the kernel to read frame ``index`` now (``posix_fadvise(WILLNEED)``), if it can.
 
         The read pass calls it for the next frame before working on the current one, so that
         reading from a cold disk overlaps the work (the kernel's own read-ahead is far smaller
-        than a frame). Only a hint: nothing changes if the platform has no ``posix_fadvise``.
+        than a frame). The hints go from a helper thread, one read-ahead window at a time (see
+        :class:`_Prefetcher`); a new call supersedes an unfinished one. Only a hint: nothing is
+        read into the process, and nothing changes if the platform has no ``posix_fadvise``.
         """
         header = self.header
         if not 0 <= index < header.nz or not hasattr(os, "posix_fadvise"):
             return
-        offset = header.data_offset_bytes + index * header.frame_size_bytes
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self._file().fileno(), offset, header.frame_size_bytes, os.POSIX_FADV_WILLNEED)
+        if self._prefetcher is None:
+            self._prefetcher = _Prefetcher(self._file().fileno(), read_ahead_window_bytes(self.path))
+        self._prefetcher.hint(
+            header.data_offset_bytes + index * header.frame_size_bytes, header.frame_size_bytes
+        )
 
     def values_from_raw(self, raw: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
         """View (or, for mode 101, unpack) raw frame bytes as values of shape (ny, nx)."""
@@ -419,6 +501,37 @@ class MrcMovie:
     def read_frame(self, index: int) -> npt.NDArray[np.generic]:
         """Values of frame ``index``, shape (ny, nx), MRC row order."""
         return self.values_from_raw(self.read_raw_frame(index))
+
+    def read_rows(
+        self, index: int, row_start: int, row_stop: int, *, out: npt.NDArray[np.uint8] | None = None
+    ) -> npt.NDArray[np.generic]:
+        """Values of rows ``row_start:row_stop`` of frame ``index``, shape (rows, nx), MRC row order.
+
+        Only those rows are read (a frame's rows are contiguous, mode-101 rows padded to a
+        byte). Into ``out`` (flat uint8 of the rows' stored size) when given, else a new buffer.
+        """
+        header = self.header
+        if not 0 <= index < header.nz:
+            raise IndexError(f"{self.path}: frame {index} out of range 0..{header.nz - 1}")
+        if not 0 <= row_start < row_stop <= header.ny:
+            raise IndexError(f"{self.path}: rows {row_start}:{row_stop} out of range 0:{header.ny}")
+        row_size_bytes = header.frame_size_bytes // header.ny
+        size_bytes = (row_stop - row_start) * row_size_bytes
+        if out is not None and (out.dtype != np.uint8 or out.shape != (size_bytes,)):
+            raise ValueError(f"a buffer for {row_stop - row_start} rows is {size_bytes} uint8 bytes")
+        buffer = np.empty(size_bytes, dtype=np.uint8) if out is None else out
+        handle = self._file()
+        handle.seek(header.data_offset_bytes + index * header.frame_size_bytes + row_start * row_size_bytes)
+        n_read = handle.readinto(buffer.data)  # type: ignore[attr-defined]
+        if n_read != size_bytes:
+            raise TruncatedFileError(
+                f"{self.path}: rows {row_start}:{row_stop} of frame {index} are incomplete ({n_read} of "
+                f"{size_bytes} bytes); the file changed or is truncated"
+            )
+        n_rows = row_stop - row_start
+        if header.mode == 101:
+            return unpack_4bit(buffer.reshape(n_rows, row_size_bytes), nx=header.nx)
+        return buffer.view(header.value_dtype).reshape(n_rows, header.nx)
 
     def iter_frames(self) -> Iterator[npt.NDArray[np.generic]]:
         for index in range(self.header.nz):

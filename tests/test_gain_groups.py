@@ -333,3 +333,39 @@ def test_a_crafted_transform_in_a_carried_over_entry_is_one_error_line(
     for crafted in ("x", {}, {"orientation": "identity"}):
         with pytest.raises(RecordError, match=r"storage\.gain\.transform"):
             GainRecord.from_dict({**entry, "transform": crafted}, name="raw.tif")
+
+
+def test_a_gain_estimated_by_row_bands_on_the_cluster_is_the_unbanded_gain(
+    tmp_path: Path, client: Any, gain: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 10: big frames' partials are built, merged and finalized by bands; same bytes."""
+    from empcompress.gain import estimate
+    from empcompress.pipeline import gain_tasks
+
+    source = tmp_path / "src"
+    odd = "FoilHole_2001_Data_3001_4001_20240101_120000.mrc"
+    make_epu_session(source, rng=np.random.default_rng(4), gain=gain, squares=(2, 3), flipped=(odd,))
+    options = CompressOptions(gain_sample_movies=8)
+    assert compress_drive(source, tmp_path / "whole", client=client, options=options).all_converted
+    assembled = []
+    real_assemble = gain_tasks.assemble_gain_estimate
+
+    def assemble(bands: list[Any], *, frame_shape: tuple[int, int]) -> Any:
+        assembled.append([band.gain.shape for band in bands])
+        return real_assemble(bands, frame_shape=frame_shape)
+
+    # the task is sent by name; what it calls is looked up on the (in-process) worker
+    monkeypatch.setattr(gain_tasks, "assemble_gain_estimate", assemble)
+    monkeypatch.setattr(estimate, "MAX_BAND_PIXELS", 10 * SHAPE[1])  # 5 bands of 9-10 rows
+    summary = compress_drive(source, tmp_path / "banded", client=client, options=options)
+    assert summary.all_converted
+    assert assembled == [[(10, 64), (10, 64), (10, 64), (9, 64), (9, 64)]]
+    (reference,) = _generated(tmp_path / "banded", source)
+    assert list(_generated(tmp_path / "whole", source)) == [reference]
+    banded_bytes = (tmp_path / "banded" / "data" / reference).read_bytes()
+    assert banded_bytes == (tmp_path / "whole" / "data" / reference).read_bytes()
+    orientation = {
+        Path(f["source"]).name: f["gain_orientation"] for f in _report(tmp_path / "banded")["files"]
+    }
+    assert orientation[odd] == "flip-rows"
+    recover_everything(source, tmp_path / "banded", tmp_path / "scratch")

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
-from empcompress.errors import GainError
-from empcompress.gain import finalize_gain, merge_gain_partials
+from empcompress.errors import GainError, TruncatedFileError
+from empcompress.gain import estimate as estimate_module
+from empcompress.gain import finalize_gain, gain_partial_from_movie, merge_gain_partials
+from empcompress.gain.estimate import (
+    MAX_BAND_PIXELS,
+    GainBand,
+    GainEstimate,
+    assemble_gain_estimate,
+    estimate_gain,
+    gain_bands,
+)
 from empcompress.gain.grouping import (
     AGREE,
     CONFLICT,
@@ -21,10 +34,12 @@ from empcompress.gain.grouping import (
     compare_estimates,
     fit_gain,
     fit_reference,
+    group_estimate,
     inverse_orientation,
     movie_estimate,
     movie_partial,
     orient_partial,
+    root_frame_shape,
 )
 from empcompress.gainref import (
     ORIENTATION_CODES,
@@ -33,6 +48,7 @@ from empcompress.gainref import (
     GainTransform,
     write_gain_reference,
 )
+from empcompress.mrc import MrcMovie
 from empcompress.pipeline.gain_groups import _deepest_common_folder
 
 SHAPE = (40, 40)  # square: the quarter turns and transposes apply
@@ -214,3 +230,188 @@ def test_merging_into_the_first_partial_equals_merging_into_a_new_one(
         assert np.array_equal(getattr(merged, name), getattr(fresh, name)), name
     again = merge_gain_partials(merged, second, into_first=True)  # a retried merge changes no value
     assert np.array_equal(again.kept, fresh.kept) and np.array_equal(again.n_kept, fresh.n_kept)
+
+
+# ---------------------------------------------------------------- by row bands (issue 10)
+
+
+def _rows(bands: tuple[GainBand, ...]) -> list[tuple[int, int]]:
+    return [band.rows for band in bands]
+
+
+def test_bands_cover_the_gain_and_keep_each_band_small() -> None:
+    assert _rows(gain_bands((4096, 4096))) == [(0, 4096)]  # as big as one band gets
+    assert _rows(gain_bands((40, 40))) == [(0, 40)]
+    superres = gain_bands((8184, 11520))
+    assert len(superres) == 6
+    assert all(0 < (band.stop - band.start) * 11520 <= MAX_BAND_PIXELS for band in superres)
+    assert {band.frame_shape for band in superres} == {(8184, 11520)}
+    assert _rows(gain_bands((10, 3), n_bands=4)) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert _rows(gain_bands((3, 5), n_bands=9)) == [(0, 1), (1, 2), (2, 3)]  # at most one a row
+    assert _rows(gain_bands((1, 20_000_000))) == [(0, 1)]
+    with pytest.raises(ValueError):
+        gain_bands((10, 10), n_bands=0)
+
+
+def _random_movie(path: Path, gain: np.ndarray, *, rng: np.random.Generator, n_frames: int) -> Path:
+    """Poisson counts x gain, with a few values no gain gives (negative, NaN, -0.0, inf)."""
+    counts = rng.poisson(0.8, size=(n_frames, *gain.shape)).astype(np.float32)
+    values = (counts * gain[None]).astype(np.float32)
+    odd = rng.random(values.shape) < 0.02
+    values[odd] = rng.choice(np.array([-1.5, np.nan, -0.0, np.inf, 3.3], dtype=np.float32), size=odd.sum())
+    return write_mrc(path, values, mode=2, byte_order=rng.choice(["<", ">"]))
+
+
+def _assert_same_estimate(banded: GainEstimate, whole: GainEstimate) -> None:
+    assert banded.gain.shape == whole.gain.shape
+    assert np.array_equal(banded.gain.view(np.uint32), whole.gain.view(np.uint32))
+    assert np.array_equal(banded.status, whole.status)
+    assert (banded.n_reliable, banded.n_unconfirmed, banded.n_exception, banded.n_unhit) == (
+        whole.n_reliable,
+        whole.n_unconfirmed,
+        whole.n_exception,
+        whole.n_unhit,
+    )
+    assert (banded.n_frames, banded.sources) == (whole.n_frames, whole.sources)
+
+
+@contextlib.contextmanager
+def _one_kernel_thread() -> Iterator[None]:
+    """Tiny frames: starting the kernels' threads costs more than their work (10x on a busy machine)."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+@given(
+    ny=st.integers(1, 9),
+    nx=st.integers(1, 9),
+    n_bands=st.integers(1, 10),
+    orientations=st.lists(st.sampled_from(CODES), min_size=1, max_size=3),
+    n_frames=st.integers(1, 5),
+    n_sample_frames=st.sampled_from([None, 1, 3]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_gain_estimated_by_bands_is_the_unbanded_gain_bit_for_bit(
+    ny: int,
+    nx: int,
+    n_bands: int,
+    orientations: list[str],
+    n_frames: int,
+    n_sample_frames: int | None,
+    seed: int,
+) -> None:
+    shapes = {root_frame_shape((ny, nx), code) for code in orientations}
+    assume(len(shapes) == 1)  # a group's movies all turn into one shape
+    (frame_shape,) = shapes
+    rng = np.random.default_rng(seed)
+    gain = rng.uniform(0.7, 1.4, (ny, nx)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as scratch, _one_kernel_thread():
+        paths = [
+            _random_movie(Path(scratch) / f"m{index}.mrc", gain, rng=rng, n_frames=n_frames)
+            for index in range(len(orientations))
+        ]
+        members = list(zip(paths, orientations, strict=True))
+        # unbanded: each movie's whole partial, turned, merged, finalized (as before issue 10)
+        merged = None
+        for path, code in members:
+            partial = movie_partial(path, n_sample_frames=n_sample_frames, orientation=code)
+            merged = partial if merged is None else merge_gain_partials(merged, partial)
+        assert merged is not None
+        whole = finalize_gain(merged)
+        # banded, serially (the gain estimate command) and step by step (as the Dask tasks run)
+        _assert_same_estimate(
+            group_estimate(members, n_sample_frames=n_sample_frames, n_bands=n_bands), whole
+        )
+        bands = []
+        for band in gain_bands(frame_shape, n_bands=n_bands):
+            partials = [
+                movie_partial(p, n_sample_frames=n_sample_frames, orientation=c, band=band)
+                for p, c in members
+            ]
+            while len(partials) > 1:
+                partials = [merge_gain_partials(partials[0], partials[1], into_first=True), *partials[2:]]
+            bands.append(finalize_gain(partials[0]))
+        _assert_same_estimate(assemble_gain_estimate(bands, frame_shape=frame_shape), whole)
+        # one movie's own estimate
+        own = finalize_gain(gain_partial_from_movie(paths[0], max_frames=n_sample_frames))
+        _assert_same_estimate(estimate_gain([paths[0]], max_frames=n_sample_frames, n_bands=n_bands), own)
+
+
+def test_a_movie_estimate_by_bands_is_its_unbanded_estimate(
+    tmp_path: Path, gain: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _movie(tmp_path / "a.mrc", gain, seed=1, n_frames=40, dose=0.02)  # sparse: the sample grows
+    whole = movie_estimate(path, n_sample_frames=2)
+    monkeypatch.setattr(estimate_module, "MAX_BAND_PIXELS", 7 * SHAPE[1])  # 6 bands
+    assert len(gain_bands(SHAPE)) == 6
+    _assert_same_estimate(movie_estimate(path, n_sample_frames=2), whole)
+
+
+def test_assembling_refuses_bands_that_do_not_make_the_gain(tmp_path: Path, gain: np.ndarray) -> None:
+    path = _movie(tmp_path / "a.mrc", gain, seed=1)
+    bands = [
+        finalize_gain(gain_partial_from_movie(path, rows=band.rows)) for band in gain_bands(SHAPE, n_bands=3)
+    ]
+    _assert_same_estimate(
+        assemble_gain_estimate(bands, frame_shape=SHAPE), finalize_gain(gain_partial_from_movie(path))
+    )
+    with pytest.raises(GainError, match="cover 27 of the 40 rows"):
+        assemble_gain_estimate(bands[:2], frame_shape=SHAPE)
+    with pytest.raises(GainError, match="does not fit"):
+        assemble_gain_estimate([*bands, bands[0]], frame_shape=SHAPE)
+    with pytest.raises(GainError, match="does not fit"):
+        assemble_gain_estimate(bands, frame_shape=(40, 41))
+    other = finalize_gain(gain_partial_from_movie(path, rows=(27, 40), max_frames=3))
+    with pytest.raises(GainError, match="different frames"):
+        assemble_gain_estimate([*bands[:2], other], frame_shape=SHAPE)
+    with pytest.raises(GainError, match="no bands"):
+        assemble_gain_estimate([], frame_shape=SHAPE)
+
+
+def test_movies_of_two_frame_sizes_are_not_estimated_together(tmp_path: Path, gain: np.ndarray) -> None:
+    first = _movie(tmp_path / "a.mrc", gain, seed=1)
+    taller = _movie(tmp_path / "b.mrc", np.vstack([gain, gain]), seed=2)
+    with pytest.raises(GainError, match="one frame size"):
+        estimate_gain([first, taller])
+    with pytest.raises(GainError, match="one frame size"):
+        group_estimate([(first, "identity"), (taller, "identity")], n_sample_frames=None, n_bands=2)
+
+
+@pytest.mark.parametrize(("mode", "byte_order", "nx"), [(2, "<", 7), (2, ">", 7), (101, "<", 7), (6, ">", 4)])
+def test_reading_rows_of_a_frame_gives_those_rows_of_the_frame(
+    tmp_path: Path, mode: int, byte_order: str, nx: int
+) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 16, size=(3, 5, nx)).astype(np.float32 if mode == 2 else np.uint16)
+    path = write_mrc(
+        tmp_path / "m.mrc",
+        values.astype(np.uint8) if mode == 101 else values,
+        mode=mode,
+        byte_order=byte_order,
+    )
+    with MrcMovie(path) as movie:
+        for index in range(3):
+            frame = movie.read_frame(index).copy()
+            for start, stop in [(0, 5), (1, 2), (2, 5), (4, 5)]:
+                assert np.array_equal(movie.read_rows(index, start, stop), frame[start:stop])
+        buffer = np.empty(2 * (movie.header.frame_size_bytes // 5), dtype=np.uint8)
+        assert np.array_equal(movie.read_rows(2, 3, 5, out=buffer), movie.read_frame(2)[3:5])
+        for index, start, stop in [(3, 0, 1), (-1, 0, 1), (0, 2, 2), (0, 3, 6), (0, -1, 2)]:
+            with pytest.raises(IndexError):
+                movie.read_rows(index, start, stop)
+        with pytest.raises(ValueError, match="buffer"):
+            movie.read_rows(0, 0, 1, out=buffer)
+
+
+def test_reading_rows_of_a_truncated_movie_says_so(tmp_path: Path) -> None:
+    path = write_mrc(tmp_path / "m.mrc", np.ones((2, 4, 4), dtype=np.float32), mode=2)
+    with MrcMovie(path) as movie:
+        with open(path, "r+b") as handle:  # our own test file, cut after it was opened
+            handle.truncate(path.stat().st_size - 8)
+        with pytest.raises(TruncatedFileError, match="rows 2:4 of frame 1"):
+            movie.read_rows(1, 2, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import mrcfile
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from mrc_factory import mrc_bytes, pack_nibbles, source_values_dtype, write_mrc
 
+import empcompress.mrc
 from empcompress.errors import (
     EmpCompressError,
     HeaderMismatchError,
@@ -347,3 +349,117 @@ def test_closed_movie_refuses_reads(tmp_path: Path, rng: np.random.Generator) ->
     movie.close()
     with pytest.raises(ValueError, match="closed"):
         movie.read_frame(0)
+
+
+# ---- read-ahead hints (posix_fadvise WILLNEED of the next frame, from a helper thread)
+
+
+class _Advice:
+    """Records posix_fadvise calls; the first one can be held until ``release`` is set."""
+
+    def __init__(self, *, hold_first: bool = False) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, descriptor: int, offset: int, length: int, advice: int) -> None:
+        self.started.set()
+        self.release.wait(timeout=10)
+        with self.lock:
+            self.calls.append((offset, length, advice))
+
+
+def _hinted(advice: _Advice) -> set[int]:
+    return {byte for offset, length, _ in advice.calls for byte in range(offset, offset + length)}
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_prefetch_hints_the_whole_frame_window_by_window(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Linux reads at most one read-ahead window per call: one call for a whole frame would
+    # bring in only its first window
+    values = values_for_mode(2, rng, shape=(3, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    advice = _Advice()
+    monkeypatch.setattr(os, "posix_fadvise", advice)
+    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 300)
+    with MrcMovie(path) as movie:
+        header = movie.header
+        movie.prefetch(1)
+        movie.prefetch(3)  # out of range: nothing
+        movie.prefetch(-1)
+    # closing waited for the helper
+    start = header.data_offset_bytes + header.frame_size_bytes
+    assert _hinted(advice) == set(range(start, start + header.frame_size_bytes))
+    assert all(length <= 300 and kind == os.POSIX_FADV_WILLNEED for _, length, kind in advice.calls)
+    assert len(advice.calls) == -(-header.frame_size_bytes // 300)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_prefetch_superseded_by_the_next_hint(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = values_for_mode(2, rng, shape=(4, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    advice = _Advice(hold_first=True)
+    monkeypatch.setattr(os, "posix_fadvise", advice)
+    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 100)
+    with MrcMovie(path) as movie:
+        header = movie.header
+        movie.prefetch(0)
+        assert advice.started.wait(timeout=10)  # the helper is in its first call for frame 0
+        movie.prefetch(2)  # supersedes the rest of frame 0
+        advice.release.set()
+        n_pieces = -(-header.frame_size_bytes // 100)
+        for _ in range(1000):  # frame 2's hints, all of them, then close
+            if len(advice.calls) == 1 + n_pieces:
+                break
+            threading.Event().wait(0.01)
+    frames = [(offset - header.data_offset_bytes) // header.frame_size_bytes for offset, _, _ in advice.calls]
+    assert frames == [0] + [2] * n_pieces  # frame 0 stopped after the call in flight
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_prefetch_stops_on_close(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = values_for_mode(2, rng, shape=(3, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    advice = _Advice(hold_first=True)
+    monkeypatch.setattr(os, "posix_fadvise", advice)
+    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 100)
+    movie = MrcMovie(path)
+    movie.prefetch(1)
+    assert advice.started.wait(timeout=10)
+    closing = threading.Thread(target=movie.close)
+    closing.start()
+    closing.join(timeout=0.2)
+    assert closing.is_alive()  # close waits for the call in flight (its descriptor stays open)
+    advice.release.set()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+    assert len(advice.calls) == 1  # and no hint after it
+    with pytest.raises(ValueError, match="closed"):
+        movie.prefetch(1)
+
+
+def test_prefetch_without_posix_fadvise(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = values_for_mode(2, rng)
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)
+    with MrcMovie(path) as movie:
+        movie.prefetch(1)
+        assert np.array_equal(movie.read_frame(1), values[1])
+
+
+def test_read_ahead_window_bytes(tmp_path: Path) -> None:
+    window = empcompress.mrc.read_ahead_window_bytes(tmp_path)
+    assert 0 < window <= empcompress.mrc.MAX_PREFETCH_PIECE_BYTES
+    missing = empcompress.mrc.read_ahead_window_bytes(tmp_path / "missing")
+    assert missing == empcompress.mrc.DEFAULT_READ_AHEAD_BYTES

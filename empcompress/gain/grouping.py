@@ -19,7 +19,9 @@ reliable about which gain a movie shares, so grouping looks at the values:
    (with each one's orientation relative to a root movie); a movie that conflicts
    is never merged into the estimate, so one odd movie cannot spoil a group. The
    seed's partials, each turned into the root's orientation
-   (:func:`orient_partial`), are merged and finalized into the group's gain.
+   (:func:`orient_partial`), are merged and finalized into the group's gain, by
+   row bands of the gain (:func:`~.estimate.gain_bands`: one for frames up to
+   4096x4096) so that no step holds a whole super-resolution frame's partial.
 3. **Every movie is then fitted** to that gain (:func:`fit_gain`); those it does
    not reproduce are grouped again from step 2, until every movie has a group or
    a round finds none (those movies are stored on their own terms: lossless
@@ -33,7 +35,7 @@ client holds only the decisions, never a frame or a gain.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +44,20 @@ import numpy.typing as npt
 from .. import kernels
 from ..errors import GainError
 from ..gainref import ORIENTATION_CODES, TRANSFORMS, GainTransform, orient_gain, read_gain_reference
-from ..mrc import MrcMovie
+from ..mrc import MrcMovie, read_header
 from .classify import read_sample_frames
-from .estimate import GainEstimate, GainPartial, finalize_gain, gain_partial_from_movie
+from .estimate import (
+    GainBand,
+    GainEstimate,
+    GainPartial,
+    Rows,
+    assemble_gain_estimate,
+    estimate_gain,
+    finalize_gain,
+    gain_bands,
+    gain_partial_from_movie,
+    merge_gain_partials,
+)
 from .limits import MAX_EXCEPTION_FRACTION, MIN_RELIABLE_FRACTION, ORIENT_SAMPLE_FRAMES
 
 __all__ = [
@@ -58,6 +71,8 @@ __all__ = [
     "Seed",
     "movie_estimate",
     "movie_partial",
+    "group_estimate",
+    "root_frame_shape",
     "compare_estimates",
     "choose_seed",
     "orient_partial",
@@ -140,16 +155,55 @@ def _float_frames(path: str | os.PathLike[str], n_frames: int | None) -> list[np
 
 
 def movie_partial(
-    path: str | os.PathLike[str], *, n_sample_frames: int | None, orientation: str = "identity"
+    path: str | os.PathLike[str],
+    *,
+    n_sample_frames: int | None,
+    orientation: str = "identity",
+    band: GainBand | None = None,
 ) -> GainPartial:
     """A movie's gain partial from its sample frames, turned into another movie's orientation.
 
     ``orientation`` is how this movie's gain relates to the group's root (from
     :func:`choose_seed`); the partial is turned back by its inverse so that
-    partials of one group merge pixel for pixel.
+    partials of one group merge pixel for pixel. ``band`` (rows of the turned
+    gain, see :func:`~.estimate.gain_bands`) limits it to those rows: only the
+    source rows they come from are read (for the quarter turns and transposes,
+    whole frames are read and the columns they come from kept).
     """
-    partial = gain_partial_from_movie(path, max_frames=n_sample_frames)  # frame by frame
-    return orient_partial(partial, inverse_orientation(orientation))
+    code = inverse_orientation(orientation)
+    if band is None:
+        partial = gain_partial_from_movie(path, max_frames=n_sample_frames)  # frame by frame
+    else:
+        frame_shape = read_header(path).frame_shape
+        if root_frame_shape(frame_shape, orientation) != band.frame_shape:
+            raise GainError(
+                f"{path}: its {frame_shape[1]}x{frame_shape[0]} frames do not make a "
+                f"{band.frame_shape[1]}x{band.frame_shape[0]} gain: movies of one gain have one frame size"
+            )
+        rows, columns = _source_region(code, frame_shape, band.rows)
+        partial = gain_partial_from_movie(path, max_frames=n_sample_frames, rows=rows, columns=columns)
+    return orient_partial(partial, code)
+
+
+def root_frame_shape(frame_shape: tuple[int, int], orientation: str) -> tuple[int, int]:
+    """The shape of a movie's partial of ``frame_shape`` frames turned into the root's orientation."""
+    ny, nx = frame_shape
+    return (nx, ny) if inverse_orientation(orientation) in _SWAPPING else (ny, nx)
+
+
+def _source_region(code: str, frame_shape: tuple[int, int], band: Rows) -> tuple[Rows | None, Rows | None]:
+    """The source (rows, columns) whose pixels rows ``band`` of the frame under ``code`` are made of."""
+    ny, nx = frame_shape
+    swapping = code in _SWAPPING
+    # where each row of the turned frame comes from: a source row, or a source column when swapping
+    probe = np.arange(nx)[None, :] if swapping else np.arange(ny)[:, None]
+    origin = _orient(probe, code)[:, 0]
+    start, stop = band
+    if not 0 <= start < stop <= origin.size:
+        raise ValueError(f"rows {start}:{stop} are not within a {origin.size}-row gain")
+    low, high = int(origin[start:stop].min()), int(origin[start:stop].max()) + 1
+    assert high - low == stop - start  # flips and turns keep a band of rows (columns) together
+    return (None, (low, high)) if swapping else ((low, high), None)
 
 
 def orient_partial(partial: GainPartial, code: str) -> GainPartial:
@@ -179,14 +233,48 @@ def movie_estimate(
     with MrcMovie(path) as movie:
         n_total = movie.header.nz
     while True:
-        # frame by frame: memory is the partial (16 bytes a pixel), never the sampled frames
-        estimate = finalize_gain(gain_partial_from_movie(path, max_frames=n_frames))
+        # band by band, frame by frame: memory is the gain (5 bytes a pixel) and one band's partial
+        estimate = estimate_gain([path], max_frames=n_frames)
         confirmed = estimate.n_reliable / max(1, estimate.n_hit)
         n_read = min(n_frames, n_total)
         grown = 4 * n_read
         if confirmed >= MIN_RELIABLE_FRACTION or n_read >= n_total or (max_frames and grown > max_frames):
             return estimate
+        del estimate  # not two gains at once
         n_frames = grown
+
+
+def group_estimate(
+    members: Sequence[tuple[str | os.PathLike[str], str]],
+    *,
+    n_sample_frames: int | None,
+    n_bands: int | None = None,
+) -> GainEstimate:
+    """The gain of movies merged in the root's orientation: ``members`` are (path, orientation).
+
+    Band by band (:func:`~.estimate.gain_bands`), as the pipeline does on Dask:
+    memory is two band partials and the gain.
+    """
+    if not members:
+        raise GainError("no movies to estimate a gain from")
+    frame_shape = root_frame_shape(read_header(members[0][0]).frame_shape, members[0][1])
+
+    def band_estimates() -> Iterator[GainEstimate]:
+        for band in gain_bands(frame_shape, n_bands=n_bands):
+            merged: GainPartial | None = None
+            for path, orientation in members:
+                partial = movie_partial(
+                    path, n_sample_frames=n_sample_frames, orientation=orientation, band=band
+                )
+                merged = partial if merged is None else merge_gain_partials(merged, partial, into_first=True)
+                del partial  # one partial and the merged one at a time, never three
+            assert merged is not None
+            estimate = finalize_gain(merged)
+            del merged  # not held while the next band is read
+            yield estimate
+            del estimate
+
+    return assemble_gain_estimate(band_estimates(), frame_shape=frame_shape)
 
 
 def compare_estimates(
@@ -195,15 +283,18 @@ def compare_estimates(
     """Is ``second``'s gain ``first``'s in one of the 8 orientations? Compared where both confirm it."""
     best: tuple[float, str, int] = (-1.0, "identity", 0)  # (agreement, orientation, overlap)
     shape = first.gain.shape
-    for name, _, _, _ in TRANSFORMS:
+    # memory: the two estimates and two masks (views of the turned first estimate, not copies)
+    second_reliable = second.status == kernels.GAIN_RELIABLE
+    both = np.empty_like(second_reliable)
+    for name, _, _, transform in TRANSFORMS:
         code = ORIENTATION_CODES[name]
         if code in _SWAPPING and shape[0] != shape[1]:
             continue
-        gain = _orient(first.gain, code)
-        status = _orient(first.status, code)
+        gain, status = transform(first.gain), transform(first.status)  # type: ignore[arg-type]
         if gain.shape != second.gain.shape:
             continue
-        both = (status == kernels.GAIN_RELIABLE) & (second.status == kernels.GAIN_RELIABLE)
+        np.equal(status, kernels.GAIN_RELIABLE, out=both)
+        np.logical_and(both, second_reliable, out=both)
         n_overlap = int(np.count_nonzero(both))
         if n_overlap < MIN_OVERLAP_PIXELS:
             continue

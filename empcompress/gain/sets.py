@@ -7,12 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import GainError
 from ..gainref import exception_fraction
 from ..mrc import MrcMovie
-from .classify import classify_movie, read_sample_frames
-from .estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
+from .classify import classify_movie
+from .estimate import GainEstimate, sample_frame_indices
 from .limits import DEFAULT_SAMPLE_FRAMES
 
 
@@ -49,7 +50,14 @@ def estimate_set_gain(
     fit are listed as misfits (another session's gain): they never spoil the
     estimate.
     """
-    from .grouping import choose_seed, compare_estimates, fit_gain, majority_frame, movie_estimate
+    from .grouping import (
+        choose_seed,
+        compare_estimates,
+        fit_gain,
+        group_estimate,
+        majority_frame,
+        movie_estimate,
+    )
 
     candidates: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -74,10 +82,11 @@ def estimate_set_gain(
         for i in range(n_sample)
         for j in range(i + 1, n_sample)
     ]
+    del estimates  # 5 bytes a pixel each: not held while the gain is built
     seed = choose_seed(n_sample, comparisons)
     # the gain is written in the orientation most of the movies have
     oriented = {sample[index]: orientation for index, orientation in majority_frame(seed.members)}
-    seed_gain = finalize_gain(_merged(oriented, max_frames)).gain
+    seed_gain = group_estimate(list(oriented.items()), n_sample_frames=max_frames).gain
     for path in candidates:
         if path in oriented:
             continue
@@ -85,24 +94,24 @@ def estimate_set_gain(
         if fit.fits and fit.transform is not None and fit.transform.scale == "same":
             oriented[path] = fit.transform.orientation
     used = [path for path in candidates if path in oriented]
-    estimate = finalize_gain(_merged({path: oriented[path] for path in used}, max_frames))
-    misfits = []
-    for path in candidates:
-        if path in oriented:
-            continue
-        with MrcMovie(path) as movie:
-            frames = [f.astype(np.float32, copy=False) for f in read_sample_frames(movie, n_sample_frames)]
-        misfits.append((path, exception_fraction(frames, estimate.gain)))
+    del seed_gain
+    estimate = group_estimate([(path, oriented[path]) for path in used], n_sample_frames=max_frames)
+    misfits = [
+        (path, _sample_exception_fraction(path, estimate.gain, n_sample_frames))
+        for path in candidates
+        if path not in oriented
+    ]
     return SetEstimate(estimate, tuple(used), tuple(skipped), tuple(misfits))
 
 
-def _merged(oriented: dict[str, str], max_frames: int | None) -> GainPartial:
-    """The partials of these movies (all frames, or ``max_frames``), each in the seed's orientation."""
-    from .grouping import movie_partial
-
-    merged: GainPartial | None = None
-    for path, orientation in oriented.items():
-        partial = movie_partial(path, n_sample_frames=max_frames, orientation=orientation)
-        merged = partial if merged is None else merge_gain_partials(merged, partial)
-    assert merged is not None
-    return merged
+def _sample_exception_fraction(path: str, gain: npt.NDArray[np.float32], n_sample_frames: int) -> float:
+    """:func:`exception_fraction` of the movie's sample frames, read one at a time."""
+    n_bad = n_values = 0
+    with MrcMovie(path) as movie:
+        for index in sample_frame_indices(movie.header.nz, n_sample_frames):
+            frame = movie.read_frame(index)
+            frame = frame if frame.dtype.isnative else frame.astype(frame.dtype.newbyteorder("="))
+            fraction = exception_fraction([frame.astype(np.float32, copy=False)], gain)
+            n_bad += round(fraction * frame.size)  # exact: a count over the frame's size
+            n_values += frame.size
+    return n_bad / max(1, n_values)

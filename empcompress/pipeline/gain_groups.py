@@ -23,6 +23,13 @@ What it reads: 2 frames of every movie per candidate or group fitted
 grown 4x at a time on sparse data, as classification does) and
 :data:`GROUP_PARTIAL_FRAMES` more for the group's estimate. Estimates and
 partials stay on the workers; the client holds only the decisions.
+
+The group's estimate is built by row bands of the gain
+(:func:`~empcompress.gain.estimate.gain_bands`: one band up to 4096x4096, six for
+a K3 super-resolution frame): one partial task per (movie, band) reading only the
+rows it needs, a merge tree and a finalize task per band, then one task that
+assembles the gain (5 bytes a pixel). No task holds a whole-frame partial (20
+bytes a pixel); with one band there is no assemble task (as before bands).
 """
 
 from __future__ import annotations
@@ -237,8 +244,9 @@ class GainGrouper:
             self._merge_seed(state, state.comparisons)
 
     def _merge_seed(self, state: _Round, comparisons: list[Any]) -> None:
-        from ..gain.grouping import choose_seed, majority_frame
-        from .gain_tasks import finalize_task, merge_task, movie_partial_task
+        from ..gain.estimate import gain_bands
+        from ..gain.grouping import choose_seed, majority_frame, root_frame_shape
+        from .gain_tasks import assemble_task, finalize_task, merge_task, movie_partial_task
 
         seed = choose_seed(len(state.sample), comparisons)
         state.estimates = []  # released on the workers
@@ -257,26 +265,37 @@ class GainGrouper:
         state.seed_note = f"estimated from {len(members)} sampled movies" + (
             f"; left out of the estimate: {left_out}" if left_out else ""
         )
-        level = [
-            self.client.submit(
-                movie_partial_task,
-                task.source_path,
-                GROUP_PARTIAL_FRAMES,
-                orientation,
-                pure=False,
-                priority=PRIORITY_GAIN,
-            )
-            for task, orientation in members
-        ]
-        while len(level) > 1:
-            merged = [
-                self.client.submit(merge_task, level[i], level[i + 1], pure=False, priority=PRIORITY_GAIN)
-                for i in range(0, len(level) - 1, 2)
+        # by row bands of the gain (one for frames up to 4096x4096): no task holds a whole-frame partial
+        frame_shape = root_frame_shape(state.shape, members[0][1])
+        bands = gain_bands(frame_shape)
+        finalized = []
+        for band in bands:
+            level = [
+                self.client.submit(
+                    movie_partial_task,
+                    task.source_path,
+                    GROUP_PARTIAL_FRAMES,
+                    orientation,
+                    band if len(bands) > 1 else None,
+                    pure=False,
+                    priority=PRIORITY_GAIN,
+                )
+                for task, orientation in members
             ]
-            if len(level) % 2:
-                merged.append(level[-1])
-            level = merged
-        state.gain = self.client.submit(finalize_task, level[0], pure=False, priority=PRIORITY_GAIN)
+            while len(level) > 1:
+                merged = [
+                    self.client.submit(merge_task, level[i], level[i + 1], pure=False, priority=PRIORITY_GAIN)
+                    for i in range(0, len(level) - 1, 2)
+                ]
+                if len(level) % 2:
+                    merged.append(level[-1])
+                level = merged
+            finalized.append(self.client.submit(finalize_task, level[0], pure=False, priority=PRIORITY_GAIN))
+        state.gain = (
+            finalized[0]
+            if len(finalized) == 1
+            else self.client.submit(assemble_task, finalized, frame_shape, pure=False, priority=PRIORITY_GAIN)
+        )
         state.n_pending = len(state.movies)
         from .gain_tasks import fit_estimate_task
 

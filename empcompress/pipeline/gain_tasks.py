@@ -18,7 +18,14 @@ import numpy.typing as npt
 from ..errors import EmpCompressError, GainError, InputError
 from ..files import file_digests
 from ..gain import grouping
-from ..gain.estimate import GainEstimate, GainPartial, finalize_gain, merge_gain_partials
+from ..gain.estimate import (
+    GainBand,
+    GainEstimate,
+    GainPartial,
+    assemble_gain_estimate,
+    finalize_gain,
+    merge_gain_partials,
+)
 from ..gainref import read_gain_reference, write_gain_reference
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "movie_partial_task",
     "merge_task",
     "finalize_task",
+    "assemble_task",
     "fit_estimate_task",
     "write_estimate_task",
 ]
@@ -89,8 +97,13 @@ def compare_task(
     return grouping.compare_estimates(first, second, indices=indices)
 
 
-def movie_partial_task(movie_path: str, n_sample_frames: int, orientation: str) -> GainPartial:
-    return grouping.movie_partial(movie_path, n_sample_frames=n_sample_frames, orientation=orientation)
+def movie_partial_task(
+    movie_path: str, n_sample_frames: int, orientation: str, band: GainBand | None = None
+) -> GainPartial:
+    """The movie's partial in the group's orientation: of rows ``band`` of the gain (None: all)."""
+    return grouping.movie_partial(
+        movie_path, n_sample_frames=n_sample_frames, orientation=orientation, band=band
+    )
 
 
 def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
@@ -100,6 +113,11 @@ def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
 
 def finalize_task(partial: GainPartial) -> GainEstimate:
     return finalize_gain(partial)
+
+
+def assemble_task(bands: list[GainEstimate], frame_shape: tuple[int, int]) -> GainEstimate:
+    """The group's whole gain from its bands' finalized estimates (top to bottom)."""
+    return assemble_gain_estimate(bands, frame_shape=frame_shape)
 
 
 def fit_estimate_task(movie_path: str, estimate: GainEstimate) -> grouping.GainFit:
