@@ -13,7 +13,16 @@ Choice, in this order (two explicit choices at once are refused):
    and, with ``adapt``, a new job takes its place;
 4. otherwise a :class:`distributed.LocalCluster` sized to the machine: one single-threaded
    worker process per core (the conversion of one movie is one task; processes sidestep
-   the GIL) and the machine's memory shared between them, listening on loopback only.
+   the GIL) and the machine's memory shared between them, listening on loopback only;
+   never more workers than the machine's memory holds the largest conversion
+   (:mod:`empcompress.pipeline.memory` states its need).
+
+Memory as a Dask resource: the workers empcompress starts (local, and batch jobs through
+``--resources`` in their worker arguments) advertise a ``memory`` resource equal to their
+memory limit, and the driver declares every task's need against it
+(:func:`worker_memory`), so that a worker with several threads runs only as many big
+conversions at once as fit. Workers of an existing cluster are not ours: their tasks
+declare memory only if every worker advertises the resource.
 
 Workers of existing and batch clusters must see SRC and DEST under the same paths
 (a shared file system); the pipeline checks that before it starts.
@@ -22,13 +31,17 @@ Workers of existing and batch clusters must see SRC and DEST under the same path
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from .pipeline.memory import TaskNeed
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
@@ -43,6 +56,8 @@ __all__ = [
     "machine_memory_bytes",
     "WorkerSupply",
     "worker_supply",
+    "WorkerMemory",
+    "worker_memory",
 ]
 
 #: --cluster names and their dask-jobqueue classes.
@@ -82,6 +97,8 @@ class ClusterInfo:
     scheduler_address: str
     dashboard_link: str
     description: str
+    #: what the user should know before the run (e.g. a movie too large for this machine); the CLI prints them
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,13 @@ class LocalSizing:
     n_workers: int
     threads_per_worker: int
     memory_limit_bytes: int
+    #: the largest conversion's declared memory (0: not known) and how many of those fit at once
+    largest_need_bytes: int = 0
+    n_largest_per_worker: int = 0
+    #: fewer workers than cores because the largest conversion needs the memory
+    limited_by_memory: bool = False
+    #: the largest conversion does not fit one worker (it will fail this run): what to tell the user
+    warning: str = ""
 
 
 def machine_cores() -> int:
@@ -105,6 +129,10 @@ def machine_memory_bytes() -> int:
     return int(MEMORY_LIMIT)
 
 
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
 def local_sizing(
     *,
     n_cores: int,
@@ -112,20 +140,68 @@ def local_sizing(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit_bytes: int | None = None,
+    largest_need_bytes: int = 0,
+    largest_what: str = "the largest movie",
 ) -> LocalSizing:
     """Workers x threads and memory per worker for a local cluster on this machine.
 
-    Default: one single-threaded worker per core, the machine's memory (less a
-    tenth for the driver and the OS) shared equally between them.
+    Default: one single-threaded worker per core, the machine's memory (less a tenth
+    for the driver and the OS, :data:`LOCAL_MEMORY_SHARE`) shared equally between them,
+    but never more workers than that memory holds the largest conversion
+    (``largest_need_bytes``, from :mod:`empcompress.pipeline.memory`): each worker gets
+    at least one. Options the user gave are kept; ``--memory-limit`` or ``--workers``
+    that leave a worker too little for the largest conversion are refused
+    (:class:`PipelineError`, nothing started); a machine too small for it gives one
+    worker with all the memory and a ``warning`` (those movies fail this run, the rest
+    is done).
     """
     threads = threads_per_worker or 1
-    workers = n_workers or max(1, n_cores // threads)
-    memory = memory_limit_bytes or int(memory_bytes * LOCAL_MEMORY_SHARE / workers)
+    need = max(0, largest_need_bytes)
+    usable = int(memory_bytes * LOCAL_MEMORY_SHARE)
+    default_workers = max(1, n_cores // threads)
+    limited = False
+    if memory_limit_bytes:
+        memory = memory_limit_bytes
+        if need > memory:
+            raise PipelineError(
+                f"--memory-limit {_gib(memory)}: {largest_what} needs about {_gib(need)} to convert; "
+                f"give at least --memory-limit {math.ceil(need / 2**30 * 10) / 10:.1f}GiB, or leave "
+                f"--memory-limit out to size the workers from the movies"
+            )
+        workers = n_workers or max(1, min(default_workers, usable // memory))
+    else:
+        workers = n_workers or default_workers
+        if need and not n_workers and usable // need < workers:
+            workers = max(1, usable // need)
+            limited = True
+        memory = usable // workers if workers >= 1 else 0
+        if need > memory and n_workers and n_workers > 1:
+            most = max(1, usable // need)
+            raise PipelineError(
+                f"--workers {n_workers}: each worker would have {_gib(memory)} of this machine's "
+                f"{_gib(usable)}, but {largest_what} needs about {_gib(need)} to convert; "
+                f"use --workers {most} or fewer"
+            )
     if threads < 1 or workers < 1 or memory < 1:
         raise PipelineError(
             f"invalid local cluster size: {workers} workers x {threads} threads, {memory} bytes"
         )
-    return LocalSizing(n_workers=workers, threads_per_worker=threads, memory_limit_bytes=memory)
+    warning = ""
+    if need > memory:
+        warning = (
+            f"{largest_what} needs about {_gib(need)} to convert, more than this machine's "
+            f"{_gib(usable)} for workers: movies that large fail this run (the others are done); "
+            f"convert them on a machine with more memory or a cluster (--cluster, --scheduler-address)"
+        )
+    return LocalSizing(
+        n_workers=workers,
+        threads_per_worker=threads,
+        memory_limit_bytes=memory,
+        largest_need_bytes=need,
+        n_largest_per_worker=min(threads, memory // need) if need else 0,
+        limited_by_memory=limited,
+        warning=warning,
+    )
 
 
 def parse_adapt(text: str) -> tuple[int, int]:
@@ -224,19 +300,21 @@ def open_cluster(
     *,
     environ: Mapping[str, str] | None = None,
     worker_setup: Callable[[], None] | None = None,
+    largest_need: TaskNeed | None = None,
 ) -> Iterator[tuple[Any, ClusterInfo]]:
     """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
 
     ``worker_setup`` runs on every worker as it joins (and on those already
     there), e.g. to import the code and load compiled kernels before the first
-    task. Raises :class:`PipelineError` with a hint when the cluster cannot be
-    reached or configured.
+    task. ``largest_need``: the largest task of the drive (from its scan), which
+    a local cluster is sized by. Raises :class:`PipelineError` with a hint when
+    the cluster cannot be reached or configured.
     """
     from distributed import Client
 
     kind, target = choose_connection(options, environ=os.environ if environ is None else environ)
     if kind == "local":
-        with _local_client(options) as (client, info):
+        with _local_client(options, largest_need) as (client, info):
             _register_setup(client, worker_setup)
             yield client, info
         return
@@ -270,13 +348,20 @@ def open_cluster(
                 kind=kind,
                 scheduler_address=str(cluster.scheduler_address),
                 dashboard_link=str(client.dashboard_link or ""),
-                description=f"{kind.upper()} cluster through dask-jobqueue, {scaling}",
+                description=(
+                    f"{kind.upper()} cluster through dask-jobqueue, {scaling}{_job_memory_text(kind)}"
+                ),
             )
             yield client, info
         finally:
             client.close()
     finally:
         cluster.close()
+
+
+def _job_memory_text(kind: str) -> str:
+    worker_memory = jobqueue_worker_memory_bytes(kind)
+    return f", {_gib(worker_memory)} per worker (its memory resource)" if worker_memory else ""
 
 
 def _workers_text(client: Any) -> str:
@@ -309,10 +394,29 @@ def _connect(kind: str, target: str) -> Any:
         ) from None
 
 
+def _local_description(sizing: LocalSizing, largest_need: TaskNeed | None) -> str:
+    threads = sizing.threads_per_worker
+    text = (
+        f"local cluster: {sizing.n_workers} workers x {threads} thread{'s' if threads != 1 else ''}, "
+        f"{_gib(sizing.memory_limit_bytes)} each"
+    )
+    if largest_need is None or not sizing.largest_need_bytes:
+        return text
+    from .pipeline.memory import describe_need
+
+    at_once = sizing.n_workers * sizing.n_largest_per_worker
+    fewer = "; fewer workers than cores, for memory" if sizing.limited_by_memory else ""
+    return f"{text}; the largest conversion, {describe_need(largest_need)}: {at_once} of those at once{fewer}"
+
+
 @contextlib.contextmanager
-def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
+def _local_client(
+    options: ClusterOptions, largest_need: TaskNeed | None
+) -> Iterator[tuple[Any, ClusterInfo]]:
     import dask
     from distributed import Client, LocalCluster
+
+    from .pipeline.memory import RESOURCE, describe_task
 
     sizing = local_sizing(
         n_cores=machine_cores(),
@@ -320,6 +424,8 @@ def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
         n_workers=options.n_workers,
         threads_per_worker=options.threads_per_worker,
         memory_limit_bytes=options.memory_limit_bytes,
+        largest_need_bytes=largest_need.need_bytes if largest_need is not None else 0,
+        largest_what=describe_task(largest_need) if largest_need is not None else "the largest movie",
     )
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 so that they hand memory back to the OS at
     # once; a conversion allocates frame-sized buffers over and over, and two workers doing that on
@@ -330,6 +436,7 @@ def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
             n_workers=sizing.n_workers,
             threads_per_worker=sizing.threads_per_worker,
             memory_limit=sizing.memory_limit_bytes,
+            resources={RESOURCE: float(sizing.memory_limit_bytes)},
             processes=True,
             host="127.0.0.1",
             dashboard_address=options.dashboard_address,
@@ -341,11 +448,8 @@ def _local_client(options: ClusterOptions) -> Iterator[tuple[Any, ClusterInfo]]:
                 kind="local",
                 scheduler_address=str(cluster.scheduler_address),
                 dashboard_link=str(client.dashboard_link or ""),
-                description=(
-                    f"local cluster: {sizing.n_workers} workers x {sizing.threads_per_worker} "
-                    f"thread{'s' if sizing.threads_per_worker != 1 else ''}, "
-                    f"{sizing.memory_limit_bytes / 2**30:.1f} GiB each"
-                ),
+                description=_local_description(sizing, largest_need),
+                warnings=(sizing.warning,) if sizing.warning else (),
             )
             yield client, info
         finally:
@@ -375,7 +479,38 @@ def _lifetime_args(options: ClusterOptions) -> tuple[str, ...]:
     return tuple(args)
 
 
-def _jobqueue_cluster(kind: str, worker_args: tuple[str, ...] = ()) -> Any:
+def jobqueue_worker_memory_bytes(kind: str) -> int | None:
+    """The memory limit of each worker of a ``kind`` batch job, from the users' jobqueue settings:
+    the job's ``memory`` over its ``processes`` (computed as dask-jobqueue does); None if not set."""
+    import dask
+    from dask.utils import format_bytes, parse_bytes
+    from distributed.deploy.local import nprocesses_nthreads
+
+    memory = dask.config.get(f"jobqueue.{kind}.memory", default=None)
+    cores = dask.config.get(f"jobqueue.{kind}.cores", default=None)
+    processes = dask.config.get(f"jobqueue.{kind}.processes", default=None)
+    try:
+        if processes is None:
+            processes = nprocesses_nthreads(int(cores))[0] if cores else 1
+        return int(parse_bytes(format_bytes(int(parse_bytes(memory) / int(processes))))) if memory else None
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _memory_resource_args(kind: str, configured: list[str]) -> list[str]:
+    """``--resources memory=BYTES`` for the batch workers, unless the users configure resources
+    themselves (then theirs stand, and tasks declare memory only if the workers advertise it)."""
+    from .pipeline.memory import RESOURCE
+
+    worker_memory = jobqueue_worker_memory_bytes(kind)
+    if worker_memory is None or any(str(arg).startswith("--resources") for arg in configured):
+        return []
+    return ["--resources", f"{RESOURCE}={worker_memory}"]
+
+
+def _jobqueue_cluster(
+    kind: str, worker_args: tuple[str, ...] = (), *, with_memory_resource: bool = True
+) -> Any:
     try:
         import dask_jobqueue
     except ImportError:
@@ -386,9 +521,16 @@ def _jobqueue_cluster(kind: str, worker_args: tuple[str, ...] = ()) -> Any:
 
     cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])
     extra: dict[str, Any] = {}
-    if worker_args:  # after the users' own worker-extra-args (a later --lifetime wins)
-        configured = dask.config.get(f"jobqueue.{kind}.worker-extra-args", default=None) or []
-        extra["worker_extra_args"] = [*configured, *worker_args]
+    configured = list(dask.config.get(f"jobqueue.{kind}.worker-extra-args", default=None) or [])
+    resources = _memory_resource_args(kind, configured) if with_memory_resource else []
+    if worker_args or resources:  # after the users' own worker-extra-args (a later --lifetime wins)
+        extra["worker_extra_args"] = [*configured, *worker_args, *resources]
+    # The worker runs without a nanny in its job: a nanny is a second Python process importing
+    # distributed in every job, and it starts the worker with MALLOC_TRIM_THRESHOLD_=65536 (which
+    # the local cluster unsets, see open_cluster); together they cost the jobs 18-21% more CPU
+    # than the same work on local workers (benchmarks/results-slurm.md). A worker the job's memory
+    # limit kills ends its job, and the driver retries its task elsewhere, as for any lost job.
+    extra["nanny"] = False
     try:
         return cls(**extra)
     except ValueError as error:
@@ -427,3 +569,44 @@ def worker_supply(client: Any) -> WorkerSupply:
     if not isinstance(requested, dict):
         return WorkerSupply(n_connected=n_connected, n_coming=None)
     return WorkerSupply(n_connected=n_connected, n_coming=max(0, len(requested) - n_connected))
+
+
+@dataclass(frozen=True)
+class WorkerMemory:
+    """What the driver declares task memory against."""
+
+    #: every connected worker advertises the ``memory`` resource: tasks declare their need
+    declare: bool
+    #: the most memory one worker offers (advertised, or a batch job's worker to come); 0: unknown
+    largest_worker_bytes: int
+    #: how that was found, for messages ("the workers' memory resource", "each SLURM job's worker")
+    source: str
+
+
+def worker_memory(client: Any) -> WorkerMemory:
+    """Whether the client's workers advertise memory, and the most any of them (or, for a
+    dask-jobqueue cluster, any worker of a job still to come) offers.
+
+    Workers empcompress started advertise it; an existing cluster's workers count only if
+    every one of them does (a worker without the resource would never run a task that
+    declares it, so then no task declares memory).
+    """
+    from .pipeline.memory import RESOURCE
+
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:
+        workers = {}
+    advertised = [float((worker.get("resources") or {}).get(RESOURCE, -1)) for worker in workers.values()]
+    declare = bool(advertised) and all(value >= 0 for value in advertised)
+    largest = int(max(advertised)) if declare else 0
+    source = "the memory resource the workers advertise"
+    job = getattr(getattr(client, "cluster", None), "_dummy_job", None)
+    job_memory = getattr(job, "worker_process_memory", None)
+    if declare and job_memory:
+        from dask.utils import parse_bytes
+
+        with contextlib.suppress(TypeError, ValueError):
+            largest = max(largest, int(parse_bytes(job_memory)))
+            source = "the memory of each batch job's worker (jobqueue 'memory' over 'processes')"
+    return WorkerMemory(declare=declare, largest_worker_bytes=largest, source=source)

@@ -75,7 +75,7 @@ OUTCOME_COPIED = "copied"
 OUTCOME_KEPT_AS_IS = "kept-as-is"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-row __dict__: a run holds a row per file of the drive
 class JournalEntry:
     """One source file's state. Paths are POSIX, relative to SRC and to the payload (``data/``)."""
 
@@ -103,7 +103,7 @@ class JournalEntry:
     source_inode: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GeneratedEntry:
     """A payload file we made ourselves (a gain reference estimated for a set of movies)."""
 
@@ -124,6 +124,7 @@ class GeneratedEntry:
 
 _ENTRY_FIELDS = [field.name for field in fields(JournalEntry)]
 _GENERATED_FIELDS = [field.name for field in fields(GeneratedEntry)]
+_UPDATED_AT = _ENTRY_FIELDS.index("updated_at")
 _SQL_TYPES = {
     "int": "INTEGER",
     "float": "REAL",
@@ -148,10 +149,18 @@ def _columns(cls: type, key: str) -> str:
 def _to_sql(name: str, value: Any) -> Any:
     if name in _BYTES_COLUMNS:
         return os.fsencode(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isascii():
         # messages may quote file names that are not UTF-8: keep them readable, never fail to store them
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def _upsert_sql(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+_UPSERT_FILE = _upsert_sql("files", _ENTRY_FIELDS)
+_UPSERT_GENERATED = _upsert_sql("generated", _GENERATED_FIELDS)
 
 
 def _from_sql(name: str, value: Any) -> Any:
@@ -161,7 +170,8 @@ def _from_sql(name: str, value: Any) -> Any:
 
 
 def _entry(row: Sequence[Any]) -> JournalEntry:
-    return JournalEntry(*(_from_sql(name, value) for name, value in zip(_ENTRY_FIELDS, row, strict=True)))
+    # the one bytes column is the first (rel_path): decoded alone, the rest as SQLite gives them
+    return JournalEntry(_from_sql(_ENTRY_FIELDS[0], row[0]), *row[1:])
 
 
 def journal_path(dest: str | os.PathLike[str]) -> Path:
@@ -394,18 +404,17 @@ class Journal:
 
     def record(self, entry: JournalEntry) -> JournalEntry:
         """Insert or replace one file's row (one transaction); returns it with its time stamp."""
-        entry = replace(entry, updated_at=time.time())
-        self._upsert("files", _ENTRY_FIELDS, vars(entry))  # flat fields: no deep copy (asdict's)
-        return entry
+        values = [getattr(entry, name) for name in _ENTRY_FIELDS]  # flat fields: no deep copy (asdict's)
+        values[_UPDATED_AT] = time.time()
+        self._upsert(
+            _UPSERT_FILE, [_to_sql(name, value) for name, value in zip(_ENTRY_FIELDS, values, strict=True)]
+        )
+        return JournalEntry(*values)
 
-    def _upsert(self, table: str, columns: Sequence[str], values: dict[str, Any]) -> None:
-        """Insert or replace one row of ``table`` (one transaction)."""
+    def _upsert(self, statement: str, values: Sequence[Any]) -> None:
+        """Insert or replace one row (one transaction, or part of the open batch)."""
         with self._transaction() as cursor:
-            cursor.execute(
-                f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' for _ in columns)})",
-                [_to_sql(name, values[name]) for name in columns],
-            )
+            cursor.execute(statement, values)
 
     def remove(self, rel_path: str) -> None:
         with self._transaction() as cursor:
@@ -419,7 +428,7 @@ class Journal:
 
     def record_generated(self, entry: GeneratedEntry) -> GeneratedEntry:
         entry = replace(entry, updated_at=time.time())
-        self._upsert("generated", _GENERATED_FIELDS, vars(entry))
+        self._upsert(_UPSERT_GENERATED, [_to_sql(name, getattr(entry, name)) for name in _GENERATED_FIELDS])
         return entry
 
     def remove_generated(self, output_rel_path: str) -> None:

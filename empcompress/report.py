@@ -25,12 +25,13 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .files import commit_output, temporary_output
 from .journal import STATE_DONE, GeneratedEntry, JournalEntry
 from .manifest import BAG_DECLARATION_FILES, PAYLOAD_DIRNAME, write_text_atomically
 
@@ -47,8 +48,13 @@ __all__ = [
     "GainSetReport",
     "GainMember",
     "CompressSummary",
+    "MAX_LISTED_FILES",
     "bag_info_fields",
+    "report_head",
+    "file_records",
     "report_document",
+    "report_json_chunks",
+    "write_text_chunks_atomically",
     "render_markdown",
     "file_list_lines",
     "write_reports",
@@ -61,6 +67,9 @@ REPORT_HTML = "report.html"
 DEPOSITION_JSON = "empiar-deposition.json"
 FILE_LIST = "ascp-file-list.txt"
 REPORT_FILES: tuple[str, ...] = (REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML, DEPOSITION_JSON, FILE_LIST)
+#: report.md lists at most this many files per list (the rest: "N more: see report.json", which has
+#: every file), so that a drive of 100,000 files gives a report a person can read
+MAX_LISTED_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -263,11 +272,9 @@ def _file_record(entry: JournalEntry, member: GainMember | None = None) -> dict[
     }
 
 
-def report_document(
-    summary: CompressSummary, entries: Sequence[JournalEntry], generated: Sequence[GeneratedEntry]
-) -> dict[str, Any]:
-    """The content of report.json."""
-    orientations = {member.rel_path: member for group in summary.gain_references for member in group.members}
+def report_head(summary: CompressSummary, generated: Iterable[GeneratedEntry]) -> dict[str, Any]:
+    """report.json's content before its ``files`` (the totals, groups and problems of the bag)."""
+    generated_paths = {entry.output_rel_path for entry in generated}
     last_run = {
         "started_at": summary.started_at,
         "elapsed_seconds": round(summary.elapsed_seconds, 3),
@@ -304,7 +311,7 @@ def report_document(
                 **asdict(group),
                 "output_rel_path": f"{PAYLOAD_DIRNAME}/{group.output_rel_path}",
                 "members": [{**_path_fields(member.rel_path), **asdict(member)} for member in group.members],
-                "generated": group.output_rel_path in {entry.output_rel_path for entry in generated},
+                "generated": group.output_rel_path in generated_paths,
             }
             for group in summary.gain_references
         ],
@@ -314,8 +321,80 @@ def report_document(
         "not_touched": [asdict(problem) for problem in summary.not_touched],
         "empty_folders": [display_path(folder) for folder in summary.empty_folders],
         "last_run": last_run,
-        "files": [_file_record(entry, orientations.get(entry.rel_path)) for entry in entries],
     }
+
+
+def file_records(summary: CompressSummary, entries: Iterable[JournalEntry]) -> Iterator[dict[str, Any]]:
+    """report.json's ``files``, one record at a time (never all of them at once)."""
+    orientations = {member.rel_path: member for group in summary.gain_references for member in group.members}
+    for entry in entries:
+        yield _file_record(entry, orientations.get(entry.rel_path))
+
+
+def report_document(
+    summary: CompressSummary, entries: Iterable[JournalEntry], generated: Iterable[GeneratedEntry]
+) -> dict[str, Any]:
+    """The content of report.json, in memory (small bags and tests; :func:`write_reports` streams it)."""
+    return {**report_head(summary, generated), "files": list(file_records(summary, entries))}
+
+
+#: separators that make the C encoder write a flat object as ``json.dumps(indent=2)`` writes it two
+#: levels deep (a JSON string never holds a raw line break, so the separator cannot occur inside one)
+_RECORD_SEPARATORS = (",\n      ", ": ")
+_record_encoder = json.JSONEncoder(ensure_ascii=False, separators=_RECORD_SEPARATORS)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _nested(value: Any, level: int) -> str:
+    """``value`` as ``json.dumps(indent=2)`` writes it ``level`` levels deep."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return text.replace("\n", "\n" + "  " * level)
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    """One ``files`` item, exactly as ``json.dumps(document, indent=2)`` writes it in the list."""
+    if record and all(isinstance(value, _SCALARS) for value in record.values()):
+        flat = _record_encoder.encode(record)
+        return "    {\n      " + flat[1:-1] + "\n    }"
+    return "    " + _nested(record, 2)
+
+
+def report_json_chunks(
+    head: dict[str, Any], records: Iterable[dict[str, Any]], tail: dict[str, Any]
+) -> Iterator[str]:
+    """The text of report.json, piece by piece: ``{**head, "files": [*records], **tail}`` as
+    ``json.dumps(indent=2, ensure_ascii=False)`` writes it, with a line break at the end."""
+    head_text = json.dumps({**head, "files": []}, indent=2, ensure_ascii=False)
+    yield _utf8(head_text[: head_text.rindex("]")])  # ... "files": [
+    separator = "\n"
+    for record in records:
+        yield separator
+        yield _utf8(_record_text(record))
+        separator = ",\n"
+    yield "]" if separator == "\n" else "\n  ]"
+    for key, value in tail.items():
+        yield _utf8(f",\n  {json.dumps(key, ensure_ascii=False)}: {_nested(value, 1)}")
+    yield "\n}\n"
+
+
+_WRITE_CHUNK_CHARACTERS = 1 << 18
+
+
+def write_text_chunks_atomically(path: Path, chunks: Iterable[str]) -> None:
+    """Write text given in pieces (never all of it in memory) through a temporary name: the file
+    appears under ``path`` complete, or not at all."""
+    with temporary_output(path) as temporary:
+        with open(temporary, "x", encoding="utf-8", newline="\n") as handle:
+            pending: list[str] = []
+            n_pending = 0
+            for chunk in chunks:
+                pending.append(chunk)
+                n_pending += len(chunk)
+                if n_pending >= _WRITE_CHUNK_CHARACTERS:
+                    handle.write("".join(pending))
+                    pending, n_pending = [], 0
+            handle.write("".join(pending))
+        commit_output(temporary, path)
 
 
 def _how(gain: GainSetReport) -> str:
@@ -330,6 +409,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
+
+
+def _capped(lines: list[str], n_total: int, what: str) -> list[str]:
+    """A list's first lines, and how many more there are in report.json."""
+    if n_total <= len(lines):
+        return lines
+    return [*lines, f"- ... {n_total - len(lines)} more {what}: see `{REPORT_JSON}`"]
+
+
+def _problem_lines(problems: Sequence[FileProblem]) -> list[str]:
+    lines = [f"- `{display_path(p.rel_path)}`: {p.reason}" for p in problems[:MAX_LISTED_FILES]]
+    return _capped(lines, len(problems), "files")
 
 
 def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -> str:
@@ -409,7 +500,7 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
     if summary.gain_left_out:
         lines += ["", f"## Gain-normalised movies in no gain group ({len(summary.gain_left_out)})", ""]
         lines += ["Stored as lossless float32 (bigger, nothing lost):", ""]
-        lines += [f"- `{display_path(p.rel_path)}`: {p.reason}" for p in summary.gain_left_out]
+        lines += _problem_lines(summary.gain_left_out)
     for title, problems in (
         ("Audit problems", summary.audit_problems),
         ("Failures (not in the bag; the same command retries them)", summary.failures),
@@ -418,10 +509,13 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
     ):
         if problems:
             lines += ["", f"## {title}", ""]
-            lines += [f"- `{display_path(problem.rel_path)}`: {problem.reason}" for problem in problems]
+            lines += _problem_lines(problems)
     if summary.empty_folders:
         lines += ["", "## Empty folders (a bag holds files only; recreate them from this list)", ""]
-        lines += [f"- `{display_path(folder)}`" for folder in summary.empty_folders]
+        folders = summary.empty_folders
+        lines += _capped(
+            [f"- `{display_path(folder)}`" for folder in folders[:MAX_LISTED_FILES]], len(folders), "folders"
+        )
     lines += [
         "",
         "## Last run",
@@ -448,23 +542,27 @@ def render_markdown(summary: CompressSummary, entries: Sequence[JournalEntry]) -
                     f"data/{entry.output_rel_path}" if entry.state == STATE_DONE else "-",
                     entry.stored_dtype or "-",
                 )
-                for entry in entries
+                for entry in entries[:MAX_LISTED_FILES]
             ],
         ),
-        "",
     ]
+    if len(entries) > MAX_LISTED_FILES:
+        lines += ["", f"... and {len(entries) - MAX_LISTED_FILES} more files: see `{REPORT_JSON}`."]
+    lines.append("")
     return "\n".join(lines)
 
 
-def file_list_lines(entries: Sequence[JournalEntry], generated: Sequence[GeneratedEntry]) -> list[str]:
-    """The bag's verified files relative to DEST: tag files first, then the payload."""
+def file_list_lines(entries: Iterable[JournalEntry], generated: Iterable[GeneratedEntry]) -> Iterator[str]:
+    """The bag's verified files relative to DEST, one at a time: tag files first, then the payload
+    (sorted; the payload paths are the rows' own strings, prefixed only as each line is given)."""
     tag_files = [*BAG_DECLARATION_FILES, "bag-info.txt", *REPORT_FILES]
-    payload = [f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" for entry in entries if entry.state == STATE_DONE]
-    payload += [
-        f"{PAYLOAD_DIRNAME}/{entry.output_rel_path}" for entry in generated if entry.state == STATE_DONE
-    ]
+    payload = [entry.output_rel_path for entry in entries if entry.state == STATE_DONE]
+    payload += [entry.output_rel_path for entry in generated if entry.state == STATE_DONE]
+    payload.sort()
+    yield from sorted(tag_files)
     # payload names are portable (empcompress.pipeline.layout): never a line break, always UTF-8
-    return sorted(tag_files) + sorted(payload)
+    for path in payload:
+        yield f"{PAYLOAD_DIRNAME}/{path}"
 
 
 def _utf8(text: str) -> str:
@@ -502,18 +600,27 @@ def write_reports(
     generated: Sequence[GeneratedEntry],
 ) -> tuple[str, ...]:
     """Write report.json, report.md, report.html, empiar-deposition.json and ascp-file-list.txt into
-    DEST; returns their names (the bag's tag files)."""
+    DEST; returns their names (the bag's tag files).
+
+    Memory does not grow with the number of files beyond ``entries`` themselves (which the caller
+    holds): report.json's file records are made and written one at a time (read again for the
+    deposition, which keeps only movies, gain references and sidecars), report.md lists at most
+    :data:`MAX_LISTED_FILES` per list, and the page's pictures are drawn from aggregates.
+    """
     from .deposition import write_for_compress
     from .report_html import write_report_page
 
     dest = Path(dest)
-    document = report_document(summary, entries, generated)
-    deposition = write_for_compress(dest, report=document)
-    document["empiar_deposition"] = deposition.status()
+    head = report_head(summary, generated)
+    deposition = write_for_compress(dest, report=head, files=lambda: file_records(summary, entries))
     page = write_report_page(dest, name=REPORT_HTML, summary=summary, entries=entries, deposition=deposition)
-    document_text = _utf8(json.dumps(document, indent=2, ensure_ascii=False))
-    write_text_atomically(dest / REPORT_JSON, document_text + "\n")
+    tail = {"empiar_deposition": deposition.status()}
+    write_text_chunks_atomically(
+        dest / REPORT_JSON, report_json_chunks(head, file_records(summary, entries), tail)
+    )
     markdown = render_markdown(summary, entries) + _hand_off_markdown(deposition, page.pictures)
     write_text_atomically(dest / REPORT_MARKDOWN, _utf8(markdown))
-    write_text_atomically(dest / FILE_LIST, "\n".join(file_list_lines(entries, generated)) + "\n")
+    write_text_chunks_atomically(
+        dest / FILE_LIST, (line + "\n" for line in file_list_lines(entries, generated))
+    )
     return REPORT_FILES

@@ -234,6 +234,30 @@ def test_template_merge_validates_and_the_bag_stays_sealed(
     assert verify_bag(epu_bag).ok
 
 
+def test_a_deposition_stopped_after_unsealing_is_sealed_again_by_the_next_one(
+    epu_bag: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed between unsealing and sealing again: the next `deposition` seals the bag again."""
+    from empcompress.deposition import writer
+
+    assert (epu_bag / "bagit.txt").is_file()
+
+    def killed(dest: Any) -> None:
+        raise KeyboardInterrupt  # as if the process died right before sealing
+
+    monkeypatch.setattr("empcompress.bag.seal_bag", killed)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_deposition(epu_bag)  # rewrites the file, unseals, audits, then "dies"
+    assert not (epu_bag / "bagit.txt").exists()  # unsealed, never a sealed bag with stale checksums
+    assert (epu_bag / ".empcompress" / writer.RESEAL_MARKER).is_file()
+    monkeypatch.undo()
+    assert main(["deposition", str(epu_bag)]) == 0
+    capsys.readouterr()
+    assert (epu_bag / "bagit.txt").is_file()
+    assert not (epu_bag / ".empcompress" / writer.RESEAL_MARKER).exists()
+    assert verify_bag(epu_bag).ok
+
+
 def test_bad_template_is_one_error_line(
     epu_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

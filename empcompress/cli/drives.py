@@ -37,8 +37,9 @@ LOG_INTERVAL_SECONDS = 30.0
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from ..cluster import machine_cores
+    from ..cluster import machine_cores, machine_memory_bytes
     from ..scan import scan_drive
+    from ..scan.predict import predict_memory
 
     plan = scan_drive(
         args.source,
@@ -47,8 +48,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         n_sample_frames=args.sample_frames,
         n_workers=args.workers or machine_cores(),
     )
+    memory = predict_memory(plan.files, memory_bytes=machine_memory_bytes(), n_cores=machine_cores())
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
+        document = plan.to_dict()
+        document["memory"] = asdict(memory) if memory is not None else None
+        print(json.dumps(document, indent=2, ensure_ascii=False))
         return EXIT_OK
     print(f"{plan.source}: {len(plan.files)} files, {human_bytes(plan.total_size_bytes)}")
     print("\nBy category:")
@@ -105,6 +109,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print("\nNot touched:")
         for skipped in plan.skipped:
             print(f"  {skipped.rel_path}: {skipped.reason}")
+    if memory is not None:
+        _print_memory(memory)
     minutes = plan.expected_seconds / 60
     print(
         f"\nExpected: {human_bytes(plan.total_size_bytes)} -> "
@@ -112,6 +118,23 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         f"~{minutes:.1f} min with {plan.n_workers_assumed} workers (scan took {plan.scan_seconds:.1f} s)"
     )
     return EXIT_OK
+
+
+def _print_memory(memory: Any) -> None:
+    threads = memory.threads_per_worker
+    print(
+        f"\nMemory: the largest conversion, {_printable(memory.largest_rel_path)} ({memory.frame_width}x"
+        f"{memory.frame_height}, mode {memory.mode}), needs up to ~{human_bytes(memory.need_bytes)} "
+        f"(a bound; README: Memory)"
+    )
+    print(
+        f"  compress on this machine: {memory.n_workers} workers x {threads} "
+        f"thread{'s' if threads != 1 else ''}, "
+        f"{human_bytes(memory.worker_memory_bytes)} each: {memory.n_per_worker} at once per worker, "
+        f"{memory.n_at_once} on the machine"
+    )
+    if memory.warning:
+        print(f"  Warning: {memory.warning}")
 
 
 class _CompressProgress:
@@ -270,6 +293,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         from ..cluster import ClusterOptions, open_cluster, parse_adapt
         from ..journal import ensure_not_locked
         from ..pipeline import CompressOptions, compress_drive, warm_up_worker
+        from ..pipeline.memory import largest_need
 
     cluster_options = ClusterOptions(
         scheduler_address=args.scheduler_address,
@@ -296,12 +320,18 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     progress = _CompressProgress(quiet=args.quiet, log_interval_seconds=args.log_interval)
     stop = threading.Event()
     with _compress_signals(stop, progress) as phase, ExitStack() as cluster:
+        scanned = _scan_for_sizing(args, cluster_options, progress)
+        largest = largest_need(scanned.files, threads=args.threads_per_task) if scanned is not None else None
         # Ctrl-C is held back (not lost) while the cluster starts its workers, then delivered
         with interrupts.sigint_blocked():
-            client, info = cluster.enter_context(open_cluster(cluster_options, worker_setup=warm_up_worker))
+            client, info = cluster.enter_context(
+                open_cluster(cluster_options, worker_setup=warm_up_worker, largest_need=largest)
+            )
         if not args.quiet:
             dashboard = f"; dashboard: {info.dashboard_link}" if info.dashboard_link else ""
             print(f"Running on {info.description}{dashboard}", file=sys.stderr, flush=True)
+        for warning in info.warnings:
+            print(f"Warning: {warning}", file=sys.stderr, flush=True)
         phase[0] = "running"
         try:
             summary = compress_drive(
@@ -313,6 +343,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                 stop=stop,
                 cluster_description=info.description,
                 dashboard_link=info.dashboard_link,
+                scanned=scanned,
             )
         finally:
             phase[0] = "done"
@@ -334,6 +365,23 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if code == EXIT_OK and not summary.all_converted:
         return EXIT_NOT_ALL_CONVERTED
     return code
+
+
+def _scan_for_sizing(args: argparse.Namespace, cluster_options: Any, progress: _CompressProgress) -> Any:
+    """The drive's scan, which a local cluster is sized by (its largest movie) and compress then
+    uses; None for other clusters (the driver checks each task against their workers) or if SRC
+    cannot be scanned (compress_drive then says why)."""
+    from ..cluster import choose_connection
+    from ..errors import EmpCompressError
+    from ..scan import scan_drive
+
+    if choose_connection(cluster_options, environ=os.environ)[0] != "local":
+        return None
+    progress._log(f"scanning {args.source} (the local workers are sized by its movies' frames)")
+    try:
+        return scan_drive(args.source, predict=False)
+    except (EmpCompressError, OSError):
+        return None
 
 
 def _print_compress_summary(summary: Any) -> None:

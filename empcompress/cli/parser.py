@@ -205,9 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--lifetime-stagger", metavar="DURATION", help="spread the workers' --lifetime by +/- this much"
     )
-    where.add_argument("--workers", type=_positive_int, help="local workers (default: one per core)")
-    where.add_argument("--threads-per-worker", type=_positive_int, help="local worker threads (default 1)")
-    where.add_argument("--memory-limit", metavar="BYTES", help="memory per local worker, e.g. 4GiB")
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="local workers (default: one per core, fewer if the largest conversion needs the memory)",
+    )
+    where.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        help="local worker threads (default 1); a worker runs only as many big conversions at once as fit",
+    )
+    where.add_argument(
+        "--memory-limit",
+        metavar="BYTES",
+        help="memory per local worker, e.g. 4GiB (default: the machine's shared; README: Memory)",
+    )
     where.add_argument("--dashboard-address", default="127.0.0.1:8787", help="local dashboard (host:port)")
     compress.add_argument(
         "--threads-per-task", type=_positive_int, default=1, help="encoder threads per movie"

@@ -48,7 +48,8 @@ def _folder(path: str) -> str:
 
 
 def _name(path: str) -> str:
-    return PurePosixPath(path).name
+    """The last component of a report's (POSIX, relative) path; no Path object: it runs on every file."""
+    return path.rpartition("/")[2]
 
 
 def _within(folder: str, path: str) -> bool:
@@ -66,15 +67,24 @@ def match_sidecars(
 
     payload = Path(payload)
     result = Acquisition()
-    output_of: dict[str, str] = {}
-    for entry in files:
-        source, output = entry.get("source"), entry.get("output")
-        if isinstance(source, str) and isinstance(output, str) and entry.get("state", "done") == "done":
-            output_of[source] = output
     movies = sorted(movie_sources)
     by_name: defaultdict[str, list[str]] = defaultdict(list)
     for movie in movies:
         by_name[_name(movie)].append(movie)
+    epu_xml = set()  # each movie's EPU sidecar, where its name gives one
+    for movie in movies:
+        xml_name = epu_sidecar_name(_name(movie))
+        if xml_name is not None:
+            folder = _folder(movie)
+            epu_xml.add(f"{folder}/{xml_name}" if folder else xml_name)
+    # only the sidecars are kept from the (streamed) files, never every file of the bag
+    output_of: dict[str, str] = {}
+    for entry in files:
+        source, output = entry.get("source"), entry.get("output")
+        if not isinstance(source, str) or not isinstance(output, str) or entry.get("state", "done") != "done":
+            continue
+        if source in epu_xml or _name(source) == EPU_SESSION_NAME or source.lower().endswith(".mdoc"):
+            output_of[source] = output
 
     def read(source: str) -> bytes | None:
         output = output_of[source]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,16 @@ def _resolve(image: BagImage, acquisition: Any) -> ResolvedMovie:
     return ResolvedMovie(image, None, "no pixel size in the header and no acquisition sidecar", None)
 
 
+#: report.json's file records, read again on each call (a bag's files are streamed, never all held)
+FileRecords = Callable[[], Iterable[dict[str, Any]]]
+
+
 def _gain_infos(
-    payload: Path, report: dict[str, Any], movies: list[ResolvedMovie], problems: list[str]
+    payload: Path,
+    report: dict[str, Any],
+    gain_files: list[dict[str, Any]],
+    movies: list[ResolvedMovie],
+    problems: list[str],
 ) -> list[GainInfo]:
     users: defaultdict[str, list[ResolvedMovie]] = defaultdict(list)
     for movie in movies:
@@ -156,15 +165,7 @@ def _gain_infos(
             entry = {"output": output, "source": output, "category": "gain-reference", "outcome": "generated"}
             entries.append((entry, gain))
     listed = {entry["output"] for entry, _ in entries}
-    for entry in report.get("files") or []:
-        if (
-            isinstance(entry, dict)
-            and entry.get("category") == "gain-reference"
-            and entry.get("state") == "done"
-            and isinstance(entry.get("output"), str)
-            and entry["output"] not in listed
-        ):
-            entries.append((entry, {}))
+    entries += [(entry, {}) for entry in gain_files if entry["output"] not in listed]
     infos = []
     for entry, gain in entries:
         try:
@@ -199,19 +200,31 @@ def build_deposition(
     report: dict[str, Any],
     template: dict[str, Any] | None,
     template_label: str = "",
+    files: FileRecords | None = None,
 ) -> DepositionResult:
-    """The deposition of the bag ``dest`` from its ``report`` (report.json's content) and a template."""
+    """The deposition of the bag ``dest`` from its ``report`` (report.json's content) and a template.
+
+    ``files`` gives report.json's file records (each call reads them again from the start); by
+    default, ``report["files"]``. They are read as a stream: what is kept is the movies, the gain
+    references and the sidecars of the movies, never every file of the bag.
+    """
     payload = Path(dest) / "data"
     problems: list[str] = []
-    files = [entry for entry in report.get("files") or [] if isinstance(entry, dict)]
+
+    def records() -> Iterable[dict[str, Any]]:
+        given = files() if files is not None else report.get("files") or []
+        return (entry for entry in given if isinstance(entry, dict))
+
     images: list[BagImage] = []
-    n_single = sum(
-        entry.get("category") == CATEGORY_MICROGRAPH and entry.get("state") == "done" for entry in files
-    )
-    for entry in files:
-        if entry.get("category") != CATEGORY_MOVIE or entry.get("state") != "done":
-            continue
-        if not isinstance(entry.get("output"), str):
+    gain_files: list[dict[str, Any]] = []  # gain references copied from the drive
+    n_single = 0
+    for entry in records():
+        category, done = entry.get("category"), entry.get("state") == "done"
+        if category == CATEGORY_MICROGRAPH and done:
+            n_single += 1
+        elif category == "gain-reference" and done and isinstance(entry.get("output"), str):
+            gain_files.append(entry)
+        if category != CATEGORY_MOVIE or not done or not isinstance(entry.get("output"), str):
             continue
         try:
             image = describe_image(payload, entry)
@@ -227,10 +240,10 @@ def build_deposition(
             f"{n_single} single-frame images (micrographs, atlas or preview images) are not described: "
             f"add imagesets for those you deposit"
         )
-    acquisition = match_sidecars(payload, files, [image.source for image in images])
+    acquisition = match_sidecars(payload, records(), [image.source for image in images])
     problems += acquisition.problems
     movies = [_resolve(image, acquisition) for image in images]
-    gains = _gain_infos(payload, report, movies, problems)
+    gains = _gain_infos(payload, report, gain_files, movies, problems)
     tool_version = str(report.get("tool_version") or __version__)
     groups = group_movies(
         movies,
@@ -264,44 +277,62 @@ def deposition_bytes(result: DepositionResult) -> bytes:
     return (json.dumps(result.document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+#: In DEST's state folder while ``empcompress deposition`` has unsealed a sealed bag to rewrite
+#: its deposition: a run stopped before sealing again (killed, power lost) leaves it, and the next
+#: ``deposition`` run seals the bag again once its audit passes (``compress`` seals it anyway).
+RESEAL_MARKER = "resealing-after-deposition"
+
+
 def update_bag_deposition(dest: str | os.PathLike[str], result: DepositionResult) -> tuple[str, ...]:
     """Write ``empiar-deposition.json`` into the bag ``dest``; returns the bag's problems (none: fine).
 
     In a bag with tag manifests the file's lines are rewritten and a bag that was sealed is
     sealed again only once the audit passes; elsewhere the file is just written atomically.
+    A bag that an earlier ``deposition`` unsealed and did not seal again (see
+    :data:`RESEAL_MARKER`) counts as sealed.
     """
-    from ..bag import audit_bag, rewrite_tag_file, seal_bag
+    from ..bag import BAGIT_TXT, audit_bag, rewrite_tag_file, seal_bag
     from ..bag.manifest import tag_manifest_name
+    from ..journal import STATE_DIRNAME
 
     dest = Path(dest)
     data = deposition_bytes(result)
     if not (dest / tag_manifest_name("sha256")).is_file():
         write_bytes_atomically(dest / DEPOSITION_JSON, data)
         return ()
-    was_sealed = rewrite_tag_file(dest, DEPOSITION_JSON, data)
+    marker = dest / STATE_DIRNAME / RESEAL_MARKER
+    was_sealed = (dest / BAGIT_TXT).is_file() or marker.is_file()
+    if was_sealed:  # before the bag is unsealed: a stop from here on is finished by the next run
+        write_bytes_atomically(marker, b"empcompress deposition unsealed this bag to rewrite it\n")
+    rewrite_tag_file(dest, DEPOSITION_JSON, data)
     problems = audit_bag(dest, sealed=False)
     if problems:
         return tuple(f"{problem.rel_path}: {problem.problem}" for problem in problems)
     if was_sealed:
         seal_bag(dest)
+        marker.unlink(missing_ok=True)
     return ()
 
 
-def write_for_compress(dest: str | os.PathLike[str], *, report: dict[str, Any]) -> DepositionResult:
+def write_for_compress(
+    dest: str | os.PathLike[str], *, report: dict[str, Any], files: FileRecords | None = None
+) -> DepositionResult:
     """Write ``DEST/empiar-deposition.json`` at the end of a compress run (before the bag is sealed).
 
-    The bag's existing deposition is the template (a person's title, authors, ... are kept);
-    one that is not a JSON object is left as it is, never overwritten, and the result says so.
+    ``report`` is report.json's content; ``files`` its file records, streamed (see
+    :func:`build_deposition`). The bag's existing deposition is the template (a person's title,
+    authors, ... are kept); one that is not a JSON object is left as it is, never overwritten, and
+    the result says so.
     """
     dest = Path(dest)
     try:
         template = existing_template(dest)
     except DepositionError as error:
-        result = build_deposition(dest, report=report, template=None)
+        result = build_deposition(dest, report=report, template=None, files=files)
         note = f"{error}; it was left as it is (not rewritten): fix it, then run `empcompress deposition`"
         return replace(result, problems=(*result.problems, note), written=False)
     label = f"the bag's earlier {DEPOSITION_JSON}" if template is not None else ""
-    result = build_deposition(dest, report=report, template=template, template_label=label)
+    result = build_deposition(dest, report=report, template=template, template_label=label, files=files)
     write_bytes_atomically(dest / DEPOSITION_JSON, deposition_bytes(result))
     return result
 

@@ -24,6 +24,7 @@ __all__ = [
     "BATCH_MAX_BYTES",
     "is_batchable",
     "take_batch",
+    "fetch_results",
     "batch_outcomes",
     "n_files",
 ]
@@ -57,11 +58,27 @@ def take_batch(queue: deque[tuple[str, Any]], first: FileTask) -> list[FileTask]
     return batch
 
 
-def batch_outcomes(future: Any, tasks: list[FileTask]) -> Iterator[tuple[FileTask, FileOutcome]]:
-    """Each task of a finished batch with its outcome; a batch that died fails every file (retried
-    by the next run)."""
+def fetch_results(client: Any, futures: list[Any]) -> dict[Any, Any]:
+    """The results of finished tasks, fetched together: one round trip to the workers for all of them
+    instead of one each (the driver's thread waits for each). A task whose result does not come this
+    way is left out: its own ``result()`` then says what happened."""
+    finished = [future for future in futures if future.status == "finished"]
+    if len(finished) < 2:
+        return {}
     try:
-        outcomes = tuple(future.result())
+        results = client.gather(finished, errors="skip")  # None where a result was lost
+    except Exception:
+        return {}
+    return {future: result for future, result in zip(finished, results, strict=True) if result is not None}
+
+
+def batch_outcomes(
+    future: Any, tasks: list[FileTask], *, result: Any = None
+) -> Iterator[tuple[FileTask, FileOutcome]]:
+    """Each task of a finished batch with its outcome (``result``: the batch's result if already
+    fetched); a batch that died fails every file (retried by the next run)."""
+    try:
+        outcomes = tuple(future.result() if result is None else result)
         if len(outcomes) != len(tasks):
             raise RuntimeError(f"{len(outcomes)} outcomes for {len(tasks)} files")
     except Exception as error:  # the task itself died: lost workers, out of memory, ...

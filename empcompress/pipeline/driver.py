@@ -9,6 +9,12 @@ estimated from a sample (partials merged pairwise on the cluster), written at th
 path the layout gave the set, and the set's movies are converted with it. A movie
 that the set's gain fits only in another orientation writes its own reference at
 the path the layout gave that movie; both are recorded as generated files.
+
+Memory: when every worker advertises the ``memory`` resource (workers empcompress
+starts do; see :mod:`empcompress.cluster`), every task declares its need from
+:mod:`.memory`, so that a worker runs only as many big conversions at once as fit; a
+movie that needs more than any worker offers fails this run at once with what it
+needs, instead of waiting for a worker forever.
 """
 
 from __future__ import annotations
@@ -23,14 +29,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..cluster import WorkerMemory, worker_memory
 from ..errors import PipelineError
 from ..journal import STATE_DONE, STATE_FAILED, Journal, JournalEntry
 from ..manifest import PAYLOAD_DIRNAME
 from ..scan import ACTION_CONVERT, CATEGORY_GAIN_REFERENCE, FileEntry, gain_support
-from .batching import batch_outcomes, is_batchable, n_files, take_batch
+from .batching import batch_outcomes, fetch_results, is_batchable, n_files, take_batch
 from .events import EventCallback, FileEvent, StageEvent
 from .gain_groups import GENERATED_SET, ORIGIN_DEPOSITOR, ORIGIN_ESTIMATED, Candidate, GainGrouper
 from .layout import PayloadLayout
+from .memory import (
+    COPY_NEED_BYTES,
+    TaskNeed,
+    describe_need,
+    entry_need,
+    task_resources,
+)
 from .reconcile import remove_output
 from .tasks import FileOutcome, FileTask, failed_outcome, lost_task_message, run_file_batch, run_file_task
 from .watch import WorkerWatch
@@ -101,6 +115,9 @@ class Driver:
         self._window = MIN_IN_FLIGHT
         self._window_checked = 0.0
         self.worker_watch = WorkerWatch(client)
+        #: each file's declared memory, and what the workers offer (see .memory)
+        self.needs: dict[str, TaskNeed] = {}
+        self.worker_memory = WorkerMemory(declare=False, largest_worker_bytes=0, source="")
 
     # ---------------------------------------------------------- submitting
 
@@ -115,13 +132,50 @@ class Driver:
         return self._window
 
     def _submit(
-        self, kind: str, payload: Any, function: Callable[..., Any], *args: Any, priority: int = 0
+        self,
+        kind: str,
+        payload: Any,
+        function: Callable[..., Any],
+        *args: Any,
+        priority: int = 0,
+        need_bytes: int | None = None,
     ) -> None:
         future = self.client.submit(
-            function, *args, pure=False, retries=self.options.retries, priority=priority
+            function,
+            *args,
+            pure=False,
+            retries=self.options.retries,
+            priority=priority,
+            resources=self._resources(kind, payload, need_bytes),
         )
         self.in_flight[future] = (kind, payload)
         self.completed.add(future)
+
+    def _resources(self, kind: str, payload: Any, need_bytes: int | None = None) -> dict[str, float] | None:
+        """The task's declared memory (None when the workers do not advertise memory)."""
+        if need_bytes is None:
+            need = self.needs.get(payload.rel_path) if kind == "file" else None
+            need_bytes = need.need_bytes if need is not None else COPY_NEED_BYTES
+        return self._declare(need_bytes)
+
+    def _declare(self, need_bytes: int) -> dict[str, float] | None:
+        """Resources for a task needing ``need_bytes``; a gain task's need is capped at the largest
+        worker, so that it cannot wait forever (its movies would otherwise never be grouped)."""
+        if not self.worker_memory.declare:
+            return None
+        return task_resources(min(need_bytes, self.worker_memory.largest_worker_bytes))
+
+    def _too_big(self, need: TaskNeed) -> str:
+        """Why a file is not converted this run: it needs more memory than any worker has ("" if it fits)."""
+        largest = self.worker_memory.largest_worker_bytes
+        if not self.worker_memory.declare or need.need_bytes <= largest:
+            return ""
+        return (
+            f"not converted this run: {describe_need(need)} to convert, more than any Dask worker offers "
+            f"({largest / 2**30:.1f} GiB, {self.worker_memory.source}); give the workers more memory "
+            f"(--memory-limit for a local cluster; for --cluster the job's 'memory' in jobqueue.yaml, or "
+            f"fewer 'processes' per job) and run the same command again"
+        )
 
     def refill(self) -> None:
         while self.queue and len(self.in_flight) < self.window() and not self.stop.is_set():
@@ -139,9 +193,17 @@ class Driver:
         """Queue the tasks; float movies are classified first, and gain-normalised ones grouped."""
         gain = gain_support() if self.options.gain_sets else None
         self.grouper = self._new_grouper(tasks, entries) if gain is not None else None
+        self.worker_memory = worker_memory(self.client)
         queued: list[FileTask] = []
         for task in tasks:
             entry = entries[task.rel_path]
+            need = entry_need(entry, threads=task.threads)
+            if need.need_bytes != COPY_NEED_BYTES:  # conversions only: not a row per copied file
+                self.needs[task.rel_path] = need
+            too_big = self._too_big(need)
+            if too_big:
+                self._fail(task, too_big)
+                continue
             if (
                 self.grouper is not None
                 and task.action == ACTION_CONVERT
@@ -162,6 +224,7 @@ class Driver:
         grouper = GainGrouper(
             client=self.client,
             submit=self._submit,
+            resources=self._declare,
             enqueue=lambda task: self.queue.appendleft(("file", task)),
             fail=self._fail,
             name_reference=self._name_group_reference,
@@ -173,7 +236,7 @@ class Driver:
             on_event=self.on_event,
         )
         this_run = {task.rel_path for task in tasks}
-        rows = self.journal.entries()
+        rows = self.previous_rows  # the journal as this drive starts (not read again: a row per file)
         self.reference_copies = {}
         for entry in sorted(entries.values(), key=lambda e: e.rel_path):
             if entry.category != CATEGORY_GAIN_REFERENCE or entry.mode != 2 or entry.n_frames != 1:
@@ -199,12 +262,13 @@ class Driver:
 
     # ---------------------------------------------------------- handling results
 
-    def handle(self, future: Any) -> None:
+    def handle(self, future: Any, result: Any = None) -> None:
+        """Record what ``future`` did; ``result``: a batch's outcomes when already fetched."""
         kind, payload = self.in_flight.pop(future)
         if kind == "file":
             self._handle_file(future, payload)
         elif kind == "batch":
-            for task, outcome in batch_outcomes(future, payload):
+            for task, outcome in batch_outcomes(future, payload, result=result):
                 self.record(task, outcome)
         elif kind == "gain" and self.grouper is not None:
             self.grouper.handle(payload, future)
@@ -307,9 +371,12 @@ class Driver:
                 time.sleep(POLL_SECONDS)
                 continue
             with self.journal.batch():  # the rows of everything that finished meanwhile: one commit
-                for future in self.completed.next_batch(block=False):
+                ready = [f for f in self.completed.next_batch(block=False) if f in self.in_flight]
+                batches = [f for f in ready if self.in_flight[f][0] == "batch"]
+                results = fetch_results(self.client, batches)  # one round trip for all of them
+                for future in ready:
                     if future in self.in_flight:
-                        self.handle(future)
+                        self.handle(future, results.get(future))
             self.refill()
         if self.stop.is_set():
             self.interrupted = True

@@ -44,6 +44,7 @@ from ..errors import EmpCompressError
 from ..journal import STATE_DONE, GeneratedEntry
 from ..manifest import PAYLOAD_DIRNAME
 from .events import EventCallback, StageEvent
+from .memory import gain_step_need_bytes
 from .tasks import FileTask
 
 __all__ = [
@@ -99,6 +100,7 @@ class GainGrouper:
         *,
         client: Any,
         submit: Callable[..., None],
+        resources: Callable[[int], dict[str, float] | None],
         enqueue: Callable[[FileTask], None],
         fail: Callable[[FileTask, str], None],
         name_reference: Callable[[str, dict[str, Any]], str],
@@ -111,6 +113,7 @@ class GainGrouper:
     ) -> None:
         self.client = client
         self.submit = submit
+        self.resources = resources  # a need in bytes -> the task's Dask resources (None: not declared)
         self.enqueue = enqueue
         self.fail = fail
         self.name_reference = name_reference
@@ -164,13 +167,27 @@ class GainGrouper:
             StageEvent(f"fitting {len(movies)} gain-normalised movies to the gain references {shown}{more}")
         )
         arrays = [
-            self.client.submit(load_reference_task, c.read_path, pure=False, priority=PRIORITY_GAIN)
+            self.client.submit(
+                load_reference_task,
+                c.read_path,
+                pure=False,
+                priority=PRIORITY_GAIN,
+                resources=self.resources(self._need("load-reference", self._largest_shape())),
+            )
             for c in self.candidates
         ]
         names = tuple(PurePosixPath(c.rel_path).name for c in self.candidates)
         self._n_fit_pending = len(movies)
         for task in movies:
-            self.submit("gain", ("candidates", task), fit_candidates_task, task.source_path, arrays, names)
+            self.submit(
+                "gain",
+                ("candidates", task),
+                fit_candidates_task,
+                task.source_path,
+                arrays,
+                names,
+                need_bytes=self._need("candidates", self._largest_shape()),
+            )
 
     def _candidates_fitted(self, task: FileTask, result: Any) -> None:
         self._fit_results[task.rel_path] = (task, result)
@@ -218,6 +235,7 @@ class GainGrouper:
                 self.classify_sample_frames,
                 pure=False,
                 priority=PRIORITY_GAIN,
+                resources=self.resources(self._need("estimate", state.shape)),
             )
             for task in state.sample
         ]
@@ -234,6 +252,7 @@ class GainGrouper:
                 state.estimates[i],
                 state.estimates[j],
                 (i, j),
+                need_bytes=self._need("compare", state.shape),
             )
 
     def _compared(self, state: _Round, comparison: Any) -> None:
@@ -279,28 +298,58 @@ class GainGrouper:
                     band if len(bands) > 1 else None,
                     pure=False,
                     priority=PRIORITY_GAIN,
+                    resources=self.resources(self._need("partial", frame_shape)),
                 )
                 for task, orientation in members
             ]
             while len(level) > 1:
                 merged = [
-                    self.client.submit(merge_task, level[i], level[i + 1], pure=False, priority=PRIORITY_GAIN)
+                    self.client.submit(
+                        merge_task,
+                        level[i],
+                        level[i + 1],
+                        pure=False,
+                        priority=PRIORITY_GAIN,
+                        resources=self.resources(self._need("merge", frame_shape)),
+                    )
                     for i in range(0, len(level) - 1, 2)
                 ]
                 if len(level) % 2:
                     merged.append(level[-1])
                 level = merged
-            finalized.append(self.client.submit(finalize_task, level[0], pure=False, priority=PRIORITY_GAIN))
+            finalized.append(
+                self.client.submit(
+                    finalize_task,
+                    level[0],
+                    pure=False,
+                    priority=PRIORITY_GAIN,
+                    resources=self.resources(self._need("finalize", frame_shape)),
+                )
+            )
         state.gain = (
             finalized[0]
             if len(finalized) == 1
-            else self.client.submit(assemble_task, finalized, frame_shape, pure=False, priority=PRIORITY_GAIN)
+            else self.client.submit(
+                assemble_task,
+                finalized,
+                frame_shape,
+                pure=False,
+                priority=PRIORITY_GAIN,
+                resources=self.resources(self._need("assemble", frame_shape)),
+            )
         )
         state.n_pending = len(state.movies)
         from .gain_tasks import fit_estimate_task
 
         for task in state.movies:
-            self.submit("gain", ("fit", state, task), fit_estimate_task, task.source_path, state.gain)
+            self.submit(
+                "gain",
+                ("fit", state, task),
+                fit_estimate_task,
+                task.source_path,
+                state.gain,
+                need_bytes=self._need("fit", state.shape),
+            )
 
     def _fitted(self, state: _Round, task: FileTask, fit: Any) -> None:
         state.fits[task.rel_path] = fit
@@ -334,6 +383,7 @@ class GainGrouper:
             write_estimate_task,
             state.gain,
             str(self.payload / rel_path),
+            need_bytes=self._need("write", state.shape),
         )
 
     def _written(
@@ -368,6 +418,18 @@ class GainGrouper:
             self._start_round(_Round(state.shape, rest))
 
     # ---------------------------------------------------------- results
+
+    def _need(self, step: str, frame_shape: tuple[int, int]) -> int:
+        """The declared memory of a grouping step on gains of ``frame_shape`` (see .memory)."""
+        from ..gain.estimate import gain_bands
+
+        band_rows = max(band.stop - band.start for band in gain_bands(frame_shape))
+        n_pixels = frame_shape[0] * frame_shape[1]
+        return gain_step_need_bytes(step, n_pixels=n_pixels, band_pixels=band_rows * frame_shape[1])
+
+    def _largest_shape(self) -> tuple[int, int]:
+        """The largest frame among the movies to group (a candidate reference is fitted to each)."""
+        return max(self.shapes.values(), key=lambda shape: shape[0] * shape[1], default=(1, 1))
 
     def handle(self, step: tuple[Any, ...], future: Any) -> None:
         kind = step[0]

@@ -76,6 +76,8 @@ def _needs_escape(byte: int) -> bool:
 
 
 def _portable_name(name: str) -> str:
+    if name.isascii() and name.isprintable() and "%" not in name and not name.startswith(TEMP_MARKER):
+        return name  # the common case, without looking at each byte (printable: no control character)
     raw = os.fsencode(name)
     try:
         raw.decode("utf-8")
@@ -116,7 +118,8 @@ def _fit_name(name: str, *, original: str) -> str:
 
 def portable_path(rel_path: str) -> str:
     """The payload path of a source path: every component portable and within 255 bytes."""
-    return "/".join(_fit_name(_portable_name(part), original=part) for part in rel_path.split("/"))
+    path = "/".join(_fit_name(_portable_name(part), original=part) for part in rel_path.split("/"))
+    return rel_path if path == rel_path else path  # the same string: held once for most files
 
 
 def is_portable_path(rel_path: str) -> bool:

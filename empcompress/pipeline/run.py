@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..deposition.writer import RESEAL_MARKER
 from ..errors import PipelineError
 from ..journal import STATE_DIRNAME, GeneratedEntry, Journal, JournalEntry, is_journal_dest
 from ..manifest import PAYLOAD_DIRNAME, BagProblem, remove_bag_declaration
 from ..report import CompressSummary, FileProblem, bag_info_fields, write_reports
-from ..scan import FileEntry, scan_drive
+from ..scan import FileEntry, ScanPlan, scan_drive
 from .driver import Driver, DriverOptions
 from .events import STAGE_REDOING, STAGE_SEALING, EventCallback, PlanEvent, StageEvent
 from .layout import PayloadLayout
@@ -194,8 +195,12 @@ def compress_drive(
     stop: threading.Event | None = None,
     cluster_description: str = "",
     dashboard_link: str = "",
+    scanned: ScanPlan | None = None,
 ) -> CompressSummary:
     """Compress the drive ``source`` into the bag ``dest`` on the Dask ``client``'s cluster.
+
+    ``scanned``: the scan of ``source`` the caller already made (``scan_drive(source,
+    predict=False)``, e.g. to size a local cluster by its largest movie): not scanned again.
 
     Returns the summary (``summary.complete`` and ``summary.exit_code`` say what was
     proven). Raises :class:`PipelineError` when the job cannot start (bad locations,
@@ -218,13 +223,18 @@ def compress_drive(
     with Journal.open(dest_path, source=str(source_path)) as journal:
         _check_own_folders(dest_path)  # again, now that no other run can change them
         remove_bag_declaration(dest_path)  # from here on DEST changes: it is not a bag until sealed again
+        # this run decides whether the bag is sealed again, not an earlier `deposition` stopped midway
+        (dest_path / STATE_DIRNAME / RESEAL_MARKER).unlink(missing_ok=True)
         n_temporaries = sweep_temporaries(dest_path)
         for old in (dest_path / STATE_DIRNAME).glob("stop-*"):
             with contextlib.suppress(OSError):
                 old.unlink()
         stop_path = dest_path / STATE_DIRNAME / f"stop-{secrets.token_hex(8)}"
-        emit(StageEvent(f"scanning {source_path}"))
-        plan = scan_drive(source_path, predict=False)
+        if scanned is not None and Path(scanned.source).resolve() == source_path:
+            plan = scanned
+        else:
+            emit(StageEvent(f"scanning {source_path}"))
+            plan = scan_drive(source_path, predict=False)
         entries = {entry.rel_path: entry for entry in plan.files}
         rows = journal.entries()
         lost = check_generated(journal, payload)
@@ -236,7 +246,8 @@ def compress_drive(
         n_stale = forget_vanished(journal, rows, entries, payload, layout, unreadable=unreadable)
         prune_empty_folders(payload)
         # rows of files under a folder that could not be read this time are kept, with their outputs
-        for name, kept in journal.entries().items():
+        # (``rows`` is the journal now: forget_vanished removed the same rows from both)
+        for name, kept in rows.items():
             if name not in entries and kept.output_rel_path:
                 layout.reserve_kept(name, kept.output_rel_path)
         kept_names = set(entries) | set(rows)
@@ -346,6 +357,7 @@ def compress_drive(
             )
 
         drive(work, recheck)
+        del work, recheck  # the tasks are done: keep no per-file list longer than needed
         sealed = False
         audit_problems: tuple[BagProblem, ...] = ()
         for attempt in range(2):
@@ -374,11 +386,13 @@ def compress_drive(
             )
             audit_problems = result.problems
             sealed = result.sealed
+            del files, in_bag
             if not audit_problems:
                 break
             redo = _redo_for(audit_problems, rows, entries)
             if attempt == 1 or not redo:
                 summary = summarise(rows, generated, sealed=False, audit_problems=audit_problems)
+                in_bag = [rows[name] for name in sorted(rows) if name in entries]
                 _write_reports(dest_path, summary, in_bag, list(generated.values()))
                 emit(StageEvent(f"the audit found {len(audit_problems)} problems; the bag is not sealed"))
                 break
@@ -390,8 +404,9 @@ def compress_drive(
             )
             for name in redo:
                 journal.remove(name)
-            driver.previous_rows = journal.entries()
+            rows = driver.previous_rows = journal.entries()
             drive([entries[name] for name in sorted(redo) if name in entries], [])
-        return summarise(
-            journal.entries(), journal.generated_entries(), sealed=sealed, audit_problems=audit_problems
-        )
+            rows = {}  # read again below (after the redo), not held twice meanwhile
+        if not rows or driver.interrupted:
+            rows = journal.entries()
+        return summarise(rows, journal.generated_entries(), sealed=sealed, audit_problems=audit_problems)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .samples import CountSample, RunInterval
+from .samples import CountSample, RunTimeline
 
 __all__ = ["Picture", "ratio_picture", "throughput_picture", "counts_picture", "gain_picture", "DPI"]
 
@@ -74,29 +74,25 @@ def ratio_picture(samples: Sequence[CountSample]) -> Picture:
     return _png(figure)
 
 
-def throughput_picture(intervals: Sequence[RunInterval]) -> Picture:
+def throughput_picture(timeline: RunTimeline) -> Picture:
     """Source bytes done over the last run, and how many files were in work at once (busy workers)."""
     figure = _figure()
     axes = figure.add_subplot()  # type: ignore[attr-defined]
-    if intervals:
-        ends = np.array([interval.end_seconds for interval in intervals])
-        done = np.cumsum([interval.source_size_bytes for interval in intervals]) / 1e9
+    if timeline.n_files:
+        n_steps = len(timeline.bytes_done)
+        ends = (np.arange(n_steps) + 1) * timeline.step_seconds
+        done = timeline.bytes_done / 1e9
         axes.step(np.concatenate([[0.0], ends]), np.concatenate([[0.0], done]), where="post", color="C0")
         axes.set_ylabel("source GB done", color="C0")
-        events = sorted(
-            [(interval.start_seconds, 1) for interval in intervals]
-            + [(interval.end_seconds, -1) for interval in intervals]
-        )
-        times = [0.0] + [time for time, _ in events]
-        busy = np.cumsum([0] + [step for _, step in events])
+        busy = timeline.files_in_work
         workers = axes.twinx()
-        workers.step(times, busy, where="post", color="C1", alpha=0.8)
+        workers.step(np.concatenate([[0.0], ends]), np.concatenate([busy, [0.0]]), where="post", color="C1")
         workers.set_ylabel("files in work (busy workers)", color="C1")
-        workers.set_ylim(0, max(1, int(busy.max())) + 1)
-        span = max(float(ends.max()), 1e-9)
+        workers.set_ylim(0, max(1.0, float(busy.max())) * 1.1)
+        span = max(timeline.span_seconds, 1e-9)
         axes.set_title(
-            f"Bytes done over time: {len(intervals)} files, {done[-1] * 1e3 / span:.1f} MB/s over the run, "
-            f"at most {int(busy.max())} at once"
+            f"Bytes done over time: {timeline.n_files} files, {done[-1] * 1e3 / span:.1f} MB/s over the "
+            f"run, at most {float(busy.max()):.1f} at once"
         )
     else:
         axes.text(

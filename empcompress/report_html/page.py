@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import __version__
 from ..files import write_bytes_atomically
+from ..journal import OUTCOME_CONVERTED
 from .figures import Picture, counts_picture, gain_picture, ratio_picture, throughput_picture
-from .samples import CountSample, run_intervals, sample_counts
+from .samples import CountSample, run_timeline, sample_counts
 
 if TYPE_CHECKING:
     from ..deposition import DepositionResult
@@ -117,7 +118,12 @@ def write_report_page(
 
     dest = Path(dest)
     payload = dest / "data"
-    sizes = {f"data/{row.output_rel_path}": (row.source_size_bytes, row.output_size_bytes) for row in entries}
+    # the sizes of the converted movies only (the pictures sample those), never of every file
+    sizes = {
+        f"data/{row.output_rel_path}": (row.source_size_bytes, row.output_size_bytes)
+        for row in entries
+        if row.outcome == OUTCOME_CONVERTED
+    }
     samples: dict[str, CountSample] = {}
     counted = []
     if deposition is not None:
@@ -148,13 +154,13 @@ def write_report_page(
             members = [samples[output] for output in group.members if output in samples]
             if members:
                 groups.append((str(group.imageset.get("name", "")), members))
-    intervals = run_intervals(
-        [(row.updated_at, row.elapsed_seconds, row.source_size_bytes) for row in entries],
+    timeline = run_timeline(
+        lambda: ((row.updated_at, row.elapsed_seconds, row.source_size_bytes) for row in entries),
         run_started_epoch=_epoch(summary.started_at),
     )
     pictures = [
         ("ratio", REPORT_PICTURES[0][1], ratio_picture(list(samples.values()))),
-        ("throughput", REPORT_PICTURES[1][1], throughput_picture(intervals)),
+        ("throughput", REPORT_PICTURES[1][1], throughput_picture(timeline)),
         ("counts", REPORT_PICTURES[2][1], counts_picture(groups)),
     ]
     gain_sections: list[tuple[str, str, Picture | None, str]] = []

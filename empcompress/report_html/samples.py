@@ -4,15 +4,16 @@
   stored as integers: their histogram and order-0 entropy, which gives the movie's
   *entropy floor* (bits per value x values in the movie / 8): no lossless coder of
   independent values does better;
-- :func:`run_intervals`: when each file of the last run started and finished (from the
-  journal: finished at ``updated_at``, after ``elapsed_seconds``).
+- :func:`run_timeline`: the source bytes finished and the files in work over the last run, in
+  a fixed number of time steps (from the journal: each file finished at ``updated_at``, after
+  ``elapsed_seconds``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ __all__ = [
     "CountSample",
     "sample_counts",
     "entropy_bits",
-    "RunInterval",
-    "run_intervals",
+    "TIMELINE_STEPS",
+    "RunTimeline",
+    "run_timeline",
 ]
 
 #: the histogram keeps counts 0..MAX_HISTOGRAM_BINS-2 and folds larger ones into the last bin (uint16
@@ -124,21 +126,59 @@ def sample_counts(
     )
 
 
+#: the throughput picture's time steps (whatever the number of files: memory stays bounded)
+TIMELINE_STEPS = 1000
+
+
 @dataclass(frozen=True)
-class RunInterval:
-    """One file of the last run: seconds since the run started, and its source's size."""
+class RunTimeline:
+    """The last run in equal time steps: the source bytes finished by the end of each step, and the
+    mean number of files in work during each (the time they spent in it over the step's length)."""
 
-    start_seconds: float
-    end_seconds: float
-    source_size_bytes: int
+    step_seconds: float
+    bytes_done: np.ndarray  # cumulative, one value per step
+    files_in_work: np.ndarray  # one value per step
+    n_files: int
+
+    @property
+    def span_seconds(self) -> float:
+        return self.step_seconds * len(self.bytes_done)
 
 
-def run_intervals(rows: Sequence[tuple[float, float, int]], *, run_started_epoch: float) -> list[RunInterval]:
-    """``(updated_at, elapsed_seconds, source_size_bytes)`` of journal rows -> the last run's intervals."""
-    intervals = []
-    for updated_at, elapsed_seconds, size_bytes in rows:
-        if not math.isfinite(updated_at) or updated_at < run_started_epoch:
+def run_timeline(
+    rows: Callable[[], Iterable[tuple[float, float, int]]],
+    *,
+    run_started_epoch: float,
+    n_steps: int = TIMELINE_STEPS,
+) -> RunTimeline:
+    """``(updated_at, elapsed_seconds, source_size_bytes)`` of journal rows (each call of ``rows``
+    reads them again) -> the last run's timeline, in ``n_steps`` steps: two passes, nothing per file kept."""
+
+    def intervals() -> Iterator[tuple[float, float, int]]:
+        for updated_at, elapsed_seconds, size_bytes in rows():
+            if not math.isfinite(updated_at) or updated_at < run_started_epoch:
+                continue
+            end = updated_at - run_started_epoch
+            yield max(0.0, end - max(elapsed_seconds, 0.0)), end, size_bytes
+
+    n_files, span = 0, 0.0
+    for _, end, _ in intervals():
+        n_files += 1
+        span = max(span, end)
+    step = max(span, 1e-9) / n_steps
+    last = n_steps - 1
+    done = [0] * n_steps
+    partial = [0.0] * n_steps  # steps a file is in work for part of
+    whole = [0] * (n_steps + 1)  # steps a file is in work for all of, as differences
+    for start, end, size_bytes in intervals():
+        first, final = min(int(start / step), last), min(int(end / step), last)
+        done[final] += size_bytes
+        if first == final:
+            partial[first] += (end - start) / step
             continue
-        end = updated_at - run_started_epoch
-        intervals.append(RunInterval(max(0.0, end - max(elapsed_seconds, 0.0)), end, size_bytes))
-    return sorted(intervals, key=lambda interval: interval.end_seconds)
+        partial[first] += (first + 1) - start / step
+        partial[final] += end / step - final
+        whole[first + 1] += 1
+        whole[final] -= 1
+    in_work = np.cumsum(whole[:n_steps], dtype=np.float64) + np.asarray(partial)
+    return RunTimeline(step, np.cumsum(done, dtype=np.float64), in_work, n_files)

@@ -38,9 +38,14 @@ COPY_BYTES_PER_SECOND = 400e6
 CONVERT_TIME_FACTOR = 4.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
-    """One regular file of SRC and what will happen to it. Paths are POSIX, relative to SRC."""
+    """One regular file of SRC and what will happen to it. Paths are POSIX, relative to SRC.
+
+    A run holds one per file of the drive for its whole length (100,000 small files beside the
+    movies of an EPU session), so an entry has no ``__dict__`` (slots), and the fields only MRC
+    files use (mode, frames, frame size, header error) are shared defaults for all other files.
+    """
 
     rel_path: str
     size_bytes: int

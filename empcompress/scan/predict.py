@@ -1,4 +1,5 @@
-"""Predict what compression will do from a few frames of a few movies of each group."""
+"""Predict what compression will do from a few frames of a few movies of each group, and the memory
+its largest conversion needs (:func:`predict_memory`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..encode import choose_codec
 from ..errors import EmpCompressError
 from ..mrc import MrcMovie
 from .entries import (
+    ACTION_CONVERT,
     CATEGORY_GAIN_REFERENCE,
     CONVERT_TIME_FACTOR,
     COPY_BYTES_PER_SECOND,
@@ -206,4 +208,60 @@ def _predict_gain_groups(
     ]
     return predict_gain_groups(
         root, sampled_movies=dict(sampled), n_movies=dict(n_movies), references=references
+    )
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """The largest conversion's declared memory, and how many fit at once on this machine."""
+
+    largest_rel_path: str
+    frame_width: int
+    frame_height: int
+    mode: int
+    need_bytes: int  # what compress declares for it (pipeline.memory: the float-stored bound for floats)
+    usable_memory_bytes: int  # the machine's memory for local workers
+    n_workers: int  # a local compress run's workers x threads, and each worker's memory
+    threads_per_worker: int
+    worker_memory_bytes: int
+    n_per_worker: int  # of the largest conversion, at once per local worker
+    n_at_once: int  # ... and on the whole machine
+    warning: str  # it does not fit a worker of this machine: why, what to do
+
+
+def predict_memory(
+    files: tuple[FileEntry, ...] | list[FileEntry],
+    *,
+    memory_bytes: int,
+    n_cores: int,
+    threads_per_task: int = 1,
+) -> MemoryPrediction | None:
+    """How a local compress run on this machine would be sized for the drive's largest task
+    (None when nothing is converted). Uses the model of :mod:`empcompress.pipeline.memory`."""
+    from ..cluster import LOCAL_MEMORY_SHARE, local_sizing
+    from ..pipeline.memory import describe_task, largest_need
+
+    movies = [entry for entry in files if entry.action == ACTION_CONVERT and not entry.header_error]
+    need = largest_need(movies, threads=threads_per_task)
+    if need is None or need.frame is None:
+        return None
+    sizing = local_sizing(
+        n_cores=n_cores,
+        memory_bytes=memory_bytes,
+        largest_need_bytes=need.need_bytes,
+        largest_what=describe_task(need),
+    )
+    return MemoryPrediction(
+        largest_rel_path=need.rel_path,
+        frame_width=need.frame.width,
+        frame_height=need.frame.height,
+        mode=need.frame.mode,
+        need_bytes=need.need_bytes,
+        usable_memory_bytes=int(memory_bytes * LOCAL_MEMORY_SHARE),
+        n_workers=sizing.n_workers,
+        threads_per_worker=sizing.threads_per_worker,
+        worker_memory_bytes=sizing.memory_limit_bytes,
+        n_per_worker=sizing.n_largest_per_worker,
+        n_at_once=sizing.n_largest_per_worker * sizing.n_workers,
+        warning=sizing.warning,
     )
