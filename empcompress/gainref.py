@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ __all__ = [
     "read_gain_reference",
     "read_gain_array",
     "orient_gain",
+    "exception_counts",
     "exception_fraction",
     "write_gain_reference",
     "place_gain_reference",
@@ -316,14 +317,24 @@ def _read_dm(path: Path) -> GainArray:
 # ---------------------------------------------------------------- orienting
 
 
-def exception_fraction(frames: Sequence[npt.NDArray[np.float32]], gain: GainArray) -> float:
-    """Fraction of the frames' values that float32(n * gain) does not reproduce."""
+def exception_counts(frames: Iterable[npt.NDArray[np.float32]], gain: GainArray) -> tuple[int, int]:
+    """(values float32(n * gain) does not reproduce, values) of the frames.
+
+    Per value, so it adds up over frames and over row bands (pass each band's
+    rows of the frames with the same rows of the gain): one frame at a time.
+    """
     scratch = np.empty(gain.shape, dtype=np.uint16)
     n_bad = n_values = 0
     for frame in frames:
         _, indices, _ = kernels.gain_counts(frame, gain, scratch)
         n_bad += indices.size
         n_values += frame.size
+    return n_bad, n_values
+
+
+def exception_fraction(frames: Iterable[npt.NDArray[np.float32]], gain: GainArray) -> float:
+    """Fraction of the frames' values that float32(n * gain) does not reproduce."""
+    n_bad, n_values = exception_counts(frames, gain)
     return n_bad / max(1, n_values)
 
 
