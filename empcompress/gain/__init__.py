@@ -9,10 +9,16 @@ exception list in the TIFF's record.
 
 API (the whole-drive pipeline calls these; names are a contract):
 
-``gain_partial_from_movie(path, *, max_frames=None) -> GainPartial``
+``gain_partial_from_movie(path, *, max_frames=None, rows=None, columns=None) -> GainPartial``
     Per-pixel summary of one float32 movie (the K smallest distinct positive
     values per pixel, hit counts, invalid-value flags) from all frames or an
-    evenly spaced sample of ``max_frames``. Partials pickle (plain arrays).
+    evenly spaced sample of ``max_frames``; of a row band only with ``rows``.
+    Partials pickle (plain arrays).
+``gain_bands(frame_shape, *, n_bands=None) -> list[GainBand]``
+    The row bands a gain is built in: the fewest equal bands of at most
+    4096x4096 pixels (one band up to that size), so that no step holds a
+    whole-frame partial (20 bytes a pixel); ``assemble_gain_estimate`` puts the
+    finalized bands together.
 ``merge_gain_partials(a, b) -> GainPartial``
     Associative, commutative merge (union, keep the K smallest distinct values):
     reduce partials of many movies in any order, e.g. as a Dask tree reduction.
@@ -21,7 +27,7 @@ API (the whole-drive pipeline calls these; names are a contract):
     reliable / unconfirmed / exception / unhit pixels.
 ``write_gain_reference(path, gain) -> str``
     Write the gain as a float32 MRC (``gain-reference.mrc``); returns its sha256.
-``classify_movie(path, *, gain=None, n_sample_frames=8) -> MovieClass``
+``classify_movie(path, *, gain=None, n_sample_frames=8, n_bands=None) -> MovieClass``
     ``kind`` is ``"counts"`` (integer values: never apply a gain),
     ``"gain-normalised"`` (the given gain, or one estimated from the sample,
     reproduces all but at most :data:`MAX_EXCEPTION_FRACTION` of the sampled
@@ -49,13 +55,16 @@ from __future__ import annotations
 
 from ..gainref import write_gain_reference
 from .classify import MovieClass, classify_movie, read_sample_frames
-from .counts import GainCounter, GainCountSurvey, gain_stored_frames
+from .counts import GainCounter, GainCountSurvey
 from .estimate import (
+    GainBand,
     GainEstimate,
     GainPartial,
+    assemble_gain_estimate,
     empty_gain_partial,
     estimate_gain,
     finalize_gain,
+    gain_bands,
     gain_partial_from_frames,
     gain_partial_from_movie,
     merge_gain_partials,
@@ -75,6 +84,9 @@ from .references import load_reference_for, resolve_reference
 from .sets import SetEstimate, estimate_set_gain
 
 __all__ = [
+    "GainBand",
+    "assemble_gain_estimate",
+    "gain_bands",
     "MAX_EXCEPTION_FRACTION",
     "DEFAULT_SAMPLE_FRAMES",
     "GainPartial",
@@ -100,7 +112,6 @@ __all__ = [
     "read_sample_frames",
     "plan_gain",
     "settle_gain",
-    "gain_stored_frames",
     "GAIN_RECORD_VERSION",
     "MIN_RELIABLE_FRACTION",
     "ORIENT_SAMPLE_FRAMES",

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import kernels
 from ..errors import GainError
-from ..mrc import MrcMovie
 from .exception_list import GainExceptions
 from .limits import MAX_EXCEPTION_FRACTION
 
@@ -144,19 +141,3 @@ class GainCounter:
             f"{stored}; {self.n_exceptions} exception values ({100 * fraction:.4f}%) kept exactly "
             "in the record",
         )
-
-
-def gain_stored_frames(
-    movie: MrcMovie,
-    gain: npt.NDArray[np.float32],
-    stored_dtype: np.dtype,
-    progress: Callable[[str, int], None] | None,
-) -> Any:
-    """Counts of every frame in TIFF row order and ``stored_dtype``; a fresh array per frame."""
-    for index in range(movie.header.nz):
-        raw = movie.read_raw_frame(index)
-        out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
-        kernels.gain_counts(movie.values_from_raw(raw), gain, out)
-        yield out
-        if progress is not None:
-            progress("encode", raw.size)

@@ -5,7 +5,7 @@ MAX_EXCEPTION_FRACTION = 1e-3
 #: Frames read by :func:`classify_movie` (evenly spaced through the movie).
 DEFAULT_SAMPLE_FRAMES = 8
 #: Frames conversion samples to decide what to try with a gain, and of those,
-#: how many orient a supplied gain (the survey pass then checks every frame).
+#: how many orient a supplied gain (the one read pass then checks every frame).
 PLAN_SAMPLE_FRAMES = 4
 ORIENT_SAMPLE_FRAMES = 2
 #: Without a given gain, at least this fraction of the hit pixels must confirm
