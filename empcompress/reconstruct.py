@@ -32,6 +32,10 @@ from .record import parse_record
 
 __all__ = ["CompressedMovie", "read_record", "quiet_tifffile", "open_input_file"]
 
+#: Bytes of strips tifffile reads from the file at a time while decoding a page: below glibc's
+#: mmap threshold once it has risen (see :meth:`CompressedMovie.read_stored_frame`).
+READ_PIECE_BYTES = 4 << 20
+
 _QUIET_LOCK = threading.Lock()
 _QUIET_DEPTH = 0
 _QUIET_SAVED_LEVEL = logging.NOTSET
@@ -201,8 +205,26 @@ class CompressedMovie:
     def frame_shape(self) -> tuple[int, int]:
         return (self.record.source.ny, self.record.source.nx)
 
-    def read_stored_frame(self, index: int) -> npt.NDArray[np.generic]:
-        """Decode page ``index`` from disk (TIFF row order, stored dtype)."""
+    def new_stored_frame(self) -> npt.NDArray[np.generic]:
+        """An uninitialised array for :meth:`read_stored_frame`'s ``out`` (one frame, stored dtype)."""
+        return np.empty(self.frame_shape, dtype=self.stored_dtype)
+
+    def new_source_frame(self) -> npt.NDArray[np.generic]:
+        """An uninitialised array for :meth:`source_values`'s ``out`` (one frame, native source dtype)."""
+        return np.empty(self.frame_shape, dtype=self.source_dtype.newbyteorder("="))
+
+    def read_stored_frame(
+        self, index: int, *, out: npt.NDArray[np.generic] | None = None
+    ) -> npt.NDArray[np.generic]:
+        """Decode page ``index`` from disk (TIFF row order, stored dtype), into ``out`` if given.
+
+        ``out`` (from :meth:`new_stored_frame`) lets a caller reuse one array for every frame:
+        a frame's array over glibc's mmap threshold is otherwise mapped and zeroed afresh.
+        """
+        if out is not None and (out.shape != self.frame_shape or out.dtype != self.stored_dtype):
+            raise ValueError(
+                f"out is {out.shape} {out.dtype}, a stored frame {self.frame_shape} {self.stored_dtype}"
+            )
         try:
             with quiet_tifffile():
                 page = self._tiff.pages[index]
@@ -222,11 +244,15 @@ class CompressedMovie:
         assert isinstance(page, tifffile.TiffPage)
         try:
             with quiet_tifffile():
-                array = page.asarray(maxworkers=self.threads)
+                # the strips are read in pieces of READ_PIECE_BYTES (tifffile reads a page's whole
+                # run of strips in one piece otherwise: a fresh, zeroed mapping per page)
+                array = page.asarray(out=out, maxworkers=self.threads, buffersize=READ_PIECE_BYTES)
         except Exception as error:
             raise VerificationError(
                 f"{self.path}: page {index} cannot be decoded ({_short(error)}); the file is damaged"
             ) from None
+        if out is not None and array is not out:
+            raise VerificationError(f"{self.path}: page {index} was not decoded into the buffer given")
         if array.shape != self.frame_shape or array.dtype != self.stored_dtype:
             raise VerificationError(
                 f"{self.path}: page {index} is {array.shape} {array.dtype}, the record says "
@@ -235,36 +261,55 @@ class CompressedMovie:
         return array
 
     def source_values(
-        self, stored: npt.NDArray[np.generic], *, index: int | None = None
+        self,
+        stored: npt.NDArray[np.generic],
+        *,
+        index: int | None = None,
+        out: npt.NDArray[np.generic] | None = None,
     ) -> npt.NDArray[np.generic]:
         """Source values (MRC row order, native byte order) from stored frame ``index``.
 
-        Gain-normalised storage needs ``index`` (for the frame's exceptions).
+        Gain-normalised storage needs ``index`` (for the frame's exceptions). Into ``out``
+        (from :meth:`new_source_frame`) if given, else a new array.
         """
-        out = np.empty(self.frame_shape, dtype=self.source_dtype.newbyteorder("="))
+        if out is None:
+            out = self.new_source_frame()
+        elif out.shape != self.frame_shape or out.dtype != self.source_dtype.newbyteorder("="):
+            raise ValueError(
+                f"out is {out.shape} {out.dtype}, a source frame {self.frame_shape} {self.source_dtype}"
+            )
         if self.needs_gain:
             if index is None:
                 raise ValueError("gain-normalised frames need their index")
             self.load_gain()
             assert self._gain is not None and self._exceptions is not None
             kernels.gain_apply(stored, self._gain, out)  # type: ignore[arg-type]
-            return self._exceptions.patch(index, out)
+            return self._exceptions.patch(index, out)  # type: ignore[arg-type]
         return kernels.flip_cast(stored, out)
 
     def source_frame_bytes(
-        self, stored: npt.NDArray[np.generic], *, index: int | None = None
+        self,
+        stored: npt.NDArray[np.generic],
+        *,
+        index: int | None = None,
+        out: npt.NDArray[np.generic] | None = None,
     ) -> npt.NDArray[np.uint8]:
-        """The exact bytes the source MRC held for this frame (``index``: see :meth:`source_values`)."""
-        values = self.source_values(stored, index=index)
+        """The exact bytes the source MRC held for this frame (``index``, ``out``: see
+        :meth:`source_values`); a view of ``out`` for native float and integer modes, a new
+        array for mode 101 and other byte orders."""
+        values = self.source_values(stored, index=index, out=out)
         if self.record.source.mode == 101:
-            return pack_4bit(values.astype(np.uint8)).reshape(-1)
+            return pack_4bit(values.astype(np.uint8, copy=False)).reshape(-1)
         if not self.source_dtype.isnative:
             values = values.astype(self.source_dtype)
         return values.reshape(-1).view(np.uint8)
 
     def iter_source_frame_bytes(self) -> Iterator[npt.NDArray[np.uint8]]:
+        """Every frame's source bytes in turn; each array is valid only until the next is asked for
+        (one decode and one rebuild buffer serve every frame)."""
+        stored, rebuilt = self.new_stored_frame(), self.new_source_frame()
         for index in range(self.n_pages):
-            yield self.source_frame_bytes(self.read_stored_frame(index), index=index)
+            yield self.source_frame_bytes(self.read_stored_frame(index, out=stored), index=index, out=rebuilt)
 
 
 def _short(error: BaseException) -> str:

@@ -89,9 +89,14 @@ def verify_tiff(
         record = movie.record.source
         source = MrcMovie(against) if against is not None else None
         # With threads to spare, frame i is hashed while frame i+1 is decoded (hashlib releases
-        # the GIL; each rebuilt frame is a fresh array, and updates stay in frame order).
+        # the GIL; updates stay in frame order). One decode buffer serves every frame, and one
+        # rebuild buffer, or two in turn while hashing on the helper: frame i's hash is waited
+        # for before frame i+1's is submitted, so before frame i+2 is rebuilt into its buffer.
+        # (Fresh frame-sized arrays would be mapped and zeroed by the kernel for every frame.)
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-hash") if threads > 1 else None
         hashing: Future[None] | None = None
+        decoded = movie.new_stored_frame()
+        rebuilt_buffers = [movie.new_source_frame() for _ in range(1 if hasher is None else 2)]
         try:
             digest = hashlib.sha256()
             header, extended = record.header_bytes, record.extended_header_bytes
@@ -101,7 +106,10 @@ def verify_tiff(
             if source is not None:
                 _compare_headers(path, source, header, extended)
             for index in range(movie.n_pages):
-                rebuilt = movie.source_frame_bytes(movie.read_stored_frame(index), index=index)
+                stored = movie.read_stored_frame(index, out=decoded)
+                rebuilt = movie.source_frame_bytes(
+                    stored, index=index, out=rebuilt_buffers[index % len(rebuilt_buffers)]
+                )
                 if hasher is None:
                     digest.update(rebuilt.data)
                 else:

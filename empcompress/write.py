@@ -8,6 +8,11 @@ converter know nothing else): encoded strips are counted as they are written,
 and only when their total would pass the classic limit is the file written again
 as BigTIFF (:func:`bigtiff_expected` is the one rule; verification checks it).
 
+Frame lifetime: the writer is done with frame ``i`` (every strip encoded into bytes of its
+own) before it asks for frame ``i + FRAMES_IN_FLIGHT``, so a producer may fill that many
+buffers in turn (the read pass does: frames of 94-377 MB are not allocated afresh).
+Enforced while writing: asking for a frame sooner raises ``RuntimeError``.
+
 Outputs are written to a hidden temporary name beside the final one and only
 renamed into place after verification (see :mod:`empcompress.files`, re-exported
 here), so a file under its final name is always complete and verified.
@@ -30,6 +35,7 @@ from .files import TEMP_MARKER, commit_output, temporary_output
 
 __all__ = [
     "CLASSIC_TIFF_LIMIT_BYTES",
+    "FRAMES_IN_FLIGHT",
     "needs_bigtiff",
     "bigtiff_expected",
     "classic_strip_budget_bytes",
@@ -43,6 +49,9 @@ __all__ = [
 ]
 
 CLASSIC_TIFF_LIMIT_BYTES = 2**32 - 1
+#: Frames a producer must keep unchanged for the writer: frame ``i``'s array may be reused for frame
+#: ``i + FRAMES_IN_FLIGHT`` (the strip encoder holds one frame in flight ahead of the strips it yields).
+FRAMES_IN_FLIGHT = 2
 SAMPLE_FORMAT_TAG = 339
 SAMPLE_FORMAT_UINT = 1
 PLACEHOLDER_TAG = 340  # SMinSampleValue, renamed to SampleFormat after writing
@@ -90,10 +99,12 @@ class _StripCounter:
     def __init__(self, budget_bytes: int | None) -> None:
         self.budget_bytes = budget_bytes
         self.total_bytes = 0
+        self.n_strips = 0
 
     def count(self, strips: Iterable[bytes]) -> Iterator[bytes]:
         for strip in strips:
             self.total_bytes += len(strip)
+            self.n_strips += 1
             if self.budget_bytes is not None and self.total_bytes > self.budget_bytes:
                 raise ClassicTiffOverflowError()
             yield strip
@@ -170,6 +181,8 @@ def write_tiff_attempt(
     ``classic_extra_bytes``: the length of the record that will replace a longer
     placeholder, see :func:`replace_description`); the caller writes the file again as
     BigTIFF. Every page's SampleFormat placeholder is renamed.
+
+    ``frames`` may reuse a frame's array for the frame :data:`FRAMES_IN_FLIGHT` after it (checked).
     """
     dtype = np.dtype(dtype)
     n_strips_per_frame = -(-frame_shape[0] // rows_per_strip)
@@ -255,7 +268,9 @@ def _write(
         StripEncoder(codec, rows=rows_per_strip, threads=threads) as encoder,
         tifffile.TiffWriter(path, bigtiff=bigtiff, byteorder="<") as writer,
     ):
-        strips = counter.count(encoder.encode_frames(_checked(frames, frame_shape, dtype)))
+        n_strips_per_frame = -(-frame_shape[0] // rows_per_strip)
+        checked = _checked(frames, frame_shape, dtype, counter=counter, n_strips_per_frame=n_strips_per_frame)
+        strips = counter.count(encoder.encode_frames(checked))
         writer.write(
             strips,
             shape=(n_frames, *frame_shape),
@@ -294,9 +309,29 @@ def _rename_placeholder_tags(path: str | os.PathLike[str]) -> None:
 
 
 def _checked(
-    frames: Iterable[npt.NDArray[np.generic]], frame_shape: tuple[int, int], dtype: np.dtype
+    frames: Iterable[npt.NDArray[np.generic]],
+    frame_shape: tuple[int, int],
+    dtype: np.dtype,
+    *,
+    counter: _StripCounter,
+    n_strips_per_frame: int,
 ) -> Iterator[npt.NDArray[np.generic]]:
-    for frame in frames:
+    """``frames``, each checked for shape and type, and taken only once the frame
+    :data:`FRAMES_IN_FLIGHT` before it has left the encoder (every strip counted), so that
+    the producer may reuse its buffer."""
+    iterator = iter(frames)
+    index = 0
+    while True:
+        done = max(0, index - FRAMES_IN_FLIGHT + 1)  # frames that must be out of the encoder by now
+        if counter.n_strips < done * n_strips_per_frame:
+            raise RuntimeError(
+                f"the encoder asked for frame {index} before it was done with frame {done - 1}; "
+                f"a producer's reused buffer would be overwritten (FRAMES_IN_FLIGHT = {FRAMES_IN_FLIGHT})"
+            )
+        frame = next(iterator, None)
+        if frame is None:
+            return
         if frame.shape != frame_shape or frame.dtype != dtype:
             raise ValueError(f"frame of shape {frame.shape} {frame.dtype}, expected {frame_shape} {dtype}")
         yield frame
+        index += 1

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
 import empcompress.convert
+import empcompress.encode
 import empcompress.gain.counts
 from empcompress import kernels, write
 from empcompress.convert import convert_movie, survey_movie
@@ -352,3 +353,64 @@ def test_gain_counts_that_do_not_give_back_what_was_read_are_caught(
         convert_movie(source, gain.parent / "m.tif", gain=gain)
     assert not (gain.parent / "m.tif").exists()
     assert temporaries_in(gain.parent) == []
+
+
+def distinct_frames(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """Counts whose frames all differ (frame i: a band of value i + 1 where the others have counts)."""
+    values = counts(rng, shape, dose=1.0)
+    for index in range(shape[0]):
+        values[index, index % shape[1], :] = index + 1
+    return values
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reused_stored_frames_write_the_file_fresh_frames_write(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """The stored frames come from two buffers in turn: same output as a fresh array per frame.
+
+    Small frames on the threaded path (encoder pool, hashing helper), many strips per frame, so
+    that a buffer reused while the pool still encodes its frame would change the file.
+    """
+    monkeypatch.setattr(kernels, "SINGLE_THREAD_FRAME_BYTES", 0)
+    monkeypatch.setattr(empcompress.encode, "STRIP_TARGET_BYTES", 2048)
+    source = write_mrc(tmp_path / "m.mrc", distinct_frames(rng, (9, 160, 120)), mode=2)
+    original_store = empcompress.convert.cast_store
+    buffers: dict[bool, list[np.ndarray]] = {True: [], False: []}  # held: no address comes back
+
+    def converted(reuse: bool) -> bytes:
+        def store_of(*args: Any, **options: Any) -> Any:
+            store = original_store(*args, **options, reuse=reuse)
+
+            def tracked(*store_args: Any) -> Any:
+                out = store(*store_args)
+                buffers[reuse].append(out)
+                return out
+
+            return tracked
+
+        monkeypatch.setattr(empcompress.convert, "cast_store", store_of)
+        output = tmp_path / f"m-{reuse}.tif"
+        convert_movie(source, output, threads=threads, codec="lzw")  # verified against the pass's sha256
+        assert round_trips(source, output)
+        data = output.read_bytes()
+        output.unlink()
+        return data
+
+    reused, fresh = converted(True), converted(False)
+    assert len(buffers[True]) == len(buffers[False]) == 9
+    assert len({id(frame) for frame in buffers[True]}) == write.FRAMES_IN_FLIGHT
+    assert len({frame.ctypes.data for frame in buffers[False]}) == 9
+    assert reused == fresh
+
+
+def test_a_store_with_fewer_buffers_than_the_writer_holds_is_refused(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's frame-lifetime check is live: claim one frame in flight, and the encoder's
+    second frame (taken before the first one's strips are out) stops the write."""
+    source = write_mrc(tmp_path / "m.mrc", distinct_frames(rng, (4, 40, 30)), mode=2)
+    monkeypatch.setattr(write, "FRAMES_IN_FLIGHT", 1)
+    with pytest.raises(RuntimeError, match="before it was done with frame 0"):
+        convert_movie(source, tmp_path / "m.tif")
+    assert temporaries_in(tmp_path) == []

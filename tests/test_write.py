@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,54 @@ def test_classic_tiff_whenever_the_encoded_file_fits(
 )
 def test_looks_like_packed_4bit(shape: tuple[int, int], dtype: str, expected: bool) -> None:
     assert looks_like_packed_4bit(shape, np.dtype(dtype)) is expected
+
+
+def ring_of(frames: np.ndarray, n_buffers: int) -> Iterator[np.ndarray]:
+    """``frames`` copied in turn into ``n_buffers`` arrays (what the read pass's store does)."""
+    buffers = [np.empty_like(frames[0]) for _ in range(n_buffers)]
+    for index, frame in enumerate(frames):
+        buffer = buffers[index % n_buffers]
+        buffer[...] = frame
+        yield buffer
+
+
+def attempt(path: Path, frames: Iterable[np.ndarray], *, threads: int) -> None:
+    write.write_tiff_attempt(
+        path,
+        frames,
+        bigtiff=False,
+        n_frames=6,
+        frame_shape=(64, 48),
+        dtype=np.dtype("uint8"),
+        codec=Codec("lzw"),
+        rows_per_strip=4,
+        description="{}",
+        pixel_size_angstrom=1.0,
+        threads=threads,
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frames_may_come_from_a_ring_of_frames_in_flight_buffers(
+    tmp_path: Path, rng: np.random.Generator, threads: int
+) -> None:
+    frames = rng.integers(0, 4, size=(6, 64, 48), dtype=np.uint8)
+    attempt(tmp_path / "ring.tif", ring_of(frames, write.FRAMES_IN_FLIGHT), threads=threads)
+    assert np.array_equal(tifffile.imread(tmp_path / "ring.tif"), frames)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_encoder_taking_frames_further_ahead_is_stopped(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """The frame-lifetime contract is checked, not assumed: an encoder that takes frame i + 2
+    before frame i's strips are out (here: it reads every frame first) stops the write."""
+    original = write.StripEncoder.encode_frames
+
+    def greedy(self: write.StripEncoder, frames: Iterable[np.ndarray]) -> Iterator[bytes]:
+        return original(self, list(frames))
+
+    monkeypatch.setattr(write.StripEncoder, "encode_frames", greedy)
+    frames = rng.integers(0, 4, size=(6, 64, 48), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="asked for frame 2 before it was done with frame 0"):
+        attempt(tmp_path / "greedy.tif", ring_of(frames, write.FRAMES_IN_FLIGHT), threads=threads)
