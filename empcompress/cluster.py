@@ -525,12 +525,10 @@ def _jobqueue_cluster(
     resources = _memory_resource_args(kind, configured) if with_memory_resource else []
     if worker_args or resources:  # after the users' own worker-extra-args (a later --lifetime wins)
         extra["worker_extra_args"] = [*configured, *worker_args, *resources]
-    # The worker runs without a nanny in its job: a nanny is a second Python process importing
-    # distributed in every job, and it starts the worker with MALLOC_TRIM_THRESHOLD_=65536 (which
-    # the local cluster unsets, see open_cluster); together they cost the jobs 18-21% more CPU
-    # than the same work on local workers (benchmarks/results-slurm.md). A worker the job's memory
-    # limit kills ends its job, and the driver retries its task elsewhere, as for any lost job.
-    extra["nanny"] = False
+    # The job's worker keeps its nanny, although a nanny is a second interpreter per job and starts the
+    # worker with MALLOC_TRIM_THRESHOLD_=65536 (18-21% more CPU in the jobs, benchmarks/results-slurm.md):
+    # without it, a worker whose job was cancelled outlived the job on a SLURM that tracks processes by
+    # parent (proctrack/linuxproc, as scripts/start-slurm.sh sets up), orphaned and still running.
     try:
         return cls(**extra)
     except ValueError as error:
