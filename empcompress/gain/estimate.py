@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,14 +301,32 @@ def estimate_gain(
                 f"frames ({path}): movies of one gain have one frame size"
             )
 
-    def band_estimates() -> Iterable[GainEstimate]:
+    def band_partials(band: GainBand) -> Iterator[GainPartial]:
+        for path in paths:
+            yield gain_partial_from_movie(path, max_frames=max_frames, rows=band.rows)
+
+    return banded_estimate(frame_shape, band_partials, n_bands=n_bands)
+
+
+def banded_estimate(
+    frame_shape: tuple[int, int],
+    band_partials: Callable[[GainBand], Iterable[GainPartial]],
+    *,
+    n_bands: int | None = None,
+) -> GainEstimate:
+    """A gain built band by band (:func:`gain_bands`) from each band's partials, merged in turn.
+
+    Memory: the merged partial and one more of a band, and the gain; never a whole-frame partial.
+    """
+
+    def band_estimates() -> Iterator[GainEstimate]:
         for band in gain_bands(frame_shape, n_bands=n_bands):
             merged: GainPartial | None = None
-            for path in paths:
-                partial = gain_partial_from_movie(path, max_frames=max_frames, rows=band.rows)
+            for partial in band_partials(band):
                 merged = partial if merged is None else merge_gain_partials(merged, partial, into_first=True)
                 del partial  # one partial and the merged one at a time, never three
-            assert merged is not None
+            if merged is None:
+                raise GainError("no movies to estimate a gain from")
             estimate = finalize_gain(merged)
             del merged  # not held while the next band is read
             yield estimate

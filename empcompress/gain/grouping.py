@@ -51,12 +51,9 @@ from .estimate import (
     GainEstimate,
     GainPartial,
     Rows,
-    assemble_gain_estimate,
+    banded_estimate,
     estimate_gain,
-    finalize_gain,
-    gain_bands,
     gain_partial_from_movie,
-    merge_gain_partials,
 )
 from .limits import MAX_EXCEPTION_FRACTION, MIN_RELIABLE_FRACTION, ORIENT_SAMPLE_FRAMES
 
@@ -259,22 +256,11 @@ def group_estimate(
         raise GainError("no movies to estimate a gain from")
     frame_shape = root_frame_shape(read_header(members[0][0]).frame_shape, members[0][1])
 
-    def band_estimates() -> Iterator[GainEstimate]:
-        for band in gain_bands(frame_shape, n_bands=n_bands):
-            merged: GainPartial | None = None
-            for path, orientation in members:
-                partial = movie_partial(
-                    path, n_sample_frames=n_sample_frames, orientation=orientation, band=band
-                )
-                merged = partial if merged is None else merge_gain_partials(merged, partial, into_first=True)
-                del partial  # one partial and the merged one at a time, never three
-            assert merged is not None
-            estimate = finalize_gain(merged)
-            del merged  # not held while the next band is read
-            yield estimate
-            del estimate
+    def band_partials(band: GainBand) -> Iterator[GainPartial]:
+        for path, orientation in members:
+            yield movie_partial(path, n_sample_frames=n_sample_frames, orientation=orientation, band=band)
 
-    return assemble_gain_estimate(band_estimates(), frame_shape=frame_shape)
+    return banded_estimate(frame_shape, band_partials, n_bands=n_bands)
 
 
 def compare_estimates(
