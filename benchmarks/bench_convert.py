@@ -728,6 +728,8 @@ def profile_conversion(args: argparse.Namespace, work: Path) -> None:
     import numpy as np
 
     from empcompress import convert, encode, kernels, mrc, reconstruct, verify
+    from empcompress.convert import api as convert_api
+    from empcompress.convert import write_pass as convert_pass
 
     dose = args.doses[0] if len(args.doses) == 1 else 1.0
     threads = args.threads[0]
@@ -741,11 +743,11 @@ def profile_conversion(args: argparse.Namespace, work: Path) -> None:
         convert.convert_movie(path, output, threads=threads, overwrite=True)  # warm: JIT cache, page cache
         timer = StageTimer()
         timer.wrap(convert, "survey_movie", "survey (total)", sets_stage="survey")
-        timer.wrap(convert, "_resolve_codec", "codec trial (auto)", sets_stage="trial")
+        timer.wrap(convert_pass, "resolve_codec", "codec trial (auto)", sets_stage="trial")
         timer.wrap(convert, "write_tiff_stack", "encode+write pass (total)", sets_stage="write")
-        timer.wrap(convert, "verify_tiff", "verify pass (total)", sets_stage="verify")
-        timer.wrap(convert, "file_digests", "output sha256+md5")
-        timer.wrap(convert, "commit_output", "fsync+rename")
+        timer.wrap(convert_api, "verify_tiff", "verify pass (total)", sets_stage="verify")
+        timer.wrap(convert_api, "file_digests", "output sha256+md5")
+        timer.wrap(convert_api, "commit_output", "fsync+rename")
         timer.wrap(convert, "frame_stats", "survey: integer stats (Numba)")
         timer.wrap(mrc.MrcMovie, "read_raw_frame", lambda: f"{timer.current()}: read source frame")
         timer.wrap(kernels, "flip_cast", lambda: f"{timer.current()}: flip_cast")

@@ -886,9 +886,9 @@ def _fault_drive(root: Path) -> Path:
 
 
 def _inject_write_fault(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
-    import empcompress.convert
+    import empcompress.convert.write_pass
 
-    original = empcompress.convert.write_tiff_attempt
+    original = empcompress.convert.write_pass.write_tiff_attempt
 
     def failing(path: Any, frames: Iterable[Any], **options: Any) -> Any:
         if json.loads(options["description"])["source"]["name"] != target:
@@ -902,7 +902,7 @@ def _inject_write_fault(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
 
         return original(path, frames_then_error(), **options)
 
-    monkeypatch.setattr(empcompress.convert, "write_tiff_attempt", failing)
+    monkeypatch.setattr(empcompress.convert.write_pass, "write_tiff_attempt", failing)
 
 
 def _inject_read_fault(monkeypatch: pytest.MonkeyPatch, target: str) -> None:

@@ -532,9 +532,10 @@ def test_small_frames_use_one_thread_and_give_the_same_file(
 ) -> None:
     import empcompress.convert
     import empcompress.kernels
+    from empcompress.mrc import read_header
 
     source = write_mrc(tmp_path / "tiny.mrc", counts(rng, (300, 2, 3)), mode=2)
-    header = empcompress.convert.read_header(source)
+    header = read_header(source)
     assert empcompress.convert.threads_for_frames(header, 8) == 1
     convert_movie(source, tmp_path / "single.tif", threads=8)
     # the threaded path, as for big frames
@@ -554,9 +555,9 @@ def test_small_frames_use_one_thread_and_give_the_same_file(
 def test_write_errors_name_the_output_not_the_temporary(
     tmp_path: Path, counts_movie: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, expected: str
 ) -> None:
-    import empcompress.convert
+    import empcompress.convert.write_pass
 
-    real_write = empcompress.convert.write_tiff_attempt
+    real_write = empcompress.convert.write_pass.write_tiff_attempt
 
     def write_then_fail(path: Path, *args: object, **kwargs: object) -> None:
         real_write(path, *args, **kwargs)  # type: ignore[arg-type]
@@ -564,7 +565,7 @@ def test_write_errors_name_the_output_not_the_temporary(
             raise type(error)(error.errno, error.strerror, str(path))
         raise error
 
-    monkeypatch.setattr(empcompress.convert, "write_tiff_attempt", write_then_fail)
+    monkeypatch.setattr(empcompress.convert.write_pass, "write_tiff_attempt", write_then_fail)
     output = tmp_path / "out.tif"
     with pytest.raises(OSError) as caught:
         convert_movie(counts_movie, output)
@@ -573,3 +574,27 @@ def test_write_errors_name_the_output_not_the_temporary(
     assert expected in str(caught.value)
     assert not output.exists()
     assert temporaries_in(tmp_path) == []
+
+
+# ------------------------------------------------------------------ the package's names
+
+
+def test_the_public_names_stay_importable_from_the_package() -> None:
+    """convert is a package of modules; what callers import from ``empcompress.convert`` stays there."""
+    import empcompress.convert
+    from empcompress.convert import api, survey, with_gain
+
+    assert sorted(empcompress.convert.__all__) == [
+        "ConversionResult",
+        "MovieSurvey",
+        "convert_movie",
+        "survey_movie",
+    ]
+    for module, names in {
+        api: ("ConversionResult", "convert_movie", "threads_for_frames", "TINY_FRAME_BYTES"),
+        survey: ("MovieSurvey", "survey_movie"),
+        with_gain: ("HELD_SAMPLE_BYTES",),
+    }.items():
+        for name in names:
+            assert getattr(empcompress.convert, name) is getattr(module, name), name
+    assert empcompress.convert.ProgressCallback is not None

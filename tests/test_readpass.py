@@ -18,11 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
-import empcompress.convert
+import empcompress.convert.plain
+import empcompress.convert.with_gain
+import empcompress.convert.write_pass
 import empcompress.encode
 import empcompress.gain.counts
 from empcompress import kernels, write
 from empcompress.convert import convert_movie, survey_movie
+from empcompress.errors import VerificationError
 from empcompress.gain.plan import plan_sample_indices
 from empcompress.gainref import read_gain_array, write_gain_reference
 from empcompress.mrc import MrcMovie
@@ -120,7 +123,7 @@ def test_a_wrong_bigtiff_guess_gives_a_classic_tiff(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = write_mrc(tmp_path / "m.mrc", counts(rng, (3, 40, 30), dose=1.0), mode=2)
-    monkeypatch.setattr(empcompress.convert, "_predicted_bigtiff", lambda *args, **kwargs: True)
+    monkeypatch.setattr(empcompress.convert.write_pass, "predicted_bigtiff", lambda *args, **kwargs: True)
     reads = frame_reads(monkeypatch)
     convert_movie(source, tmp_path / "m.tif")
     assert reads == Counter({0: 2, 1: 2, 2: 2})  # written as BigTIFF, then once more as classic
@@ -133,7 +136,7 @@ def test_strips_past_a_classic_guess_give_a_bigtiff(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = write_mrc(tmp_path / "m.mrc", counts(rng, (3, 400, 300), dose=1.0), mode=2)
-    monkeypatch.setattr(empcompress.convert, "_predicted_bigtiff", lambda *args, **kwargs: False)
+    monkeypatch.setattr(empcompress.convert.write_pass, "predicted_bigtiff", lambda *args, **kwargs: False)
     # room for the overhead and a little more than one frame's strips
     monkeypatch.setattr(write, "CLASSIC_TIFF_LIMIT_BYTES", (1 << 20) + 3 * 4096 + 20_000 + 60_000)
     convert_movie(source, tmp_path / "m.tif")
@@ -162,7 +165,7 @@ def test_a_source_changed_during_the_read_is_caught(
 ) -> None:
     """What is encoded is what is hashed: a frame altered after it was hashed fails verification."""
     source = write_mrc(tmp_path / "m.mrc", counts(rng, (3, 20, 16), dose=1.0), mode=2)
-    original = empcompress.convert.kernels.flip_cast
+    original = kernels.flip_cast
 
     def corrupting(values: Any, out: Any) -> Any:
         result = original(values, out)
@@ -170,7 +173,7 @@ def test_a_source_changed_during_the_read_is_caught(
         return result
 
     monkeypatch.setattr(empcompress.readpass.kernels, "flip_cast", corrupting)
-    with pytest.raises(empcompress.convert.VerificationError, match="does not match the recorded source"):
+    with pytest.raises(VerificationError, match="does not match the recorded source"):
         convert_movie(source, tmp_path / "m.tif")
     assert not (tmp_path / "m.tif").exists()
     assert temporaries_in(tmp_path) == []
@@ -235,7 +238,7 @@ def test_sampled_frames_past_the_budget_are_read_again(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, gain = gain_movie(tmp_path, rng)
-    monkeypatch.setattr(empcompress.convert, "HELD_SAMPLE_BYTES", 0)
+    monkeypatch.setattr(empcompress.convert.with_gain, "HELD_SAMPLE_BYTES", 0)
     reads = frame_reads(monkeypatch, source)
     convert_with_gain(source, gain)
     assert reads == Counter(range(GAIN_SHAPE[0])) + Counter(plan_sample_indices(GAIN_SHAPE[0]))
@@ -306,7 +309,8 @@ def test_a_record_longer_than_its_placeholder_is_written_again(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, gain = gain_movie(tmp_path, rng, odd={5: 0.01, 12: 0.01})  # none in the sampled frames
-    monkeypatch.setattr(empcompress.convert, "placeholder_record", lambda *args, **kwargs: None)  # no room
+    # no room: a placeholder without the gain entry
+    monkeypatch.setattr(empcompress.convert.with_gain, "placeholder_record", lambda *args, **kwargs: None)
     reads = frame_reads(monkeypatch, source)
     result = convert_with_gain(source, gain)
     assert result.gain.action == "applied" and result.gain.n_exceptions > 0
@@ -349,7 +353,7 @@ def test_gain_counts_that_do_not_give_back_what_was_read_are_caught(
         return result
 
     monkeypatch.setattr(empcompress.gain.counts.kernels, "gain_counts", corrupting)
-    with pytest.raises(empcompress.convert.VerificationError, match="does not match the recorded source"):
+    with pytest.raises(VerificationError, match="does not match the recorded source"):
         convert_movie(source, gain.parent / "m.tif", gain=gain)
     assert not (gain.parent / "m.tif").exists()
     assert temporaries_in(gain.parent) == []
@@ -375,7 +379,7 @@ def test_reused_stored_frames_write_the_file_fresh_frames_write(
     monkeypatch.setattr(kernels, "SINGLE_THREAD_FRAME_BYTES", 0)
     monkeypatch.setattr(empcompress.encode, "STRIP_TARGET_BYTES", 2048)
     source = write_mrc(tmp_path / "m.mrc", distinct_frames(rng, (9, 160, 120)), mode=2)
-    original_store = empcompress.convert.cast_store
+    original_store = empcompress.convert.plain.cast_store
     buffers: dict[bool, list[np.ndarray]] = {True: [], False: []}  # held: no address comes back
 
     def converted(reuse: bool) -> bytes:
@@ -389,7 +393,7 @@ def test_reused_stored_frames_write_the_file_fresh_frames_write(
 
             return tracked
 
-        monkeypatch.setattr(empcompress.convert, "cast_store", store_of)
+        monkeypatch.setattr(empcompress.convert.plain, "cast_store", store_of)
         output = tmp_path / f"m-{reuse}.tif"
         convert_movie(source, output, threads=threads, codec="lzw")  # verified against the pass's sha256
         assert round_trips(source, output)
