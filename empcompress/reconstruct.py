@@ -30,11 +30,16 @@ from .metadata import MovieRecord
 from .mrc import pack_4bit, value_dtype_for
 from .record import parse_record
 
-__all__ = ["CompressedMovie", "read_record", "quiet_tifffile", "open_input_file"]
+__all__ = ["CompressedMovie", "SourceRebuilder", "read_record", "quiet_tifffile", "open_input_file"]
 
 #: Bytes of strips tifffile reads from the file at a time while decoding a page: below glibc's
 #: mmap threshold once it has risen (see :meth:`CompressedMovie.read_stored_frame`).
 READ_PIECE_BYTES = 4 << 20
+#: Bytes of source values :class:`SourceRebuilder` rebuilds at a time (a band of whole rows): each
+#: piece is hashed while it is still in cache, and no frame-sized rebuild buffer is needed (a float32
+#: super-resolution frame is 377 MB, mapped afresh and zeroed by the kernel in every conversion). Below
+#: glibc's mmap threshold (:mod:`empcompress.malloc_policy`).
+REBUILD_PIECE_BYTES = 4 << 20
 
 _QUIET_LOCK = threading.Lock()
 _QUIET_DEPTH = 0
@@ -304,12 +309,55 @@ class CompressedMovie:
             values = values.astype(self.source_dtype)
         return values.reshape(-1).view(np.uint8)
 
+    def source_rebuilder(self, *, n_buffers: int) -> SourceRebuilder:
+        """A :class:`SourceRebuilder` for this movie's frames, with ``n_buffers`` buffers used in turn."""
+        return SourceRebuilder(self, n_buffers=n_buffers)
+
     def iter_source_frame_bytes(self) -> Iterator[npt.NDArray[np.uint8]]:
         """Every frame's source bytes in turn; each array is valid only until the next is asked for
         (one decode and one rebuild buffer serve every frame)."""
         stored, rebuilt = self.new_stored_frame(), self.new_source_frame()
         for index in range(self.n_pages):
             yield self.source_frame_bytes(self.read_stored_frame(index, out=stored), index=index, out=rebuilt)
+
+
+class SourceRebuilder:
+    """Rebuilds frames' source bytes in file order, piece by piece, into buffers used in turn.
+
+    Plain storage of a native-byte-order float or integer source is rebuilt in bands of
+    whole rows (:data:`REBUILD_PIECE_BYTES`): the MRC rows ``top .. top + n`` are the stored
+    rows ``ny - top - n .. ny - top`` upside down, cast back. Gain-normalised storage, mode
+    101 and other byte orders are rebuilt a whole frame at a time. Piece ``k`` (counted over
+    all frames) is built in buffer ``k % n_buffers`` and stays valid until ``n_buffers`` more
+    pieces have been asked for: a helper may hash one piece while the next is built.
+    """
+
+    def __init__(self, movie: CompressedMovie, *, n_buffers: int) -> None:
+        self.movie = movie
+        source = movie.record.source
+        self.in_bands = not movie.needs_gain and source.mode != 101 and movie.source_dtype.isnative
+        ny, nx = movie.frame_shape
+        dtype = movie.source_dtype.newbyteorder("=")
+        rows = max(1, min(ny, REBUILD_PIECE_BYTES // max(1, nx * dtype.itemsize))) if self.in_bands else ny
+        self.buffers = [np.empty((rows, nx), dtype=dtype) for _ in range(max(1, n_buffers))]
+        self._made = 0
+
+    def _next_buffer(self) -> npt.NDArray[np.generic]:
+        buffer = self.buffers[self._made % len(self.buffers)]
+        self._made += 1
+        return buffer
+
+    def pieces(self, stored: npt.NDArray[np.generic], *, index: int) -> Iterator[npt.NDArray[np.uint8]]:
+        """The bytes the source MRC held for frame ``index`` (decoded as ``stored``), in file order."""
+        if not self.in_bands:
+            yield self.movie.source_frame_bytes(stored, index=index, out=self._next_buffer())
+            return
+        ny = self.movie.frame_shape[0]
+        for top in range(0, ny, self.buffers[0].shape[0]):
+            band = self._next_buffer()
+            n_rows = min(band.shape[0], ny - top)
+            values = kernels.flip_cast(stored[ny - top - n_rows : ny - top], band[:n_rows])
+            yield values.reshape(-1).view(np.uint8)
 
 
 def _short(error: BaseException) -> str:

@@ -88,15 +88,16 @@ def verify_tiff(
         movie.load_gain()
         record = movie.record.source
         source = MrcMovie(against) if against is not None else None
-        # With threads to spare, frame i is hashed while frame i+1 is decoded (hashlib releases
-        # the GIL; updates stay in frame order). One decode buffer serves every frame, and one
-        # rebuild buffer, or two in turn while hashing on the helper: frame i's hash is waited
-        # for before frame i+1's is submitted, so before frame i+2 is rebuilt into its buffer.
-        # (Fresh frame-sized arrays would be mapped and zeroed by the kernel for every frame.)
+        # Each frame is decoded into one buffer and rebuilt piece by piece (bands of rows, see
+        # SourceRebuilder), each piece hashed while still in cache: no frame-sized rebuild buffer
+        # (fresh frame-sized arrays are mapped and zeroed by the kernel in every conversion). With
+        # threads to spare, piece k is hashed on a helper while piece k+1 is rebuilt (hashlib releases
+        # the GIL; updates stay in order): piece k's hash is waited for before piece k+1's is
+        # submitted, so before piece k+2 is rebuilt into its buffer (two in turn).
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-hash") if threads > 1 else None
         hashing: Future[None] | None = None
         decoded = movie.new_stored_frame()
-        rebuilt_buffers = [movie.new_source_frame() for _ in range(1 if hasher is None else 2)]
+        rebuilder = movie.source_rebuilder(n_buffers=1 if hasher is None else 2)
         try:
             digest = hashlib.sha256()
             header, extended = record.header_bytes, record.extended_header_bytes
@@ -107,26 +108,21 @@ def verify_tiff(
                 _compare_headers(path, source, header, extended)
             for index in range(movie.n_pages):
                 stored = movie.read_stored_frame(index, out=decoded)
-                rebuilt = movie.source_frame_bytes(
-                    stored, index=index, out=rebuilt_buffers[index % len(rebuilt_buffers)]
-                )
-                if hasher is None:
-                    digest.update(rebuilt.data)
-                else:
-                    if hashing is not None:
-                        hashing.result()
-                    hashing = hasher.submit(digest.update, rebuilt.data)
-                size_bytes += rebuilt.size
-                if source is not None:
-                    original = source.read_raw_frame(index)
-                    if not _same_bytes(original, rebuilt):
-                        n_bytes = int(np.count_nonzero(original != rebuilt))
-                        raise VerificationError(
-                            f"{path}: frame {index} differs from {source.path} in {n_bytes} bytes; "
-                            f"the output is not a faithful copy"
-                        )
+                original = source.read_raw_frame(index) if source is not None else None
+                frame_bytes = 0
+                for piece in rebuilder.pieces(stored, index=index):
+                    if hasher is None:
+                        digest.update(piece.data)
+                    else:
+                        if hashing is not None:
+                            hashing.result()
+                        hashing = hasher.submit(digest.update, piece.data)
+                    if original is not None:
+                        _compare_piece(path, source, index, original, piece, offset=frame_bytes)
+                    frame_bytes += piece.size
+                size_bytes += frame_bytes
                 if progress is not None:
-                    progress("verify", rebuilt.size)
+                    progress("verify", frame_bytes)
             if hashing is not None:
                 hashing.result()
         finally:
@@ -147,6 +143,30 @@ def verify_tiff(
             source_size_bytes=record.size_bytes,
             compared_with_source=source is not None,
         )
+
+
+def _compare_piece(
+    path: Path,
+    source: MrcMovie | None,
+    index: int,
+    original: npt.NDArray[np.uint8],
+    piece: npt.NDArray[np.uint8],
+    *,
+    offset: int,
+) -> None:
+    """Fail unless ``piece`` is the source frame's bytes from ``offset`` (``original``: the whole frame)."""
+    expected = original[offset : offset + piece.size]
+    if _same_bytes(expected, piece):
+        return
+    where = (
+        f"from byte {offset + int(np.argmax(expected != piece))}"
+        if expected.size == piece.size
+        else "in its size"
+    )
+    raise VerificationError(
+        f"{path}: frame {index} differs from {source.path if source else 'the source'} {where}; "
+        f"the output is not a faithful copy"
+    )
 
 
 def _same_bytes(first: npt.NDArray[np.uint8], second: npt.NDArray[np.uint8]) -> bool:

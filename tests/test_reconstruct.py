@@ -9,7 +9,7 @@ import pytest
 from conftest import counts
 from mrc_factory import write_mrc
 
-from empcompress import kernels
+from empcompress import kernels, reconstruct
 from empcompress.convert import convert_movie
 from empcompress.errors import VerificationError
 from empcompress.reconstruct import CompressedMovie
@@ -81,3 +81,40 @@ def test_verification_with_reused_buffers_still_catches_one_changed_frame(
         verify_tiff(output, threads=threads)
     with pytest.raises(VerificationError, match="frame 3 differs"):
         verify_tiff(output, against=source, threads=threads)
+
+
+@pytest.mark.parametrize(
+    ("mode", "byte_order"), [(2, "<"), (2, ">"), (1, "<"), (101, "<"), (0, "<"), (12, "<")]
+)
+@pytest.mark.parametrize("n_buffers", [1, 2])
+def test_frames_rebuilt_piece_by_piece_are_the_source_bytes_in_order(
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: int,
+    byte_order: str,
+    n_buffers: int,
+) -> None:
+    """Verification rebuilds a frame in bands of rows (7 rows here: the last of 40 is short), band k
+    (counted over all frames) in buffer k % n_buffers; other storage a whole frame at a time."""
+    source = distinct_movie(tmp_path, rng, mode=mode, byte_order=byte_order)
+    convert_movie(source, tmp_path / "m.tif")
+    data = source.read_bytes()
+    in_bands = byte_order == "<" and mode != 101
+    with CompressedMovie(tmp_path / "m.tif") as movie:
+        monkeypatch.setattr(reconstruct, "REBUILD_PIECE_BYTES", 7 * 30 * movie.source_dtype.itemsize + 1)
+        rebuilder = movie.source_rebuilder(n_buffers=n_buffers)
+        assert rebuilder.in_bands is in_bands
+        assert len(rebuilder.buffers) == n_buffers
+        frame_size_bytes = (len(data) - 1024) // movie.n_pages
+        stored = movie.new_stored_frame()
+        made = 0
+        for index in (0, 3, 4, 1):
+            rebuilt = []
+            for piece in rebuilder.pieces(movie.read_stored_frame(index, out=stored), index=index):
+                rebuilt.append(piece.tobytes())
+                if in_bands:
+                    assert np.shares_memory(piece, rebuilder.buffers[made % n_buffers])
+                made += 1
+            assert len(rebuilt) == (6 if in_bands else 1)
+            assert b"".join(rebuilt) == data[1024 + index * frame_size_bytes :][:frame_size_bytes]

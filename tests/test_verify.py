@@ -185,3 +185,31 @@ def test_hashing_beside_decoding_passes_and_still_catches_a_changed_record(
     output.write_bytes(data.replace(digest, (b"0" if digest[:1] != b"0" else b"1") + digest[1:]))
     with pytest.raises(VerificationError, match="sha256"):
         verify_tiff(output, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_pixel_changed_inside_one_band_of_a_frame_is_found_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Frames are rebuilt and compared band by band (5 rows here): the band holding the changed pixel
+    fails against the source, naming the frame and the first differing byte."""
+    from empcompress import kernels, reconstruct
+
+    monkeypatch.setattr(reconstruct, "REBUILD_PIECE_BYTES", 5 * 7 * 4)
+    monkeypatch.setattr(kernels, "SINGLE_THREAD_FRAME_BYTES", 0)  # small frames on the threaded path
+    values = np.random.default_rng(3).poisson(1.0, (3, 23, 7)).astype(np.float32)
+    overrides = {"dmin": 0.0, "dmax": 0.0, "dmean": 0.0}
+    source = write_mrc(tmp_path / "a.mrc", values, mode=2, header_overrides=overrides)
+    changed = values.copy()
+    changed[1, 12, 3] += 1  # MRC row 12: the third band of five rows
+    other = write_mrc(tmp_path / "b.mrc", changed, mode=2, header_overrides=overrides)
+    output = tmp_path / "a.tif"
+    convert_movie(source, output)
+    assert verify_tiff(output, against=source, threads=threads).compared_with_source
+    old, new = (
+        np.frombuffer(values[1, 12, 3].tobytes(), np.uint8),
+        np.frombuffer(changed[1, 12, 3].tobytes(), np.uint8),
+    )
+    first = (12 * 7 + 3) * 4 + int(np.argmax(old != new))  # the pixel's first differing byte (little-endian)
+    with pytest.raises(VerificationError, match=f"frame 1 differs from .*b.mrc from byte {first};"):
+        verify_tiff(output, against=other, threads=threads)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..gain import GainOutcome
+from ..malloc_policy import apply_malloc_policy
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -26,6 +27,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from ..convert import convert_movie
     from ..mrc import read_header
 
+    apply_malloc_policy()  # fixed malloc thresholds if the environment pinned glibc's (malloc_policy)
     source = Path(args.source)
     output = Path(args.output) if args.output else source.with_suffix(".tif")
     args.writing = output
@@ -156,6 +158,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from ..reconstruct import read_record
     from ..restore import restore_movie
 
+    apply_malloc_policy()
     record = read_record(args.tiff)
     output = Path(args.output) if args.output else Path(args.tiff).with_name(record.source.name)
     args.writing = output
@@ -184,6 +187,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ..reconstruct import read_record
     from ..verify import verify_tiff
 
+    apply_malloc_policy()
     if Path(args.path).is_dir():
         from .drives import _verify_bag
 
