@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dask
@@ -15,10 +18,13 @@ from empcompress import cluster as cluster_module
 from empcompress.cluster import (
     ClusterOptions,
     choose_connection,
+    lifetime_args,
     local_sizing,
+    new_jobqueue_cluster,
     open_cluster,
     parse_adapt,
 )
+from empcompress.cluster import connect as connect_module
 from empcompress.errors import PipelineError
 
 
@@ -82,7 +88,7 @@ def test_local_cluster_runs_tasks_and_gives_a_loopback_dashboard() -> None:
 
 
 def test_an_unreachable_scheduler_gives_a_clear_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(connect_module, "CONNECT_TIMEOUT_SECONDS", 1)
     unreachable = ClusterOptions(scheduler_address="tcp://127.0.0.1:9")
     with pytest.raises(PipelineError, match=r"cannot reach the Dask scheduler tcp://127\.0\.0\.1:9"):  # noqa: SIM117
         with open_cluster(unreachable, environ={}):
@@ -95,7 +101,7 @@ def test_an_unreachable_scheduler_gives_a_clear_error(tmp_path: Any, monkeypatch
 def test_jobqueue_without_job_size_says_where_to_set_it() -> None:
     no_size = {"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}
     with dask.config.set(no_size), pytest.raises(PipelineError, match=r"jobqueue\.yaml"):
-        cluster_module._jobqueue_cluster("slurm")
+        new_jobqueue_cluster("slurm")
 
 
 def test_jobqueue_takes_the_users_defaults() -> None:
@@ -106,7 +112,7 @@ def test_jobqueue_takes_the_users_defaults() -> None:
         "jobqueue.pbs.scheduler-options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     }
     with dask.config.set(settings):
-        cluster = cluster_module._jobqueue_cluster("pbs")
+        cluster = new_jobqueue_cluster("pbs")
         try:
             script = cluster.job_script()
         finally:
@@ -146,7 +152,9 @@ def test_batch_clusters_are_scaled_as_asked(
     monkeypatch: pytest.MonkeyPatch, options: ClusterOptions, call: tuple[str, dict[str, int]]
 ) -> None:
     calls: list[tuple[str, dict[str, int]]] = []
-    monkeypatch.setattr(cluster_module, "_jobqueue_cluster", lambda kind, *args: _fake_batch_cluster(calls))
+    monkeypatch.setattr(
+        connect_module, "new_jobqueue_cluster", lambda kind, *args: _fake_batch_cluster(calls)
+    )
     with open_cluster(options, environ={}) as (client, info):
         assert info.kind == options.cluster
         assert info.scheduler_address.startswith("tcp://127.0.0.1:")
@@ -163,7 +171,7 @@ def test_worker_lifetime_reaches_the_job_script_after_the_users_own_arguments() 
     }
     options = ClusterOptions(cluster="slurm", worker_lifetime="50m", worker_lifetime_stagger="5 minutes")
     with dask.config.set(settings):
-        cluster = cluster_module._jobqueue_cluster("slurm", cluster_module._lifetime_args(options))
+        cluster = new_jobqueue_cluster("slurm", lifetime_args(options))
         try:
             script = cluster.job_script()
         finally:
@@ -186,7 +194,7 @@ def test_lifetime_options_are_checked(options: ClusterOptions, message: str) -> 
 @pytest.mark.parametrize("bad", ["soon", "-5m", "0s"])
 def test_a_lifetime_that_is_not_a_duration_is_refused(bad: str) -> None:
     with pytest.raises(PipelineError, match=f"--lifetime {bad}: expected a duration"):
-        cluster_module._lifetime_args(ClusterOptions(cluster="slurm", worker_lifetime=bad))
+        lifetime_args(ClusterOptions(cluster="slurm", worker_lifetime=bad))
 
 
 class _FakeClient:
@@ -242,7 +250,7 @@ def test_a_run_whose_workers_are_all_gone_stops_and_says_the_same_command_finish
     for index in range(5):
         (source / f"file-{index}.txt").write_text(str(index), encoding="utf-8")
     dest = tmp_path / "bag"
-    monkeypatch.setattr(run_module, "_check_workers_see", lambda client, paths: None)
+    monkeypatch.setattr(run_module, "_check_workers_see", lambda client, paths, *, stop: True)
     monkeypatch.setattr(
         driver_module, "WorkerWatch", functools.partial(WorkerWatch, grace_seconds=0.5, check_seconds=0.1)
     )
@@ -263,3 +271,314 @@ def test_a_run_whose_workers_are_all_gone_stops_and_says_the_same_command_finish
     assert not (dest / "bagit.txt").exists()
     with Journal.open(dest, source=str(source.resolve())) as journal:  # consistent, and free again
         assert journal.entries() == {}
+
+
+# ---------------------------------------------------------------- batch jobs that die (cluster.jobs)
+
+
+class _FakeJobCluster:
+    """Stands in for a dask-jobqueue cluster: its plan, its submitted jobs, the workers connected."""
+
+    def __init__(self) -> None:
+        self.worker_spec: dict[str, dict[str, Any]] = {}
+        self.workers: dict[str, Any] = {}
+        self.scheduler_info: dict[str, dict[str, Any]] = {"workers": {}}
+        self.scaled_down: list[str] = []
+
+    def submit(self, name: str, job_id: str) -> None:
+        self.worker_spec[name] = {}
+        self.workers[name] = SimpleNamespace(job_id=job_id)
+
+    def connect(self, worker_name: str) -> None:
+        self.scheduler_info["workers"][f"tcp://10.0.0.1/{worker_name}"] = {"name": worker_name}
+
+    def disconnect(self, worker_name: str) -> None:
+        del self.scheduler_info["workers"][f"tcp://10.0.0.1/{worker_name}"]
+
+    async def scale_down(self, names: list[str]) -> None:
+        self.scaled_down += names
+        for name in names:
+            self.worker_spec.pop(name, None)
+            self.workers.pop(name, None)
+
+
+class _Squeue:
+    """What SLURM says of each job (a job not in ``states`` is not listed: ended and forgotten)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.asked: list[list[str]] = []
+        self.answer = True
+        self.meanwhile: Any = None  # what happens in the cluster while squeue answers
+
+    async def __call__(self, job_ids: Any) -> dict[str, str] | None:
+        self.asked.append(list(job_ids))
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return dict(self.states) if self.answer else None
+
+
+def _watched(max_jobs: int = 1, adaptive: Any = None) -> tuple[Any, _FakeJobCluster, _Squeue, list[float]]:
+    from empcompress.cluster.jobs import JobWatch
+
+    cluster, squeue, now = _FakeJobCluster(), _Squeue(), [0.0]
+    watch = JobWatch(
+        cluster, kind="slurm", max_jobs=max_jobs, adaptive=adaptive, query=squeue, connect_seconds=100,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    return watch, cluster, squeue, now
+
+
+def _names(cluster: _FakeJobCluster) -> list[str]:
+    return [worker["name"] for worker in cluster.scheduler_info["workers"].values()]
+
+
+def test_a_job_that_fails_before_its_worker_connects_is_no_longer_coming() -> None:
+    watch, cluster, squeue, _now = _watched(max_jobs=2)
+    cluster.submit("C-0", "41")
+    cluster.submit("C-1", "42")
+    squeue.states = {"41": "PENDING", "42": "PENDING"}
+    asyncio.run(watch.check())
+    assert watch.n_coming(_names(cluster)) == 2 and cluster.scaled_down == [] and watch.ended_text() == ""
+    squeue.states = {"41": "FAILED", "42": "PENDING"}
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == ["C-0"]  # out of the plan: --adapt may request another job
+    assert watch.n_coming(_names(cluster)) == 1
+    squeue.states = {"42": "RUNNING"}  # job 41 no longer listed at all
+    asyncio.run(watch.check())
+    assert squeue.asked[-1] == ["42"]
+    text = watch.ended_text()
+    assert text.startswith(
+        "1 SLURM job ended before its worker connected: job 41 (failed); each job's output"
+    )
+    del squeue.states["42"]  # cancelled and already forgotten by SLURM (squeue no longer lists it)
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == ["C-0", "C-1"] and watch.n_coming(_names(cluster)) == 0
+    assert "2 SLURM jobs ended before their workers connected: job 41 (failed), job 42 (ended)" in (
+        watch.ended_text()
+    )
+
+
+def test_a_job_running_without_its_worker_for_too_long_is_cancelled() -> None:
+    watch, cluster, squeue, now = _watched()
+    cluster.submit("C-0", "7")
+    squeue.states = {"7": "PENDING"}
+    now[0] = 1000.0  # pending for long: the queue's business, not a failed start
+    asyncio.run(watch.check())
+    squeue.states = {"7": "RUNNING"}
+    asyncio.run(watch.check())  # SLURM started it now
+    now[0] = 1099.0
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == []
+    now[0] = 1100.0
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == ["C-0"]  # scale_down also cancels the job
+    assert "job 7 (running 100 s without its worker connecting: cancelled)" in watch.ended_text()
+
+
+def test_jobs_whose_workers_were_lost_are_replaced_but_not_counted_as_failed_starts() -> None:
+    watch, cluster, squeue, _now = _watched()
+    cluster.submit("C-0", "1")
+    cluster.connect("C-0")
+    asyncio.run(watch.check())
+    assert squeue.asked == []  # every job has its worker: SLURM is not asked
+    cluster.disconnect("C-0")  # the job reached its time limit
+    squeue.states = {"1": "TIMEOUT"}
+    asyncio.run(watch.check())
+    # left to dask, which drops it lost-worker-timeout later (and would then cancel a job of that name)
+    assert cluster.scaled_down == [] and squeue.asked == []
+    del cluster.workers["C-0"]  # dropped by dask, but still planned: --adapt would never replace it
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == ["C-0"] and "C-0" not in cluster.worker_spec
+    assert watch.ended_text() == "" and watch.failed_in_a_row == 0
+
+
+def test_a_name_resubmitted_while_squeue_answers_is_not_forgotten() -> None:
+    """dask reuses job names: --adapt may submit a lost job's name again while the watch asks SLURM."""
+    watch, cluster, squeue, _now = _watched(max_jobs=2)
+    cluster.submit("C-0", "1")
+    cluster.connect("C-0")
+    cluster.submit("C-1", "2")
+    squeue.states = {"2": "PENDING"}
+    asyncio.run(watch.check())
+    cluster.disconnect("C-0")
+    del cluster.workers["C-0"]  # lost, dropped by dask, still planned
+    squeue.meanwhile = lambda: cluster.submit("C-0", "3")  # --adapt submits it again meanwhile
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == [] and cluster.workers["C-0"].job_id == "3"
+    assert watch.n_coming([]) == 2
+
+
+def test_unknown_states_keep_the_jobs_coming_and_several_workers_per_job_count() -> None:
+    from empcompress.cluster.jobs import jobs_with_workers
+
+    watch, cluster, squeue, _now = _watched()
+    cluster.submit("C-0", "5")
+    squeue.answer = False  # squeue does not answer: nothing is decided
+    asyncio.run(watch.check())
+    assert cluster.scaled_down == [] and watch.n_coming([]) == 1
+    assert jobs_with_workers({"C-1", "C-12", "C-2"}, ["C-1-0", "C-12", "other"]) == {"C-1", "C-12"}
+
+
+def test_a_job_that_adapt_scales_down_before_it_connects_is_not_a_failed_start() -> None:
+    watch, cluster, squeue, _now = _watched()
+    cluster.submit("C-0", "3")
+    squeue.states = {"3": "PENDING"}
+    asyncio.run(watch.check())
+    del cluster.worker_spec["C-0"]  # out of the plan: dask is cancelling it (scancel, then dropped)
+    squeue.states = {"3": "CANCELLED"}
+    asyncio.run(watch.check())
+    assert watch.ended_text() == "" and watch.failed_in_a_row == 0 and cluster.scaled_down == []
+
+
+def test_after_too_many_failed_starts_in_a_row_no_job_is_expected() -> None:
+    class Adaptive:
+        stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    adaptive = Adaptive()
+    watch, cluster, squeue, _now = _watched(max_jobs=1, adaptive=adaptive)  # limit: 3 in a row
+    for job in range(1, 4):
+        cluster.submit("C-0", str(job))  # --adapt submitted it in place of the one before (the same name)
+        squeue.states = {str(job): "FAILED"}
+        assert watch.n_coming([]) == 1
+        asyncio.run(watch.check())
+        assert cluster.scaled_down == ["C-0"] * job
+    assert watch.gave_up and adaptive.stopped
+    cluster.submit("C-0", "4")  # submitted meanwhile: not waited for
+    assert watch.n_coming([]) == 0
+    assert watch.ended_text().startswith("3 SLURM jobs ended before their workers connected: job 1 (failed)")
+
+
+def test_worker_supply_asks_the_watch_of_a_batch_cluster() -> None:
+    from empcompress.cluster.jobs import _WATCHES
+
+    watch, cluster, squeue, _now = _watched()
+    cluster.submit("C-0", "9")
+    squeue.states = {"9": "CANCELLED"}
+    asyncio.run(watch.check())
+
+    class Client:
+        def __init__(self) -> None:
+            self.cluster = cluster
+
+        def nthreads(self) -> dict[str, int]:
+            return {}
+
+        def scheduler_info(self, n_workers: int = 5) -> dict[str, Any]:
+            return cluster.scheduler_info
+
+    _WATCHES[id(cluster)] = watch
+    try:
+        supply = cluster_module.worker_supply(Client())
+    finally:
+        del _WATCHES[id(cluster)]
+    assert (supply.n_connected, supply.n_coming) == (0, 0)
+    assert "job 9 (cancelled)" in supply.jobs_ended
+
+
+# ---------------------------------------------------------------- the check that workers see SRC and DEST
+
+_RELEASE = threading.Event()
+
+
+def _hanging_check(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """A worker whose file system does not answer (until the test lets it go)."""
+    _RELEASE.wait(60)
+    return ()
+
+
+def _in_process_cluster(n_workers: int) -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+
+
+def _small_drive(root: Path, n_files: int = 5) -> Path:
+    root.mkdir()
+    for index in range(n_files):
+        (root / f"file-{index}.txt").write_text(str(index), encoding="utf-8")
+    return root
+
+
+def test_a_worker_that_hangs_on_the_check_stops_the_run_with_the_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client
+
+    from empcompress.pipeline import compress_drive
+    from empcompress.pipeline import run as run_module
+
+    source = _small_drive(tmp_path / "drive")
+    dest = tmp_path / "bag"
+    monkeypatch.setattr(run_module, "check_paths_task", _hanging_check)
+    monkeypatch.setattr(run_module, "CHECK_PATHS_TIMEOUT_SECONDS", 1.0)
+    _RELEASE.clear()
+    with _in_process_cluster(1) as cluster, Client(cluster) as client:
+        started = time.monotonic()
+        try:
+            with pytest.raises(PipelineError) as raised:
+                compress_drive(source, dest, client=client)
+        finally:
+            _RELEASE.set()  # the worker's thread, before the cluster closes
+        assert time.monotonic() - started < 20
+    message = str(raised.value)
+    assert "did not say within 1 s whether it sees" in message
+    assert f"{source.resolve()} and {dest.resolve() / 'data'}" in message
+    assert "run the same command again" in message and "\n" not in message
+    assert not (dest / "bagit.txt").exists()
+
+
+def test_no_worker_and_none_coming_stops_the_check_instead_of_waiting_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client
+
+    from empcompress.pipeline import compress_drive
+    from empcompress.pipeline import run as run_module
+    from empcompress.pipeline.watch import WorkerWatch
+
+    source = _small_drive(tmp_path / "drive")
+    monkeypatch.setattr(
+        run_module, "WorkerWatch", functools.partial(WorkerWatch, grace_seconds=0.5, check_seconds=0.1)
+    )
+    events: list[Any] = []
+    with _in_process_cluster(0) as cluster, Client(cluster) as client:
+        started = time.monotonic()
+        with pytest.raises(PipelineError, match="no Dask worker connected and none is coming") as raised:
+            compress_drive(source, tmp_path / "bag", client=client, on_event=events.append)
+        assert time.monotonic() - started < 20
+    assert "run the same command again: it does the rest" in str(raised.value)
+    assert not [event for event in events if "stopping" in str(getattr(event, "message", ""))]
+
+
+def test_an_error_mid_run_stops_the_work_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running tasks are told to stop, and "stopping ..." is said, once (it was twice)."""
+    from distributed import Client
+
+    from empcompress.pipeline import compress_drive
+    from empcompress.pipeline import driver as driver_module
+
+    def run_then_fail(self: Any) -> None:
+        self.refill()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(driver_module.Driver, "run", run_then_fail)
+    source = _small_drive(tmp_path / "drive")
+    events: list[Any] = []
+    with (
+        _in_process_cluster(1) as cluster,
+        Client(cluster) as client,
+        pytest.raises(OSError, match="No space left"),
+    ):
+        compress_drive(source, tmp_path / "bag", client=client, on_event=events.append)
+    stopping = [event for event in events if str(getattr(event, "message", "")).startswith("stopping")]
+    assert len(stopping) == 1, events

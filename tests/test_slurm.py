@@ -4,7 +4,9 @@ Jobs are really submitted (seen in ``squeue``, their end state in ``scontrol``),
 them (a preload writes the job id from inside each worker), and the bag is sealed, verified and
 restorable. Jobs that die (a job at its one-minute time limit, a job cancelled with ``scancel`` while a
 movie is being written) are followed by at most one re-run of the same command and give a bag identical
-in content to an uninterrupted run.
+in content to an uninterrupted run. Jobs that die before their worker connects (a job script that fails
+before the worker starts, a job cancelled while pending, a job whose worker never connects) are no
+longer waited for: --adapt replaces them, and with none left the run stops and says what ended them.
 
 Skipped when SLURM is not reachable here; under CI (``CI`` set) that is a failure, not a skip: .ci/run
 starts SLURM. The conversions are slowed down inside the SLURM workers only (a preload that sleeps in the
@@ -14,6 +16,7 @@ progress callback), so that a job dies in the middle of a conversion on any mach
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import in_ci
@@ -89,28 +93,44 @@ def slurm() -> None:
 class SlurmRun:
     """Environment and helpers for compress runs whose workers are SLURM jobs of one test."""
 
-    def __init__(self, root: Path, *, walltime: str = "00:10:00", frame_delay_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        walltime: str = "00:10:00",
+        frame_delay_seconds: float = 0.0,
+        prologue: tuple[str, ...] = (),
+        directives: tuple[str, ...] = (),
+    ) -> None:
         self.name = f"empcompress-test-{secrets.token_hex(4)}"
         self.markers = root / "markers"
         self.markers.mkdir(parents=True)
+        self.logs = root / "job-logs"
         preload = root / "preload.py"
         preload.write_text(PRELOAD, encoding="utf-8")
+        #: the jobs' settings (jobqueue.slurm.*): given to compress as DASK_JOBQUEUE__SLURM__* variables
+        self.settings: dict[str, Any] = {
+            "name": self.name,
+            "cores": 1,
+            "memory": "2GiB",
+            "walltime": walltime,
+            "log-directory": str(self.logs),
+            # lines of the job script before the worker starts, and #SBATCH lines (jobs that never start)
+            "job-script-prologue": list(prologue),
+            "job-extra-directives": list(directives),
+            "worker-extra-args": ["--preload", str(preload)],
+            "scheduler-options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+        }
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "PYTHONWARNINGS": "ignore",
             "EMPCOMPRESS_TEST_MARKERS": str(self.markers),
             "EMPCOMPRESS_TEST_FRAME_DELAY": str(frame_delay_seconds),
-            "DASK_JOBQUEUE__SLURM__NAME": self.name,
-            "DASK_JOBQUEUE__SLURM__CORES": "1",
-            "DASK_JOBQUEUE__SLURM__MEMORY": "2GiB",
-            "DASK_JOBQUEUE__SLURM__WALLTIME": walltime,
-            "DASK_JOBQUEUE__SLURM__LOG_DIRECTORY": str(root / "job-logs"),
-            "DASK_JOBQUEUE__SLURM__WORKER_EXTRA_ARGS": repr(["--preload", str(preload)]),
-            "DASK_JOBQUEUE__SLURM__SCHEDULER_OPTIONS": repr(
-                {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
-            ),
         }
+        for key, value in self.settings.items():
+            name = f"DASK_JOBQUEUE__SLURM__{key.upper().replace('-', '_')}"
+            self.env[name] = value if isinstance(value, str) else repr(value)
         self.seen: dict[str, str] = {}  # job id -> last state seen in squeue
 
     def start(self, *argv: str) -> subprocess.Popen[str]:
@@ -123,11 +143,13 @@ class SlurmRun:
             start_new_session=True,
         )
 
-    def poll_jobs(self) -> dict[str, str]:
-        """This test's jobs in squeue now (id -> state); remembered in ``seen``."""
+    def poll_jobs(self, *, ended_too: bool = False) -> dict[str, str]:
+        """This test's jobs in squeue now (id -> state), with ``ended_too`` those that ended in the last
+        10 minutes too (MinJobAge); remembered in ``seen``."""
         listed = subprocess.run(
-            ["squeue", "-h", "-n", self.name, "-o", "%i %T"], capture_output=True, text=True, check=False
-        )
+            ["squeue", "-h", "-n", self.name, "-o", "%i %T", *(["--states=all"] if ended_too else [])],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
         now = dict(line.split() for line in listed.stdout.splitlines() if line.strip())
         self.seen.update(now)
         return now
@@ -278,3 +300,118 @@ def test_a_job_cancelled_mid_conversion_then_the_same_command_finishes(
     assert_valid_bag(dest)
     assert temporaries(dest) == []
     assert bag_content(dest) == bag_content(reference)
+
+
+# ---------------------------------------------------------------- jobs that die before their worker connects
+
+
+def _small_drive(root: Path) -> Path:
+    return make_drive(root, shape=(32, 32), n_frames=4)
+
+
+def test_a_job_that_fails_at_start_is_replaced_with_adapt(tmp_path: Path, slurm_runs: list[SlurmRun]) -> None:
+    """The first job's script exits before its worker starts (a broken prologue, a module that does not
+    load): the run notices the failed job, --adapt requests another, and the run finishes."""
+    source = _small_drive(tmp_path / "drive")
+    first = tmp_path / "first-job-failed"
+    run = SlurmRun(tmp_path / "slurm", prologue=(f"mkdir {first} 2>/dev/null && exit 3",))
+    slurm_runs.append(run)
+    dest = tmp_path / "bag"
+    code, stdout, stderr = run.run(
+        "compress", str(source), str(dest), "--cluster", "slurm", "--adapt", "1:1", "--no-gain-sets",
+        timeout=240,
+    )  # fmt: skip
+    assert code == 3, stdout + stderr
+    states = run.poll_jobs(ended_too=True)
+    failed = min(states, key=int)
+    assert states[failed] == "FAILED" and len(states) >= 2, states
+    assert failed not in run.jobs_with_workers() and run.jobs_with_workers(), states
+    assert "Bag: " in stdout and "sealed" in stdout
+    assert_valid_bag(dest)
+    assert temporaries(dest) == []
+    assert run.poll_jobs() == {}
+
+
+@pytest.mark.parametrize("scaling", [("--jobs", "1"), ("--adapt", "1:1")])
+def test_jobs_that_never_start_stop_the_run_with_what_ended_them(
+    tmp_path: Path, slurm_runs: list[SlurmRun], scaling: tuple[str, str]
+) -> None:
+    """Every job's script fails before its worker starts: the run stops, names the jobs and their logs
+    (with --adapt after 3 failed jobs in a row), instead of waiting forever."""
+    source = _small_drive(tmp_path / "drive")
+    run = SlurmRun(tmp_path / "slurm", prologue=("exit 3",))
+    slurm_runs.append(run)
+    dest = tmp_path / "bag"
+    started = time.monotonic()
+    code, stdout, stderr = run.run(
+        "compress", str(source), str(dest), "--cluster", "slurm", *scaling, timeout=180
+    )
+    assert code == 1, stdout + stderr
+    assert time.monotonic() - started < 120
+    n_jobs = 1 if scaling[0] == "--jobs" else 3
+    states = run.poll_jobs(ended_too=True)
+    assert len(states) >= n_jobs and set(states.values()) <= {"FAILED", "CANCELLED"}, states
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    error = errors[0]
+    assert "no Dask worker connected and none is coming" in error, error
+    ended = re.search(r"(\d+) SLURM jobs? ended before", error)
+    assert ended is not None and int(ended.group(1)) >= n_jobs, error
+    assert any(f"job {job} (failed)" in error for job, state in states.items() if state == "FAILED"), error
+    assert str(run.logs) in error and "run the same command again" in error, error
+    assert not (dest / "bagit.txt").exists() and temporaries(dest) == []
+    assert run.poll_jobs() == {}
+
+
+def test_a_job_cancelled_while_pending_stops_the_run(tmp_path: Path, slurm_runs: list[SlurmRun]) -> None:
+    """--jobs 1, the job held in the queue (--begin in an hour) and cancelled there: the run stops."""
+    source = _small_drive(tmp_path / "drive")
+    run = SlurmRun(tmp_path / "slurm", directives=("--begin=now+3600",))
+    slurm_runs.append(run)
+    dest = tmp_path / "bag"
+    process = run.start("compress", str(source), str(dest), "--cluster", "slurm", "--jobs", "1")
+    deadline = time.monotonic() + 60
+    pending = ""
+    while process.poll() is None and time.monotonic() < deadline and not pending:
+        pending = next((job for job, state in run.poll_jobs().items() if state == "PENDING"), "")
+        time.sleep(0.2)
+    assert pending, "the job was never seen pending"
+    subprocess.run(["scancel", pending], check=True)
+    code, stdout, stderr = run.wait(process, timeout=90)
+    assert code == 1, stdout + stderr
+    assert (
+        f"Error: no Dask worker connected and none is coming: 1 SLURM job ended before its worker "
+        f"connected: job {pending} (cancelled)" in stderr
+    ), stderr
+    assert run.final_state(pending) == "CANCELLED" and not run.jobs_with_workers()
+
+
+def test_a_job_whose_worker_never_connects_is_cancelled(
+    tmp_path: Path, slurm_runs: list[SlurmRun], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLURM runs the job but its worker does not connect (here: it never starts): after the deadline
+    the job is cancelled and no longer counted as coming."""
+    import dask
+
+    from empcompress.cluster import ClusterOptions, open_cluster, worker_supply
+    from empcompress.cluster import jobs as jobs_module
+
+    run = SlurmRun(tmp_path / "slurm", prologue=("sleep 300",))
+    slurm_runs.append(run)
+    monkeypatch.setattr(jobs_module, "CHECK_SECONDS", 0.5)
+    monkeypatch.setattr(jobs_module, "CONNECT_SECONDS", 3.0)
+    settings = {f"jobqueue.slurm.{key}": value for key, value in run.settings.items()}
+    with (
+        dask.config.set(settings),
+        open_cluster(ClusterOptions(cluster="slurm", n_jobs=1), environ={}) as (client, _info),
+    ):
+        deadline = time.monotonic() + 60
+        supply = worker_supply(client)
+        while time.monotonic() < deadline and supply.n_coming != 0:
+            run.poll_jobs()
+            time.sleep(0.5)
+            supply = worker_supply(client)
+    assert supply.n_connected == 0 and supply.n_coming == 0, supply
+    (job,) = run.poll_jobs(ended_too=True)
+    assert f"job {job} (running 3 s without its worker connecting: cancelled)" in supply.jobs_ended
+    assert run.final_state(job) == "CANCELLED"

@@ -26,7 +26,9 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from ..cluster import WorkerSupply
 from ..deposition.writer import RESEAL_MARKER
 from ..errors import PipelineError
 from ..journal import STATE_DIRNAME, GeneratedEntry, Journal, JournalEntry, is_journal_dest
@@ -49,8 +51,14 @@ from .reconcile import (
 from .seal import audit_mapping, expected_payload, write_and_seal
 from .summary import build_summary
 from .tasks import FileTask, check_paths_task
+from .watch import WorkerWatch
 
-__all__ = ["CompressOptions", "compress_drive", "check_locations"]
+__all__ = ["CompressOptions", "compress_drive", "check_locations", "CHECK_PATHS_TIMEOUT_SECONDS"]
+
+#: How long a worker may take to say whether it sees SRC and DEST once it has the check (a worker
+#: whose file system hangs, e.g. a dead NFS mount, would never answer).
+CHECK_PATHS_TIMEOUT_SECONDS = 120.0
+CHECK_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -106,17 +114,82 @@ def _check_own_folders(dest: Path) -> None:
             )
 
 
-def _check_workers_see(client: object, paths: tuple[Path, ...]) -> None:
+def _check_workers_see(client: Any, paths: tuple[Path, ...], *, stop: threading.Event) -> bool:
+    """Refuse a cluster whose workers do not see ``paths`` (SRC and DEST's payload).
+
+    Waits for the first worker, but not for one that cannot come (every batch job ended: see
+    :class:`WorkerWatch`), nor for a worker that does not answer within
+    :data:`CHECK_PATHS_TIMEOUT_SECONDS` of getting the check (a hung file system). Returns False
+    when ``stop`` was set meanwhile (nothing checked), True when the workers see the paths.
+    """
+    from distributed import TimeoutError as NoAnswerYet  # asyncio's, not the builtin before Python 3.11
+
     wanted = tuple(str(path) for path in paths)
+    future = client.submit(check_paths_task, wanted, pure=False)
+    watch = WorkerWatch(client)
+    on_worker, since = "", 0.0
     try:
-        missing = client.submit(check_paths_task, wanted, pure=False).result()  # type: ignore[attr-defined]
-    except Exception as error:
-        raise PipelineError(f"the Dask cluster cannot run tasks ({type(error).__name__}: {error})") from None
+        while True:
+            try:
+                missing = future.result(timeout=CHECK_POLL_SECONDS)
+                break
+            except NoAnswerYet:
+                pass
+            except Exception as error:
+                raise PipelineError(
+                    f"the Dask cluster cannot run tasks ({type(error).__name__}: {error}); check the "
+                    f"cluster and run the same command again"
+                ) from None
+            if stop.is_set():
+                return False
+            if watch.all_gone():
+                raise PipelineError(_no_worker_message(watch.last))
+            worker = _worker_running(client, future.key)
+            if worker != on_worker:
+                on_worker, since = worker, time.monotonic()
+            elif worker and time.monotonic() - since > CHECK_PATHS_TIMEOUT_SECONDS:
+                host = worker.split("://")[-1].rsplit(":", 1)[0]
+                raise PipelineError(
+                    f"the Dask worker on {host} did not say within {CHECK_PATHS_TIMEOUT_SECONDS:.0f} s "
+                    f"whether it sees {' and '.join(wanted)}: a file system there does not answer (an "
+                    f"NFS server down?); check on that machine that both are mounted and readable "
+                    f"(e.g. 'ls {wanted[-1]}'), then run the same command again (files finished so far "
+                    f"are kept)"
+                )
+    finally:
+        with contextlib.suppress(Exception):
+            future.cancel()
     if missing:
         raise PipelineError(
             f"the Dask workers cannot see {', '.join(missing)}; SRC and DEST must be on a file system "
             f"shared by the workers, under the same paths"
         )
+    return True
+
+
+def _worker_running(client: Any, key: Any) -> str:
+    """The address of the worker the task ``key`` was given to ("" while it waits for one)."""
+    try:
+        processing = client.processing()
+    except Exception:
+        return ""
+    return next((worker for worker, keys in processing.items() if key in keys), "")
+
+
+def _no_worker_message(supply: WorkerSupply | None) -> str:
+    """Why the run stops before it started any work: no worker, and none coming."""
+    ended = supply.jobs_ended if supply is not None else ""
+    if ended:
+        return (
+            f"no Dask worker connected and none is coming: {ended}; fix that (the job settings are in "
+            f"~/.config/dask/jobqueue.yaml), then run the same command again: it does the rest (files "
+            f"finished so far are kept)"
+        )
+    return (
+        "no Dask worker connected and none is coming (every batch job ended, or the cluster has no "
+        "worker); once workers can start, run the same command again: it does the rest (files finished "
+        "so far are kept)"
+    )
 
 
 def _task(
@@ -308,24 +381,30 @@ def compress_drive(
             ]
 
         def drive(todo: list[FileEntry], checks: list[FileEntry]) -> None:
+            failed = False
             try:
                 if todo or checks:
                     emit(
                         StageEvent("checking that the workers see SRC and DEST (waits for the first worker)")
                     )
-                    _check_workers_see(client, (source_path, payload))
-                    driver.plan_tasks(make_tasks(todo, checks), entries)
-                    driver.run()
+                    if _check_workers_see(client, (source_path, payload), stop=stop):
+                        driver.plan_tasks(make_tasks(todo, checks), entries)
+                        driver.run()
+                    else:
+                        driver.interrupted = True
             except KeyboardInterrupt:
                 driver.interrupted = True
             except BaseException:  # the journal's disk is full, the cluster died, ...: stop the workers too
-                with contextlib.suppress(BaseException):
-                    driver.wind_down()
-                with contextlib.suppress(OSError):
-                    sweep_temporaries(dest_path)
+                failed = True
                 raise
             finally:
-                if driver.interrupted:
+                if failed:  # keep the error: what stopping the work raises meanwhile is not news
+                    if driver.in_flight or driver.queue:
+                        with contextlib.suppress(BaseException):
+                            driver.wind_down()
+                    with contextlib.suppress(OSError):
+                        sweep_temporaries(dest_path)
+                elif driver.interrupted:
                     driver.wind_down()
                     sweep_temporaries(dest_path)
                 with contextlib.suppress(OSError):

@@ -1,0 +1,146 @@
+"""``open_cluster``: a Dask client on the cluster the options choose, closed with what it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PipelineError
+from ..malloc_policy import apply_malloc_policy
+from .jobqueue import job_memory_text, lifetime_args, new_jobqueue_cluster
+from .jobs import JobWatch
+from .local import local_client
+from .options import ClusterInfo, ClusterOptions, choose_connection
+
+if TYPE_CHECKING:
+    from ..pipeline.memory import TaskNeed
+
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "open_cluster"]
+
+CONNECT_TIMEOUT_SECONDS = 30
+
+
+def _setup_plugin(setup: Callable[[], None]) -> Any:
+    """A worker plugin running ``setup`` on every worker, present and future, as it starts."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class SetupPlugin(WorkerPlugin):
+        name = "empcompress-worker-setup"
+
+        def __init__(self, function: Callable[[], None]) -> None:
+            self.function = function
+
+        def setup(self, worker: Any) -> None:
+            apply_malloc_policy()  # the conversions' malloc thresholds (over the nanny's settings)
+            with contextlib.suppress(Exception):  # a failed warm-up only costs time later
+                self.function()
+
+    return SetupPlugin(setup)
+
+
+def _register_setup(client: Any, setup: Callable[[], None] | None) -> None:
+    if setup is not None:
+        with contextlib.suppress(Exception):
+            client.register_plugin(_setup_plugin(setup))
+
+
+@contextlib.contextmanager
+def open_cluster(
+    options: ClusterOptions,
+    *,
+    environ: Mapping[str, str] | None = None,
+    worker_setup: Callable[[], None] | None = None,
+    largest_need: TaskNeed | None = None,
+) -> Iterator[tuple[Any, ClusterInfo]]:
+    """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
+
+    ``worker_setup`` runs on every worker as it joins (and on those already
+    there), e.g. to import the code and load compiled kernels before the first
+    task. ``largest_need``: the largest task of the drive (from its scan), which
+    a local cluster is sized by. Raises :class:`PipelineError` with a hint when
+    the cluster cannot be reached or configured. A batch cluster's jobs are
+    watched while it is open (:class:`~empcompress.cluster.jobs.JobWatch`).
+    """
+    from distributed import Client
+
+    kind, target = choose_connection(options, environ=os.environ if environ is None else environ)
+    if kind == "local":
+        with local_client(options, largest_need) as (client, info):
+            _register_setup(client, worker_setup)
+            yield client, info
+        return
+    if kind in ("address", "scheduler-file"):
+        client = _connect(kind, target)
+        try:
+            _register_setup(client, worker_setup)
+            info = ClusterInfo(
+                kind=kind,
+                scheduler_address=str(client.scheduler.address),
+                dashboard_link=str(client.dashboard_link or ""),
+                description=f"existing cluster at {client.scheduler.address} ({_workers_text(client)})",
+            )
+            yield client, info
+        finally:
+            client.close()
+        return
+    cluster = new_jobqueue_cluster(kind, lifetime_args(options))
+    watch: JobWatch | None = None
+    try:
+        if options.adapt is not None:
+            adaptive = cluster.adapt(minimum_jobs=options.adapt[0], maximum_jobs=options.adapt[1])
+            scaling = f"adapting between {options.adapt[0]} and {options.adapt[1]} jobs"
+            watch = JobWatch(cluster, kind=kind, max_jobs=options.adapt[1], adaptive=adaptive)
+        else:
+            jobs = options.n_jobs or 1
+            cluster.scale(jobs=jobs)
+            scaling = f"{jobs} job{'s' if jobs != 1 else ''}"
+            watch = JobWatch(cluster, kind=kind, max_jobs=jobs)
+        watch.start()
+        client = Client(cluster)
+        try:
+            _register_setup(client, worker_setup)
+            info = ClusterInfo(
+                kind=kind,
+                scheduler_address=str(cluster.scheduler_address),
+                dashboard_link=str(client.dashboard_link or ""),
+                description=f"{kind.upper()} cluster through dask-jobqueue, {scaling}{job_memory_text(kind)}",
+            )
+            yield client, info
+        finally:
+            client.close()
+    finally:
+        if watch is not None:
+            watch.stop()
+        cluster.close()
+
+
+def _workers_text(client: Any) -> str:
+    try:
+        threads = client.nthreads()
+    except Exception:
+        return "workers unknown"
+    return f"{len(threads)} workers, {sum(threads.values())} threads"
+
+
+def _connect(kind: str, target: str) -> Any:
+    from distributed import Client
+
+    try:
+        if kind == "scheduler-file":
+            if not os.path.isfile(target):
+                raise PipelineError(
+                    f"{target}: no such scheduler file; start the scheduler with "
+                    f"'dask scheduler --scheduler-file {target}' first"
+                )
+            return Client(scheduler_file=target, timeout=CONNECT_TIMEOUT_SECONDS)
+        return Client(target, timeout=CONNECT_TIMEOUT_SECONDS)
+    except PipelineError:
+        raise
+    except (OSError, TimeoutError, ValueError) as error:
+        where = f"scheduler file {target}" if kind == "scheduler-file" else f"scheduler {target}"
+        raise PipelineError(
+            f"cannot reach the Dask {where} ({error}); check that the scheduler is running "
+            f"and reachable from here"
+        ) from None
