@@ -26,12 +26,21 @@ Focused measurements (each replaces the grid; ``--tree`` names the code measured
 checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
 
 - ``--stages``: each stage of a conversion timed alone on one frame of each size and dose.
-- ``--equal-doses N``: 4096x4096 and 11520x8184 float32 movies (8 frames) at each dose, N runs each
-  in turn, warm: MB of source per CPU second, user and system time, at equal codecs.
+- ``--equal-doses N``: 4096x4096 and 11520x8184 float32 movies (8 frames) at each dose (``--doses``),
+  N runs each in turn, warm: MB of source per CPU second, user and system time and minor page faults,
+  at equal codecs; with ``--equal-doses-old OLD_TREE`` the code in OLD_TREE converts each movie too,
+  in turn; with ``--no-malloc-policy-too`` so does the measured tree without its malloc policy.
+
+Every conversion's process first sets the malloc policy the CLI sets (:mod:`empcompress.malloc_policy`),
+if the tree measured has one.
 - ``--cold-warm N``: a 24-frame 4096x4096 movie at 1 e-, N pairs of warm and cold conversions
   (with ``--cold-warm-old OLD_TREE``, the code in OLD_TREE in turn too).
 - ``--read-ahead N``: cold reads of a 12-frame 4096x4096 movie as the read pass does them, the work
   on each frame replaced by a sleep (the machine's CPU load does not enter): how long reads wait.
+- ``--read-paths N``: the same movie read warm, cold through the page cache (the read pass's
+  ``WILLNEED`` helper, or mapped large folios) and cold with ``O_DIRECT`` (in the read, through a
+  32 MiB ring, into a second frame buffer, into the frame's own buffer once it is free), N runs each
+  in turn: CPU seconds the reading costs and seconds it waits (``READ_PATHS``).
 
 Run: ``python benchmarks/bench_superres.py --json /tmp/superres.json --before-after /tmp/old``
 (about 20-30 minutes on 2 cores; ``--quick``: frames of 1152x818, a smoke test). Results:
@@ -78,8 +87,15 @@ _MEASURE_EMPCOMPRESS = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 tree, source, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-threads, cache = int(sys.argv[4]), sys.argv[5]
+threads, cache, policy = int(sys.argv[4]), sys.argv[5], sys.argv[6]
 sys.path.insert(0, tree)
+if policy == "cli":  # what the CLI's convert and empcompress's Dask workers do first (trees that have it)
+    try:
+        from empcompress.malloc_policy import apply_malloc_policy
+    except ImportError:
+        pass
+    else:
+        apply_malloc_policy()
 import mrcfile, numpy as np
 from empcompress import mrc
 from empcompress.convert import convert_movie
@@ -132,6 +148,7 @@ print(json.dumps({
     "cpu": usage_after.ru_utime + usage_after.ru_stime - usage.ru_utime - usage.ru_stime,
     "user": usage_after.ru_utime - usage.ru_utime,
     "sys": usage_after.ru_stime - usage.ru_stime,
+    "minor_faults": usage_after.ru_minflt - usage.ru_minflt,
     "rchar": after["rchar"] - before["rchar"],
     "read_bytes": after["read_bytes"] - before["read_bytes"],
     "source_reads": source_reads["bytes"],
@@ -202,6 +219,7 @@ class Row:
     load: float
     user_seconds: float | None = None
     sys_seconds: float | None = None
+    minor_faults: int | None = None
 
 
 def _fsync(path: Path) -> None:
@@ -292,14 +310,28 @@ def warm_cache(path: str) -> None:
             pass
 
 
-def measure_empcompress(movie: Movie, *, tree: Path, cache: str, work: Path, label: str) -> Row:
+def measure_empcompress(
+    movie: Movie, *, tree: Path, cache: str, work: Path, label: str, malloc_policy: bool = True
+) -> Row:
+    """One conversion in a fresh process; ``malloc_policy``: set it first, as the CLI does (if ``tree``
+    has :mod:`empcompress.malloc_policy`)."""
     if cache == "warm":
         warm_cache(movie.path)
     output = work / "out" / (Path(movie.path).stem + ".tif")
     output.parent.mkdir(exist_ok=True)
     load = os.getloadavg()[0]
     done = subprocess.run(
-        [sys.executable, "-c", _MEASURE_EMPCOMPRESS, str(tree), movie.path, str(output), "1", cache],
+        [
+            sys.executable,
+            "-c",
+            _MEASURE_EMPCOMPRESS,
+            str(tree),
+            movie.path,
+            str(output),
+            "1",
+            cache,
+            "cli" if malloc_policy else "off",
+        ],
         capture_output=True,
         text=True,
         cwd=work,
@@ -326,6 +358,7 @@ def measure_empcompress(movie: Movie, *, tree: Path, cache: str, work: Path, lab
         load,
         user_seconds=measured.get("user"),
         sys_seconds=measured.get("sys"),
+        minor_faults=measured.get("minor_faults"),
     )
 
 
@@ -402,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": [],
     }
     # the focused measurements replace the grid of movies
-    focused = bool(args.stages or args.equal_doses or args.cold_warm or args.read_ahead)
+    focused = bool(args.stages or args.equal_doses or args.cold_warm or args.read_ahead or args.read_paths)
     if args.stages:
         results["stages"] = run_stages(args)
     if args.equal_doses:
@@ -411,6 +444,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["cold_warm"] = run_cold_warm(args, work)
     if args.read_ahead:
         results["read_ahead"] = run_read_ahead(args, work)
+    if args.read_paths:
+        results["read_paths"] = run_read_paths(args, work)
     relion = shutil.which("relion_convert_to_tiff") is not None and not args.skip_relion
     for dose in () if focused else DOSES:
         frame_counts = sorted({frames for cell_dose, frames in CELLS if cell_dose == dose})
@@ -468,14 +503,29 @@ def _checkpoint(args: argparse.Namespace, key: str, rows: list[dict[str, Any]]) 
         Path(f"{args.json}.{key}.partial").write_text(json.dumps(rows, indent=1))
 
 
+def _equal_dose_trees(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
+    """(label, tree, malloc policy as the CLI sets it) of each code measured at equal doses."""
+    if not (args.equal_doses_old or args.no_malloc_policy_too):
+        return [("empcompress", Path(args.tree), True)]
+    trees = [("empcompress (new)", Path(args.tree), True)]
+    if args.equal_doses_old:
+        trees.insert(0, ("empcompress (old)", Path(args.equal_doses_old), True))
+    if args.no_malloc_policy_too:
+        trees.append(("empcompress (new, no malloc policy)", Path(args.tree), False))
+    return trees
+
+
 def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """4096x4096 and 11520x8184 float32 movies at each dose, converted in turn ``args.equal_doses`` times.
 
     The order of the cells alternates from one repeat to the next, so that a drift in the
-    machine's speed falls on both sizes alike.
+    machine's speed falls on both sizes alike; with several trees (``--equal-doses-old``,
+    ``--no-malloc-policy-too``), each movie is converted by each tree in turn, the order
+    alternating too.
     """
     rows: list[dict[str, Any]] = []
-    for dose in DOSES:
+    trees = _equal_dose_trees(args)
+    for dose in args.doses:
         movies: list[Movie] = []
         for shape in sorted({shape for shape, _ in EQUAL_DOSE_CELLS}):
             frame_counts = sorted({frames for cell_shape, frames in EQUAL_DOSE_CELLS if cell_shape == shape})
@@ -486,12 +536,13 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         for repeat in range(args.equal_doses):
             for movie in movies if repeat % 2 == 0 else movies[::-1]:
                 size = f"{movie.shape[1]}x{movie.shape[0]}"
-                _progress(f"equal doses {repeat}: {size}, {movie.n_frames} frames, {dose:g} e-")
-                row = measure_empcompress(
-                    movie, tree=Path(args.tree), cache="warm", work=work, label="empcompress"
-                )
-                rows.append({**_row_json(row), "repeat": repeat})
-                _checkpoint(args, "equal_doses", rows)
+                for label, tree, policy in trees if repeat % 2 == 0 else trees[::-1]:
+                    _progress(f"equal doses {repeat}: {label}, {size}, {movie.n_frames} frames, {dose:g} e-")
+                    row = measure_empcompress(
+                        movie, tree=tree, cache="warm", work=work, label=label, malloc_policy=policy
+                    )
+                    rows.append({**_row_json(row), "repeat": repeat})
+                    _checkpoint(args, "equal_doses", rows)
         for movie in movies:
             Path(movie.path).unlink()
     return rows
@@ -589,6 +640,180 @@ def run_read_ahead(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
                     }
                 )
                 _checkpoint(args, "read_ahead", rows)
+    Path(movie.path).unlink()
+    return rows
+
+
+#: Runs in a fresh process: a 4096x4096 movie read frame by frame in one of several ways (``argv[3]``),
+#: the work on each frame replaced by a sleep (``argv[4]`` s; no CPU): CPU seconds the reading cost
+#: (user + system of the whole process, helper threads included: exact, unlike the split) and seconds
+#: the frame reads waited. Ways (issue 10's cold/warm question: what bringing a cold source in costs):
+#: ``warm`` and ``willneed`` read as the read pass does (``MrcMovie`` with its read-ahead helper), warm
+#: and cold; ``mapped``: cold, the helper instead maps the next frame 8 MiB at a time with
+#: ``MADV_HUGEPAGE`` and ``MADV_POPULATE_READ`` (large page-cache folios); the ``direct-*`` ways read
+#: cold with ``O_DIRECT`` (no page cache, no copy by the kernel): ``direct-in-read`` in the read itself,
+#: ``direct-ring`` ahead into a 32 MiB ring the read copies from, ``direct-second-buffer`` the next
+#: frame ahead into a second frame buffer, ``direct-same-buffer`` into the frame's own buffer once a
+#: third of the work is done (as if the pass let go of its raw frame after hashing and casting it).
+_MEASURE_READ_PATH = r"""
+import json, mmap, os, resource, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+tree, source, way, work_seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+sys.path.insert(0, tree)
+from empcompress.mrc import MrcMovie
+BLOCK, PIECE, RING, MADV_POPULATE_READ = 4096, 8 << 20, 32 << 20, 22
+if way == "warm":
+    with open(source, "rb") as handle:
+        while handle.read(PIECE):
+            pass
+else:
+    descriptor = os.open(source, os.O_RDONLY)
+    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(descriptor)
+movie = MrcMovie(source)
+header = movie.header
+size, offset0, n_frames = header.frame_size_bytes, header.data_offset_bytes, header.nz
+end = offset0 + n_frames * size
+def aligned(n_bytes):
+    return np.frombuffer(mmap.mmap(-1, n_bytes), np.uint8)  # page-aligned
+def extent(index):  # the frame's offset, and the block-aligned range holding it
+    start = offset0 + index * size
+    return start, start - start % BLOCK, -(-min(start + size, end) // BLOCK) * BLOCK
+def pread_all(descriptor, view, offset):
+    done = 0
+    while done < len(view):
+        n = os.preadv(descriptor, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+pool = ThreadPoolExecutor(max_workers=1)
+direct = os.open(source, os.O_RDONLY | os.O_DIRECT) if way.startswith("direct") else None
+buffer = np.empty(size, np.uint8)
+frames = [aligned(size + 2 * BLOCK) for _ in range(2 if way == "direct-second-buffer" else 1)]
+def read_direct(index):
+    start, low, high = extent(index)
+    frame = frames[index % len(frames)]
+    pread_all(direct, memoryview(frame)[: high - low], low)
+    return frame[start - low : start - low + size]
+if way == "mapped":
+    plain = os.open(source, os.O_RDONLY)
+    def bring_in(index):
+        start, low, high = extent(index)
+        for piece in range(low, high, PIECE):
+            view = mmap.mmap(plain, min(PIECE, end - piece), prot=mmap.PROT_READ, offset=piece)
+            view.madvise(mmap.MADV_HUGEPAGE)
+            view.madvise(MADV_POPULATE_READ)
+            view.close()
+if way == "direct-ring":
+    chunks = list(range(offset0 - offset0 % BLOCK, -(-end // BLOCK) * BLOCK, PIECE // 2))
+    ring = [aligned(PIECE // 2) for _ in range(RING // (PIECE // 2))]
+    free, filled, changed = threading.Semaphore(len(ring)), {}, threading.Condition()
+    def fill():
+        for number, chunk in enumerate(chunks):
+            free.acquire()
+            pread_all(direct, memoryview(ring[number % len(ring)]), chunk)
+            with changed:
+                filled[number] = True
+                changed.notify_all()
+    pool.submit(fill)
+    def read_ring(index):
+        start = offset0 + index * size
+        position = start
+        while position < start + size:
+            number = (position - chunks[0]) // (PIECE // 2)
+            chunk = chunks[number]
+            with changed:
+                changed.wait_for(lambda: number in filled)
+            take = min(chunk + PIECE // 2, start + size) - position
+            buffer[position - start : position - start + take] = ring[number % len(ring)][
+                position - chunk : position - chunk + take
+            ]
+            position += take
+            if position == chunk + PIECE // 2:
+                free.release()
+        return buffer
+usage, started, waits, pending = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), [], None
+for index in range(n_frames):
+    asked = time.perf_counter()
+    if way in ("warm", "willneed"):
+        last = movie.read_raw_frame(index, out=buffer)
+        movie.prefetch(index + 1)
+    elif way == "mapped":
+        if pending is not None:
+            pending.result()
+        last = movie.read_raw_frame(index, out=buffer)
+        pending = pool.submit(bring_in, index + 1) if index + 1 < n_frames else None
+    elif way == "direct-in-read":
+        last = read_direct(index)
+    elif way == "direct-ring":
+        last = read_ring(index)
+    elif way in ("direct-second-buffer", "direct-same-buffer"):
+        pending = pending or pool.submit(read_direct, index)
+        last = pending.result()
+        pending = None
+    waits.append(time.perf_counter() - asked)
+    if way == "direct-second-buffer" and index + 1 < n_frames:
+        pending = pool.submit(read_direct, index + 1)
+    if way == "direct-same-buffer" and index + 1 < n_frames:
+        time.sleep(work_seconds / 3)
+        pending = pool.submit(read_direct, index + 1)
+        time.sleep(work_seconds * 2 / 3)
+    else:
+        time.sleep(work_seconds)
+wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+if not np.array_equal(last, movie.read_raw_frame(n_frames - 1)):
+    raise SystemExit(f"{way}: the last frame read differs from the file's")
+movie.close()
+pool.shutdown(wait=True, cancel_futures=True)
+print(json.dumps({
+    "wall": wall,
+    "waits": waits,
+    "cpu": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime,
+    "sys": after.ru_stime - usage.ru_stime,
+}))
+"""
+#: The ways ``_MEASURE_READ_PATH`` reads, in the report's order.
+READ_PATHS = (
+    "warm",
+    "willneed",
+    "mapped",
+    "direct-in-read",
+    "direct-ring",
+    "direct-second-buffer",
+    "direct-same-buffer",
+)
+
+
+def run_read_paths(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """A 12-frame 4096x4096 movie read in each of :data:`READ_PATHS` in turn, ``args.read_paths`` times."""
+    rows: list[dict[str, Any]] = []
+    shape = (512, 512) if args.quick else (4096, 4096)
+    _progress(f"writing the read-path movie: 12 frames of {shape[1]}x{shape[0]}")
+    (movie,) = write_movies(work, 1.0, [12], shape, sources=("float32",), distinct_frames=2)
+    work_seconds = READ_AHEAD_WORK_SECONDS[-1]
+    for repeat in range(args.read_paths):
+        for way in READ_PATHS if repeat % 2 == 0 else READ_PATHS[::-1]:
+            _progress(f"read paths {repeat}: {way}, {work_seconds} s of work per frame")
+            load = os.getloadavg()[0]
+            seconds = f"{work_seconds}"
+            command = [sys.executable, "-c", _MEASURE_READ_PATH, args.tree, movie.path, way, seconds]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"reading {way} failed:\n{done.stderr[-3000:]}")
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "way": way,
+                    "repeat": repeat,
+                    "work_seconds": work_seconds,
+                    "load": load,
+                    "movie": dict(movie.__dict__),
+                    **measured,
+                }
+            )
+            _checkpoint(args, "read_paths", rows)
     Path(movie.path).unlink()
     return rows
 
@@ -707,6 +932,8 @@ def format_report(results: dict[str, Any]) -> str:
         lines += ["", *format_cold_warm(results["cold_warm"])]
     if results.get("read_ahead"):
         lines += ["", *format_read_ahead(results["read_ahead"])]
+    if results.get("read_paths"):
+        lines += ["", *format_read_paths(results["read_paths"])]
     return "\n".join(lines)
 
 
@@ -741,48 +968,52 @@ def format_stages(stages: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _per_gb(row: dict[str, Any], key: str) -> float:
+    return float(row[key] / (row["movie"]["size_bytes"] / 1e9))
+
+
 def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     """Every run, then per cell: MB/s per CPU second, median (min-max), and the ratio to 4096x4096."""
     lines = [
         "Equal doses, every run (warm cache, threads 1):",
         "",
-        "| repeat | dose | frame | frames | MRC MB | stored as | output MB | wall s | CPU s | user s | sys s "
-        "| MB/s per CPU s | MB/s (wall) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| repeat | tool | dose | frame | frames | MRC MB | stored as | output MB | wall s | CPU s | user s "
+        "| sys s | minor faults | MB/s per CPU s | MB/s (wall) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         movie = row["movie"]
+        faults = row.get("minor_faults")
         lines.append(
-            f"| {row['repeat']} | {movie['dose']:g} | {_size_label(movie)} | {movie['n_frames']} | "
-            f"{_mb(movie['size_bytes'])} | {row['stored']} | {_mb(row['output_bytes'])} | "
-            f"{row['wall_seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['user_seconds']:.1f} | "
-            f"{row['sys_seconds']:.1f} | {_mb_per_cpu_second(row):.0f} | "
+            f"| {row['repeat']} | {row['tool']} | {movie['dose']:g} | {_size_label(movie)} | "
+            f"{movie['n_frames']} | {_mb(movie['size_bytes'])} | {row['stored']} | "
+            f"{_mb(row['output_bytes'])} | {row['wall_seconds']:.1f} | {row['cpu_seconds']:.2f} | "
+            f"{row['user_seconds']:.2f} | {row['sys_seconds']:.2f} | "
+            f"{'-' if faults is None else faults} | {_mb_per_cpu_second(row):.0f} | "
             f"{movie['size_bytes'] / 1e6 / row['wall_seconds']:.0f} | {row['load']:.1f} |"
         )
     lines += [
         "",
-        "Equal doses, summary: MB of source per CPU second, median (min-max) of the repeats; "
-        "ratio of medians to the smallest frames (4096x4096) with the same number of frames (8):",
+        "Equal doses, summary: median (min-max) of the repeats; user and system seconds per GB of source; "
+        "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096, 8 frames) of the same tool:",
         "",
-        "| dose | frame | frames | stored as | runs | MB/s per CPU s | / 4096x4096 8 frames | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tool | dose | frame | frames | stored as | runs | user s per GB | sys s per GB | MB/s per CPU s "
+        "| / 4096x4096 8 frames | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cells: dict[tuple[float, str, int], list[dict[str, Any]]] = {}
+    cells: dict[tuple[str, float, str, int], list[dict[str, Any]]] = {}
     for row in rows:
         movie = row["movie"]
-        cells.setdefault((movie["dose"], _size_label(movie), movie["n_frames"]), []).append(row)
+        cells.setdefault((row["tool"], movie["dose"], _size_label(movie), movie["n_frames"]), []).append(row)
     smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
-    for (dose, size, n_frames), cell in cells.items():
+    for (tool, dose, size, n_frames), cell in cells.items():
         rates = [_mb_per_cpu_second(row) for row in cell]
-        reference = [
-            _mb_per_cpu_second(row)
-            for (other_dose, other_size, other_frames), other in cells.items()
-            if (other_dose, other_size, other_frames) == (dose, smallest, 8)
-            for row in other
-        ]
+        reference = [_mb_per_cpu_second(row) for row in cells.get((tool, dose, smallest, 8), [])]
         ratio = float(np.median(rates) / np.median(reference)) if reference else float("nan")
         lines.append(
-            f"| {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | {_spread(rates)} | "
+            f"| {tool} | {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | "
+            f"{_spread([_per_gb(row, 'user_seconds') for row in cell], 2)} | "
+            f"{_spread([_per_gb(row, 'sys_seconds') for row in cell], 2)} | {_spread(rates)} | "
             f"{ratio:.2f} | {_spread([row['load'] for row in cell], 1)} |"
         )
     return lines
@@ -810,6 +1041,29 @@ def format_read_ahead(rows: list[dict[str, Any]]) -> list[str]:
             f"{_spread([size / 1e6 / row['wall'] for row in cell])} | "
             f"{_spread([row['read_bytes'] / size for row in cell], 3)} | "
             f"{_spread([row['load'] for row in cell], 1)} |"
+        )
+    return lines
+
+
+def format_read_paths(rows: list[dict[str, Any]]) -> list[str]:
+    """Per way of reading: CPU and system seconds, seconds the reads waited, median (min-max) of the runs."""
+    lines = [
+        "Ways of reading a 4096x4096 movie (the work on each frame a sleep): CPU seconds of the process "
+        "(user + system, exact) and system seconds, seconds the reads of frames 1.. waited, wall, "
+        "median (min-max) of the runs:",
+        "",
+        "| way | work per frame s | runs | CPU s | sys s | frames 1.. wait s | wall s | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(row["way"], []).append(row)
+    for way, cell in cells.items():
+        lines.append(
+            f"| {way} | {cell[0]['work_seconds']:g} | {len(cell)} | "
+            f"{_spread([row['cpu'] for row in cell], 2)} | {_spread([row['sys'] for row in cell], 2)} | "
+            f"{_spread([sum(row['waits'][1:]) for row in cell], 2)} | "
+            f"{_spread([row['wall'] for row in cell], 2)} | {_spread([row['load'] for row in cell], 1)} |"
         )
     return lines
 
@@ -913,6 +1167,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         metavar="PAIRS",
         help="instead of the grid: cold reads of a 4096x4096 movie with the read-ahead alone, PAIRS runs",
+    )
+    parser.add_argument(
+        "--read-paths",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the grid: a 4096x4096 movie read in each of READ_PATHS (page cache, O_DIRECT)",
+    )
+    parser.add_argument(
+        "--equal-doses-old", metavar="OLD_TREE", help="with --equal-doses: also the code in OLD_TREE, in turn"
+    )
+    parser.add_argument(
+        "--no-malloc-policy-too",
+        action="store_true",
+        help="with --equal-doses: also the measured tree without the malloc policy the CLI sets, in turn",
+    )
+    parser.add_argument(
+        "--doses",
+        type=lambda text: tuple(float(part) for part in text.split(",")),
+        default=DOSES,
+        help=f"with --equal-doses: the doses, comma-separated (default {','.join(map(str, DOSES))})",
     )
     parser.add_argument("--tree", default=str(REPO), help="the code measured (default: this checkout)")
     parser.add_argument(

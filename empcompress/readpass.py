@@ -234,7 +234,8 @@ class SourcePass:
                 following = index + 1
                 while following in self._held:
                     following += 1  # in memory already
-                movie.prefetch(following)  # read from the disk while this frame is worked on
+                if buffers:
+                    movie.prefetch(following)  # read from the disk while this frame is worked on
                 if self._hasher is None:
                     digest.update(raw.data)
                 else:
@@ -247,6 +248,8 @@ class SourcePass:
                 merged = stats if merged is None else merged.merge(stats)
                 out = self.store(index, values, merged)
                 del raw, values
+                if not buffers:  # done with the movie's own buffer: the next frame is read into it now
+                    movie.read_ahead(following)
                 yield out
                 if self.progress is not None:
                     self.progress("encode", header.frame_size_bytes)

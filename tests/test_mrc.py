@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from mrc_factory import mrc_bytes, pack_nibbles, source_values_dtype, write_mrc
 
-import empcompress.mrc
+import empcompress.mrc.movie
+import empcompress.mrc.readahead
 from empcompress.errors import (
     EmpCompressError,
     HeaderMismatchError,
@@ -386,7 +387,7 @@ def test_prefetch_hints_the_whole_frame_window_by_window(
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
     advice = _Advice()
     monkeypatch.setattr(os, "posix_fadvise", advice)
-    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 300)
+    monkeypatch.setattr(empcompress.mrc.movie, "read_ahead_window_bytes", lambda path: 300)
     with MrcMovie(path) as movie:
         header = movie.header
         movie.prefetch(1)
@@ -407,7 +408,7 @@ def test_prefetch_superseded_by_the_next_hint(
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
     advice = _Advice(hold_first=True)
     monkeypatch.setattr(os, "posix_fadvise", advice)
-    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 100)
+    monkeypatch.setattr(empcompress.mrc.movie, "read_ahead_window_bytes", lambda path: 100)
     with MrcMovie(path) as movie:
         header = movie.header
         movie.prefetch(0)
@@ -431,7 +432,7 @@ def test_prefetch_stops_on_close(
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
     advice = _Advice(hold_first=True)
     monkeypatch.setattr(os, "posix_fadvise", advice)
-    monkeypatch.setattr(empcompress.mrc, "read_ahead_window_bytes", lambda path: 100)
+    monkeypatch.setattr(empcompress.mrc.movie, "read_ahead_window_bytes", lambda path: 100)
     movie = MrcMovie(path)
     movie.prefetch(1)
     assert advice.started.wait(timeout=10)
@@ -459,7 +460,280 @@ def test_prefetch_without_posix_fadvise(
 
 
 def test_read_ahead_window_bytes(tmp_path: Path) -> None:
-    window = empcompress.mrc.read_ahead_window_bytes(tmp_path)
-    assert 0 < window <= empcompress.mrc.MAX_PREFETCH_PIECE_BYTES
-    missing = empcompress.mrc.read_ahead_window_bytes(tmp_path / "missing")
-    assert missing == empcompress.mrc.DEFAULT_READ_AHEAD_BYTES
+    window = empcompress.mrc.readahead.read_ahead_window_bytes(tmp_path)
+    assert 0 < window <= empcompress.mrc.readahead.MAX_PREFETCH_PIECE_BYTES
+    missing = empcompress.mrc.readahead.read_ahead_window_bytes(tmp_path / "missing")
+    assert missing == empcompress.mrc.readahead.DEFAULT_READ_AHEAD_BYTES
+
+
+# ---- reads ahead into the movie's own buffer (O_DIRECT where the file system takes it)
+
+
+def direct_reads_work(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT (tmpfs and some file systems refuse)."""
+    probe = directory / "o_direct_probe"
+    probe.write_bytes(b"\0" * 8192)
+    try:
+        descriptor = os.open(probe, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return False
+    os.close(descriptor)
+    return hasattr(os, "O_DIRECT")
+
+
+def evict(path: Path, size_bytes: int = 0) -> None:
+    """Drop the file's first ``size_bytes`` (0: all) from the page cache."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+        os.posix_fadvise(handle.fileno(), 0, size_bytes, os.POSIX_FADV_DONTNEED)
+
+
+class _DirectReads:
+    """Counts os.preadv calls on the movie's O_DIRECT descriptor (and may fail them)."""
+
+    def __init__(self, movie: MrcMovie, fail: str | None = None) -> None:
+        self.movie = movie
+        self.fail = fail
+        self.calls = 0
+        self.original = os.preadv
+
+    def __call__(self, descriptor: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+        direct = self.movie._direct
+        if direct is None or descriptor != direct.descriptor:
+            return self.original(descriptor, buffers, offset, *flags)
+        self.calls += 1
+        if self.fail == "error":
+            buffers[0][:] = b"\xaa" * len(buffers[0])  # scribbles, then fails
+            raise OSError(5, "Input/output error")
+        if self.fail == "short":
+            n_read = self.original(descriptor, buffers, offset)
+            buffers[0][: min(n_read, 10)] = b"\x55" * min(n_read, 10)
+            return 0  # as at the end of a file that shrank
+        return self.original(descriptor, buffers, offset)
+
+
+@given(
+    mode=st.sampled_from([0, 1, 2, 6, 12, 101]),
+    byte_order=st.sampled_from(["<", ">"]),
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(1, 300)),
+    extended_header_size=st.sampled_from([0, 1, 511, 512, 3072, 4095, 4096, 5000]),
+    piece_blocks=st.integers(1, 3),
+    force_direct=st.booleans(),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["read", "ahead", "read into", "evict"]), st.integers(-1, 4)), max_size=12
+    ),
+)
+def test_reads_ahead_give_the_files_bytes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: int,
+    byte_order: str,
+    shape: tuple[int, int, int],
+    extended_header_size: int,
+    piece_blocks: int,
+    force_direct: bool,
+    steps: list[tuple[str, int]],
+) -> None:
+    # any mix of reads, reads ahead (of the frame read next or another) and evictions from the page cache
+    # returns exactly the bytes a plain read of the file gives, whatever the frames' alignment
+    rng = np.random.default_rng([mode, *shape, extended_header_size])
+    values = values_for_mode(mode, rng, shape=shape)
+    path = write_mrc(
+        tmp_path / f"ahead_{mode}.mrc",
+        values,
+        mode=mode,
+        byte_order=byte_order,
+        extended_header=bytes(rng.integers(0, 256, extended_header_size, dtype=np.uint8)),
+    )
+    raw = path.read_bytes()
+    piece_bytes = piece_blocks * empcompress.mrc.readahead.DIRECT_BLOCK_BYTES
+    monkeypatch.setattr(empcompress.mrc.readahead, "DIRECT_PIECE_BYTES", piece_bytes)
+    if force_direct:  # every frame read ahead directly, whatever is cached (tiny frames share pages)
+        monkeypatch.setattr(MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0)
+    with MrcMovie(path) as movie:
+        header = movie.header
+        reads = _DirectReads(movie)
+        monkeypatch.setattr(os, "preadv", reads)
+
+        def expected(index: int) -> bytes:
+            start = header.data_offset_bytes + index * header.frame_size_bytes
+            return raw[start : start + header.frame_size_bytes]
+
+        steps = [*steps, ("evict all", 0), ("ahead", 0), ("read", 0)]  # one direct read taken, at least
+        for action, index in steps:
+            if action.startswith("evict"):
+                evict(path, 0 if action == "evict all" else len(raw) // 2)
+            elif action == "ahead":
+                movie.read_ahead(index)  # out of range: nothing
+            elif not 0 <= index < header.nz:
+                with pytest.raises(IndexError):
+                    movie.read_raw_frame(index)
+            elif action == "read":
+                assert movie.read_raw_frame(index).tobytes() == expected(index)
+            else:
+                out = np.empty(header.frame_size_bytes, dtype=np.uint8)
+                assert movie.read_raw_frame(index, out=out) is out
+                assert out.tobytes() == expected(index)
+        if force_direct or not direct_reads_work(tmp_path):
+            assert (reads.calls > 0) == direct_reads_work(tmp_path)
+    assert path.read_bytes() == raw  # never written
+
+
+@pytest.mark.parametrize("fail", ["error", "short"])
+def test_a_failed_direct_read_is_read_again_plainly(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, fail: str
+) -> None:
+    if not direct_reads_work(tmp_path):
+        pytest.skip("O_DIRECT is refused here")
+    values = values_for_mode(2, rng, shape=(3, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    # read ahead directly whatever the page cache holds (an eviction under load may leave pages behind)
+    monkeypatch.setattr(MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0)
+    with MrcMovie(path) as movie:
+        reads = _DirectReads(movie, fail=fail)
+        monkeypatch.setattr(os, "preadv", reads)
+        evict(path)
+        movie.read_ahead(1)
+        # what the direct read left in the buffer is not returned: the frame is read again
+        assert movie.read_raw_frame(1).tobytes() == values[1].tobytes()
+        assert reads.calls == 1
+        movie.read_ahead(2)
+        assert movie.read_raw_frame(2).tobytes() == values[2].tobytes()
+    if fail == "error":
+        assert reads.calls == 1  # an error turns direct reads off for the movie
+    else:
+        assert reads.calls == 2  # a short read says nothing about the file system: tried again
+
+
+def test_read_ahead_hints_where_o_direct_is_refused(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = values_for_mode(2, rng, shape=(3, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    original_open = os.open
+
+    def refusing(file: str, flags: int, *args: int) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")  # as tmpfs before Linux 6.6
+        return original_open(file, flags, *args)
+
+    hinted: list[int] = []
+    monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(MrcMovie, "prefetch", lambda movie, index: hinted.append(index))
+    with MrcMovie(path) as movie:
+        for index in range(3):
+            assert movie.read_raw_frame(index).tobytes() == values[index].tobytes()
+            movie.read_ahead(index + 1)
+        assert movie._direct is None
+    assert hinted == [1, 2]
+
+
+def test_a_file_truncated_after_a_read_ahead(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = values_for_mode(2, rng, shape=(3, 40, 50))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    with MrcMovie(path) as movie:
+        os.truncate(path, path.stat().st_size - 10)
+        movie.read_ahead(2)
+        with pytest.raises(TruncatedFileError, match="frame 2"):
+            movie.read_raw_frame(2)
+
+
+def test_close_stops_a_direct_read_before_its_descriptor_closes(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct_reads_work(tmp_path):
+        pytest.skip("O_DIRECT is refused here")
+    values = values_for_mode(2, rng, shape=(2, 100, 100))  # 40000 bytes: pieces of one block
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    monkeypatch.setattr(
+        empcompress.mrc.readahead, "DIRECT_PIECE_BYTES", empcompress.mrc.readahead.DIRECT_BLOCK_BYTES
+    )
+    started, release = threading.Event(), threading.Event()
+    original = os.preadv
+    pieces: list[int] = []
+
+    def held(descriptor: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+        if flags:  # the page-cache probe
+            return original(descriptor, buffers, offset, *flags)
+        pieces.append(offset)
+        started.set()
+        release.wait(timeout=10)
+        os.fstat(descriptor)  # still open
+        return original(descriptor, buffers, offset)
+
+    movie = MrcMovie(path)
+    movie.read_raw_frame(0)
+    evict(path)
+    monkeypatch.setattr(
+        MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0
+    )  # direct, whatever is cached
+    monkeypatch.setattr(os, "preadv", held)
+    movie.read_ahead(1)
+    assert started.wait(timeout=10)
+    direct = movie._direct
+    assert direct is not None
+    closing = threading.Thread(target=movie.close)
+    closing.start()
+    closing.join(timeout=0.2)
+    assert closing.is_alive()  # waits for the piece in flight
+    release.set()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+    assert len(pieces) == 1  # and reads no piece after it
+    with pytest.raises(OSError):
+        os.fstat(direct.descriptor)
+    with pytest.raises(ValueError, match="closed"):
+        movie.read_ahead(1)
+
+
+def test_frames_in_the_page_cache_are_not_read_directly(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct_reads_work(tmp_path):
+        pytest.skip("O_DIRECT is refused here")
+    values = values_for_mode(2, rng, shape=(6, 100, 100))  # frames of 40000 bytes: about 10 pages
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    hinted: list[int] = []
+    original_prefetch = MrcMovie.prefetch
+
+    def prefetch(movie: MrcMovie, index: int) -> None:
+        hinted.append(index)
+        original_prefetch(movie, index)
+
+    def cached(movie: MrcMovie, index: int) -> bool:  # is the frame's last byte in the page cache?
+        header = movie.header
+        end = header.data_offset_bytes + (index + 1) * header.frame_size_bytes
+        try:
+            return os.preadv(movie._file().fileno(), [bytearray(1)], end - 1, os.RWF_NOWAIT) == 1
+        except BlockingIOError:
+            return False
+
+    monkeypatch.setattr(MrcMovie, "prefetch", prefetch)
+    with MrcMovie(path) as movie:
+        reads = _DirectReads(movie)
+        monkeypatch.setattr(os, "preadv", reads)
+        movie.read_ahead(1)  # just written: in the page cache
+        assert movie.read_raw_frame(1).tobytes() == values[1].tobytes()
+        assert (reads.calls, hinted) == (0, [1])
+        for _ in range(5):  # an eviction on a loaded machine may leave a page behind: evict again
+            evict(path)
+            movie.read_ahead(2)  # not cached at all: read directly
+            assert movie.read_raw_frame(2).tobytes() == values[2].tobytes()
+            if reads.calls > 0:
+                break
+            hinted.remove(2)
+        assert (reads.calls > 0, hinted) == (True, [1])
+        assert not cached(movie, 3)
+        header = movie.header
+        with open(path, "rb") as handle:  # the middle of frame 3 is cached, the rest is not
+            handle.seek(header.data_offset_bytes + 3 * header.frame_size_bytes + header.frame_size_bytes // 2)
+            handle.read(1)
+        calls = reads.calls
+        movie.read_ahead(3)  # read through the page cache: what is cached is not read again
+        assert movie.read_raw_frame(3).tobytes() == values[3].tobytes()
+        assert (reads.calls, hinted) == (calls, [1, 3])
+        # and without the kernel's read-ahead, which would bring in frame 4 for a direct read to read again
+        assert not cached(movie, 4)
+        movie.read_ahead(4)
+        assert movie.read_raw_frame(4).tobytes() == values[4].tobytes()
+        assert reads.calls > calls

@@ -14,7 +14,7 @@ import pytest
 from drives import gain_normalised_movie, make_drive, write_mrc
 from test_pipeline import recover_everything
 
-import empcompress.mrc
+import empcompress.mrc.header
 import empcompress.scan
 from empcompress.errors import PipelineError
 from empcompress.manifest import verify_bag
@@ -62,13 +62,13 @@ def test_an_io_error_opening_a_movie_is_a_failure_not_a_property_of_the_data(
 ) -> None:
     source = write_mrc(tmp_path / "m.mrc", np.random.default_rng(0).poisson(1, (4, 32, 32)).astype(np.uint16))
     (tmp_path / "data").mkdir()
-    real = empcompress.mrc.open_regular
+    real = empcompress.mrc.header.open_regular
 
     def flaky(path: str) -> Any:
-        monkeypatch.setattr(empcompress.mrc, "open_regular", real)
+        monkeypatch.setattr(empcompress.mrc.header, "open_regular", real)
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(empcompress.mrc, "open_regular", flaky)
+    monkeypatch.setattr(empcompress.mrc.header, "open_regular", flaky)
     outcome = run_file_task(
         FileTask(
             rel_path="m.mrc",
