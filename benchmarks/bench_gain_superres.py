@@ -24,7 +24,16 @@ two 4096x4096 movies with each version in turn, ``--repeats`` times, alternating
 
 Goal (issue 10): every step within a 4 GiB worker (aim: 3 GiB); 4096x4096 no slower.
 
+With ``--set``, instead: the ``gain estimate`` command's whole computation
+(``estimate_set_gain``) on :data:`SET_MOVIES` super-resolution movies of
+``--set-frames`` frames (seven of one gain in four orientations, one of another
+gain: a misfit), and the gain counting kernel on a frame that a gain does not
+fit (``GainCounter.add`` and ``exception_fraction``), each in a fresh process,
+with this checkout and, with ``--compare-with``, the other one; it prints a
+markdown section (wall, CPU, peak RSS, and the decisions, which must be equal).
+
 Usage: ``python benchmarks/bench_gain_superres.py [--frames 8] [--dose 0.25] [--compare-with DIR]``
+or ``python benchmarks/bench_gain_superres.py --set [--set-frames 2] [--dose 0.25] [--compare-with DIR]``
 """
 
 from __future__ import annotations
@@ -162,6 +171,68 @@ COMMON_STEPS = {
 }
 
 
+#: Movies of the ``--set`` run (the most ``estimate_set_gain`` compares: SEED_SAMPLE_MOVIES), with the
+#: orientation of the gain each was normalised with ("other": another gain).
+SET_MOVIES = (
+    "identity",
+    "identity",
+    "flip-columns",
+    "identity",
+    "rotate-180",
+    "other",
+    "flip-rows",
+    "identity",
+)
+
+#: Prints the peak so far (before the measured call) for the runner to find.
+_SETUP_PEAK = (
+    "print('SETUP', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], "
+    "file=sys.stderr)\n"
+)
+
+#: Steps of the ``--set`` run; PATHS are the set's movies.
+SET_STEPS = {
+    "estimate_set_gain of the set (the gain estimate command)": (
+        "import hashlib; from empcompress.gain import estimate_set_gain\n"
+        "r = estimate_set_gain(PATHS)\n"
+        "print('DECISIONS', [Path(p).name for p in r.used],"
+        " [(Path(p).name, round(f, 6)) for p, f in r.misfits],"
+        " hashlib.sha256(r.estimate.gain.tobytes() + r.estimate.status.tobytes()).hexdigest()[:16],"
+        " r.estimate.n_reliable, r.estimate.n_frames, file=sys.stderr)"
+    ),
+    "GainCounter.add of a frame the gain does not fit (every value an exception)": (
+        "import numpy as np; from empcompress.gain import GainCounter\n"
+        "rng = np.random.default_rng(5)\n"
+        "gain = rng.random(SHAPE, dtype=np.float32); gain += 0.5\n"
+        "frame = rng.random(SHAPE, dtype=np.float32); frame += 0.5\n"
+        "counter = GainCounter(gain, n_frames=1, reference_name='g')\n"
+        + _SETUP_PEAK
+        + "counter.add(0, frame)\n"
+        "print('DECISIONS', counter.n_exceptions, counter.over_limit, file=sys.stderr)"
+    ),
+    "exception_fraction of that frame (classification, fitting, misfits)": (
+        "import numpy as np; from empcompress.gainref import exception_fraction\n"
+        "rng = np.random.default_rng(5)\n"
+        "gain = rng.random(SHAPE, dtype=np.float32); gain += 0.5\n"
+        "frame = rng.random(SHAPE, dtype=np.float32); frame += 0.5\n"
+        + _SETUP_PEAK
+        + "print('DECISIONS', exception_fraction([frame], gain), file=sys.stderr)"
+    ),
+}
+
+
+#: The seed comparison alone (this checkout): PATHS' own estimates, kept on disk and compared.
+SEED_STEP = (
+    "from empcompress.gain.grouping import movie_estimate\n"
+    "from empcompress.gain.set_compare import compare_sampled_estimates\n"
+    "from empcompress.mrc import read_header\n"
+    "c = compare_sampled_estimates([str(p) for p in PATHS], lambda p: movie_estimate(p, n_sample_frames=8),"
+    " [read_header(p).frame_shape for p in PATHS])\n"
+    "print('DECISIONS', [(x.first, x.second, x.verdict, x.orientation) for x in c if x.first == 0],"
+    " file=sys.stderr)"
+)
+
+
 def _write_movie(path: Path, gain: np.ndarray, *, n_frames: int, dose: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ny, nx = gain.shape
@@ -190,10 +261,25 @@ def _write_pair(work: Path, shape: tuple[int, int], *, frames: int, dose: float)
 
 def _run_step(code: str, a: Path, b: Path, work: Path, *, code_root: Path) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MiB) of ``code`` in a fresh process, empcompress from ``code_root``."""
+    return _run_code(code, work, code_root=code_root, names={"A": str(a), "B": str(b)})[:3]
+
+
+def _run_code(
+    code: str, work: Path, *, code_root: Path, names: dict[str, str | list[str]]
+) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MiB, its stderr) of ``code`` in a fresh process with ``names`` defined.
+
+    ``names`` are paths (a list: a list of paths) the code sees as ``Path`` objects.
+    """
     script = (
-        "import sys, os\n"
-        f"from pathlib import Path\nA, B, W = Path({str(a)!r}), Path({str(b)!r}), Path({str(work)!r})\n"
-        f"SHAPE = {SHAPE!r}\n"
+        "import sys, os\nfrom pathlib import Path\n"
+        + "".join(
+            f"{name} = [Path(p) for p in {value!r}]\n"
+            if isinstance(value, list)
+            else f"{name} = Path({value!r})\n"
+            for name, value in names.items()
+        )
+        + f"W = Path({str(work)!r})\nSHAPE = {SHAPE!r}\n"
         + code
         + "\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
     )
@@ -212,12 +298,90 @@ def _run_step(code: str, a: Path, b: Path, work: Path, *, code_root: Path) -> tu
     if done.returncode:
         raise SystemExit(f"step failed ({code_root}):\n{code}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, int(done.stdout.strip().splitlines()[-1]) / 1024
+    return wall, cpu, int(done.stdout.strip().splitlines()[-1]) / 1024, done.stderr
 
 
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
+def _set_run(args: argparse.Namespace) -> None:
+    """The ``--set`` run: print a markdown section (the results file's other sections are kept)."""
+    loads = [_load()]
+    roots = {"after": ROOT}
+    if args.compare_with is not None:
+        roots = {"before": args.compare_with.resolve(), "after": ROOT}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-gain-set-") as scratch:
+        work = Path(scratch)
+        rng = np.random.default_rng(11)
+        gain = rng.random(SHAPE, dtype=np.float32)
+        gain *= np.float32(0.7)
+        gain += np.float32(0.7)
+        other = rng.random(SHAPE, dtype=np.float32)
+        other *= np.float32(0.7)
+        other += np.float32(0.7)
+        turns = {
+            "identity": gain,
+            "flip-columns": gain[:, ::-1],
+            "flip-rows": gain[::-1],
+            "rotate-180": gain[::-1, ::-1],
+            "other": other,
+        }
+        paths = []
+        for index, code in enumerate(SET_MOVIES):
+            path = work / f"m{index}.mrc"
+            _write_movie(
+                path,
+                np.ascontiguousarray(turns[code]),
+                n_frames=args.set_frames,
+                dose=args.dose,
+                seed=20 + index,
+            )
+            paths.append(str(path))
+        del gain, other, turns
+        for n_movies in (2, 4, 8) if args.seed_only else ():  # this checkout only: the step is new
+            label = f"the seed comparison alone (estimates on disk, compared by bands), {n_movies} movies"
+            wall, cpu, peak, stderr = _run_code(
+                SEED_STEP, work, code_root=ROOT, names={"PATHS": paths[:n_movies]}
+            )
+            found = [line for line in stderr.splitlines() if line.startswith("DECISIONS")]
+            rows.append((label, "after", wall, cpu, peak, None))
+            rows.append((label, "verdicts", 0.0, 0.0, 0.0, found[-1] if found else "?"))
+            print(f"{label}: {wall:.1f} s, CPU {cpu:.1f} s, peak {peak:.0f} MiB; {found[-1:]}", flush=True)
+        for label, code in SET_STEPS.items() if not args.seed_only else ():
+            decisions = {}
+            for version, root in roots.items():
+                wall, cpu, peak, stderr = _run_code(code, work, code_root=root, names={"PATHS": paths})
+                setup = [line.split()[1] for line in stderr.splitlines() if line.startswith("SETUP")]
+                found = [line for line in stderr.splitlines() if line.startswith("DECISIONS")]
+                decisions[version] = found[-1] if found else "?"
+                rows.append((label, version, wall, cpu, peak, int(setup[0]) / 1024 if setup else None))
+                print(f"{label} [{version}]: {wall:.1f} s, CPU {cpu:.1f} s, peak {peak:.0f} MiB", flush=True)
+                print(f"  {decisions[version]}", flush=True)
+            if len(set(decisions.values())) != 1:
+                raise SystemExit(f"{label}: the versions decide differently: {decisions}")
+            rows.append((label, "decisions (equal)", 0.0, 0.0, 0.0, decisions["after"]))
+    loads.append(_load())
+    lines = [
+        "Command: `python benchmarks/bench_gain_superres.py --set"
+        + (" --seed-only" if args.seed_only else "")
+        + f" --set-frames {args.set_frames} "
+        f"--dose {args.dose}" + (f" --compare-with {args.compare_with}" if args.compare_with else "") + "`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average (1/5/15 min) at the start and "
+        f"the end: {'; '.join(loads)}.",
+        "",
+        "| step | code | wall s | CPU s | peak RSS MiB | peak before the step's call MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, version, wall, cpu, peak, extra in rows:
+        if version.startswith(("decisions", "verdicts")):
+            lines.append(f"| {label} | {version} | | | | `{str(extra).removeprefix('DECISIONS ')}` |")
+        else:
+            setup = f"{extra:.0f}" if isinstance(extra, float) else "-"
+            lines.append(f"| {label} | {version} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {setup} |")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -227,7 +391,15 @@ def main() -> None:
     parser.add_argument("--compare-with", type=Path, default=None, help="root of another checkout")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=HERE / "results-gain-superres.md")
+    parser.add_argument("--set", action="store_true", help="the gain estimate command's set run instead")
+    parser.add_argument("--set-frames", type=int, default=2)
+    parser.add_argument(
+        "--seed-only", action="store_true", help="with --set: only the seed comparison of 2, 4 and 8 movies"
+    )
     args = parser.parse_args()
+    if args.set:
+        _set_run(args)
+        return
     loads = [_load()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gain-superres-") as scratch:

@@ -321,13 +321,14 @@ def exception_counts(frames: Iterable[npt.NDArray[np.float32]], gain: GainArray)
     """(values float32(n * gain) does not reproduce, values) of the frames.
 
     Per value, so it adds up over frames and over row bands (pass each band's
-    rows of the frames with the same rows of the gain): one frame at a time.
+    rows of the frames with the same rows of the gain): one frame at a time,
+    counted without building the counts or the exceptions (a wrong gain makes
+    nearly every value one).
     """
-    scratch = np.empty(gain.shape, dtype=np.uint16)
     n_bad = n_values = 0
     for frame in frames:
-        _, indices, _ = kernels.gain_counts(frame, gain, scratch)
-        n_bad += indices.size
+        bad, _ = kernels.gain_exception_count(frame, gain)
+        n_bad += bad
         n_values += frame.size
     return n_bad, n_values
 

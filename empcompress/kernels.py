@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -193,8 +193,11 @@ __all__ += [
     "gain_summary_merge_numpy",
     "gain_finalize",
     "gain_finalize_numpy",
+    "GainCounts",
     "gain_counts",
     "gain_counts_numpy",
+    "gain_exception_count",
+    "gain_exception_count_numpy",
     "gain_apply",
     "gain_apply_numpy",
 ]
@@ -532,39 +535,74 @@ def _gain_collect(
                 position += 1
 
 
+class GainCounts(NamedTuple):
+    """What :func:`gain_counts` found in a frame under a gain."""
+
+    #: the largest count among the values it reproduces
+    max_count: int
+    #: the exceptions' (values it does not reproduce) flat MRC-order pixel indices, ascending;
+    #: None when not collected (more than ``max_exceptions``)
+    indices: npt.NDArray[np.uint32] | None
+    #: their exact float32 bits, in the same order; None with ``indices``
+    bits: npt.NDArray[np.uint32] | None
+    #: how many exceptions there are (collected or not)
+    n_exceptions: int
+
+
+def _check_counting(values: npt.NDArray[Any], gain: npt.NDArray[np.float32], what: str) -> None:
+    if values.dtype != np.float32 or gain.dtype != np.float32 or values.shape != gain.shape:
+        raise ValueError(f"{what} needs float32 values and gain of the same shape")
+
+
 def gain_counts(
-    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
-) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    values: npt.NDArray[Any],
+    gain: npt.NDArray[np.float32],
+    out: npt.NDArray[np.unsignedinteger],
+    *,
+    max_exceptions: int | None = None,
+) -> GainCounts:
     """Counts of one float32 frame under a gain, flipped to TIFF row order into ``out``.
 
     ``values`` and ``gain`` are in MRC row order; ``out`` (uint8 or uint16) gets
     n = rint(v / g) clipped to its range at row ``ny - 1 - y``. Returns the
     largest count among values that are reproduced (float32(n * g) == v bit for
-    bit) and the exceptions: flat MRC-order pixel indices (ascending) and the
-    exact float32 bits of every value that is not.
+    bit), the values that are not (the exceptions: flat MRC-order pixel indices,
+    ascending, and exact float32 bits; both None when there are more than
+    ``max_exceptions``, None meaning no limit) and how many there are. With a
+    limit, memory is ``out`` and 16 bytes a row whatever the gain (a wrong gain
+    makes nearly every value an exception: 8 bytes a pixel if they were listed).
     """
     values = _native(values)
-    if values.dtype != np.float32 or gain.dtype != np.float32 or values.shape != gain.shape:
-        raise ValueError("gain_counts needs float32 values and gain of the same shape")
+    _check_counting(values, gain, "gain_counts")
     if out.shape != values.shape or out.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError("gain_counts writes uint8 or uint16 counts of the frame's shape")
+    if max_exceptions is not None and max_exceptions < 0:
+        raise ValueError(f"max_exceptions must be None or at least 0, not {max_exceptions}")
     ny = values.shape[0]
     limit = np.float32(np.iinfo(out.dtype).max)
     row_exceptions = np.empty(ny, dtype=np.int64)
     row_max = np.empty(ny, dtype=np.float64)
     _gain_counts(values, _native(gain), out, limit, row_exceptions, row_max)
+    top = int(row_max.max(initial=0.0))
     offsets = np.zeros(ny + 1, dtype=np.int64)
     np.cumsum(row_exceptions, out=offsets[1:])
-    indices = np.empty(int(offsets[-1]), dtype=np.uint32)
-    bits = np.empty(int(offsets[-1]), dtype=np.uint32)
+    n_exceptions = int(offsets[-1])
+    if max_exceptions is not None and n_exceptions > max_exceptions:
+        return GainCounts(top, None, None, n_exceptions)
+    indices = np.empty(n_exceptions, dtype=np.uint32)
+    bits = np.empty(n_exceptions, dtype=np.uint32)
     if indices.size:
         _gain_collect(values, values.view(np.uint32), _native(gain), limit, offsets, indices, bits)
-    return int(row_max.max(initial=0.0)), indices, bits
+    return GainCounts(top, indices, bits, n_exceptions)
 
 
 def gain_counts_numpy(
-    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], out: npt.NDArray[np.unsignedinteger]
-) -> tuple[int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    values: npt.NDArray[Any],
+    gain: npt.NDArray[np.float32],
+    out: npt.NDArray[np.unsignedinteger],
+    *,
+    max_exceptions: int | None = None,
+) -> GainCounts:
     """NumPy twin of :func:`gain_counts`."""
     values = _native(values)
     counts = _count_for_numpy(values, gain, int(np.iinfo(out.dtype).max))
@@ -573,7 +611,71 @@ def gain_counts_numpy(
     indices = np.flatnonzero(~exact).astype(np.uint32)
     bits = values.reshape(-1).view(np.uint32)[indices]
     top = int(counts[exact].max(initial=0.0))
-    return top, indices, bits
+    if max_exceptions is not None and indices.size > max_exceptions:
+        return GainCounts(top, None, None, int(indices.size))
+    return GainCounts(top, indices, bits, int(indices.size))
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gain_exception_count(
+    values: Any, gain: Any, limit: Any, wide: Any, row_exceptions: Any, row_wider: Any
+) -> None:
+    ny, nx = values.shape
+    for i in numba.prange(ny):
+        n_bad = 0
+        top = np.float32(0.0)
+        for j in range(nx):
+            v = values[i, j]
+            g = gain[i, j]
+            n_wide = _count_for(v, g, wide)
+            n = n_wide if n_wide <= limit else limit  # _count_for(v, g, limit): limit <= wide
+            exact = _reproduces(v, n, g)
+            n_bad += not exact
+            wider = (not exact) & _reproduces(v, n_wide, g)
+            top = max(top, n_wide if wider else np.float32(0.0))
+        row_exceptions[i] = n_bad
+        row_wider[i] = top
+
+
+def gain_exception_count(
+    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], *, limit: int = GAIN_COUNT_LIMIT
+) -> tuple[int, int]:
+    """The exceptions of :func:`gain_counts` with counts up to ``limit``, counted without building anything.
+
+    Returns (the number of values no count 0..``limit`` reproduces, the largest
+    count up to :data:`GAIN_COUNT_LIMIT` that reproduces one of them: 0 when
+    none does, always 0 when ``limit`` is :data:`GAIN_COUNT_LIMIT`). The first
+    is ``gain_counts(values, gain, out).n_exceptions`` for ``out`` of the
+    unsigned type whose largest value is ``limit``; the second is what counts
+    stored in uint16 would reproduce that uint8 ones do not. Memory: 16 bytes a row.
+    """
+    values = _native(values)
+    _check_counting(values, gain, "gain_exception_count")
+    if not 0 <= limit <= GAIN_COUNT_LIMIT:
+        raise ValueError(f"the count limit must be within 0..{GAIN_COUNT_LIMIT}, not {limit}")
+    ny = values.shape[0]
+    row_exceptions = np.empty(ny, dtype=np.int64)
+    row_wider = np.empty(ny, dtype=np.float64)
+    _gain_exception_count(
+        values,
+        _native(gain),
+        np.float32(limit),
+        np.float32(GAIN_COUNT_LIMIT),
+        row_exceptions,
+        row_wider,
+    )
+    return int(row_exceptions.sum()), int(row_wider.max(initial=0.0))
+
+
+def gain_exception_count_numpy(
+    values: npt.NDArray[Any], gain: npt.NDArray[np.float32], *, limit: int = GAIN_COUNT_LIMIT
+) -> tuple[int, int]:
+    """NumPy twin of :func:`gain_exception_count`."""
+    values = _native(values)
+    exact = _reproduces_numpy(values, _count_for_numpy(values, gain, limit), gain)
+    wide = _count_for_numpy(values, gain, GAIN_COUNT_LIMIT)
+    wider = ~exact & _reproduces_numpy(values, wide, gain)
+    return int(np.count_nonzero(~exact)), int(wide[wider].max(initial=0.0))
 
 
 @numba.njit(parallel=True, **_JIT)

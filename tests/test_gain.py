@@ -7,6 +7,8 @@ float32 (what gain normalisation in float32 arithmetic writes), on small frames.
 from __future__ import annotations
 
 import pickle
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ def reproduced(values: np.ndarray, gain: np.ndarray) -> np.ndarray:
     out = np.empty_like(values)
     for index, frame in enumerate(values):
         counts = np.empty(frame.shape, dtype=np.uint16)
-        _, indices, bits = kernels.gain_counts(frame, gain, counts)
+        _, indices, bits, _ = kernels.gain_counts(frame, gain, counts)
         kernels.gain_apply(counts, gain, out[index])
         out[index].reshape(-1).view(np.uint32)[indices] = bits
     return out
@@ -139,9 +141,9 @@ def test_gain_counts_and_apply_agree_with_numpy(case: tuple[np.ndarray, np.ndarr
     for frame in values:
         out_fast = np.empty(frame.shape, dtype=dtype)
         out_slow = np.empty(frame.shape, dtype=dtype)
-        top_fast, indices_fast, bits_fast = kernels.gain_counts(frame, gain, out_fast)
-        top_slow, indices_slow, bits_slow = kernels.gain_counts_numpy(frame, gain, out_slow)
-        assert top_fast == top_slow
+        top_fast, indices_fast, bits_fast, n_fast = kernels.gain_counts(frame, gain, out_fast)
+        top_slow, indices_slow, bits_slow, n_slow = kernels.gain_counts_numpy(frame, gain, out_slow)
+        assert top_fast == top_slow and n_fast == n_slow == indices_fast.size
         assert np.array_equal(out_fast, out_slow)
         assert np.array_equal(indices_fast, indices_slow)
         assert np.array_equal(bits_fast, bits_slow)
@@ -158,7 +160,7 @@ def test_counts_times_gain_plus_exceptions_is_the_original_bit_for_bit(
     values, gain = case
     for frame in values:
         counts = np.empty(frame.shape, dtype=dtype)
-        _, indices, bits = kernels.gain_counts(frame, gain, counts)
+        _, indices, bits, _ = kernels.gain_counts(frame, gain, counts)
         rebuilt = kernels.gain_apply(counts, gain, np.empty(frame.shape, np.float32))
         # non-exception pixels: float32(count x gain) in float32 arithmetic, as downstream programs do it
         downstream = (counts[::-1].astype(np.float32) * gain).astype(np.float32)
@@ -178,10 +180,156 @@ def test_gain_counts_flags_negative_zero_and_nan_as_exceptions() -> None:
     gain = np.ones((2, 3), dtype=np.float32)
     frame = np.array([[0.0, -0.0, np.nan], [2.0, 2.5, -1.0]], dtype=np.float32)
     out = np.empty(frame.shape, dtype=np.uint8)
-    top, indices, _ = kernels.gain_counts(frame, gain, out)
-    assert top == 2
+    top, indices, _, n_exceptions = kernels.gain_counts(frame, gain, out)
+    assert top == 2 and n_exceptions == 4
     assert indices.tolist() == [1, 2, 4, 5]
     assert out[::-1][1, 0] == 2  # TIFF row order: flipped
+
+
+@given(frames_and_gain(), st.sampled_from([np.uint8, np.uint16]), st.integers(0, 120))
+def test_gain_counts_with_a_limit_collects_only_up_to_it(
+    case: tuple[np.ndarray, np.ndarray], dtype: type, max_exceptions: int
+) -> None:
+    """Counts, the largest count and the number of exceptions never change; the lists only up to the limit."""
+    values, gain = case
+    for frame in values:
+        whole = kernels.gain_counts(frame, gain, np.empty(frame.shape, dtype=dtype))
+        out_fast = np.empty(frame.shape, dtype=dtype)
+        out_slow = np.empty(frame.shape, dtype=dtype)
+        fast = kernels.gain_counts(frame, gain, out_fast, max_exceptions=max_exceptions)
+        slow = kernels.gain_counts_numpy(frame, gain, out_slow, max_exceptions=max_exceptions)
+        assert np.array_equal(out_fast, out_slow)
+        assert (fast.max_count, fast.n_exceptions) == (slow.max_count, slow.n_exceptions)
+        assert (fast.max_count, fast.n_exceptions) == (whole.max_count, whole.n_exceptions)
+        if whole.n_exceptions <= max_exceptions:
+            for got in (fast, slow):
+                assert got.indices is not None and got.bits is not None
+                assert np.array_equal(got.indices, whole.indices)
+                assert np.array_equal(got.bits, whole.bits)
+        else:
+            assert fast.indices is fast.bits is slow.indices is slow.bits is None
+    with pytest.raises(ValueError, match="max_exceptions"):
+        kernels.gain_counts(values[0], gain, np.empty(gain.shape, np.uint8), max_exceptions=-1)
+
+
+@given(frames_and_gain(), st.sampled_from([255, 65535, 0, 1000]))
+def test_counting_exceptions_alone_agrees_with_numpy_and_with_gain_counts(
+    case: tuple[np.ndarray, np.ndarray], limit: int
+) -> None:
+    """How many exceptions counts up to ``limit`` leave, and the largest uint16 count reproducing one."""
+    values, gain = case
+    gain = gain.copy()
+    gain.reshape(-1)[:2] = np.array([0.0, np.nan], dtype=np.float32)[: gain.size]
+    for frame in (values[0], values[-1].astype(">f4")):
+        fast = kernels.gain_exception_count(frame, gain, limit=limit)
+        assert fast == kernels.gain_exception_count_numpy(frame, gain, limit=limit)
+        if limit in (255, 65535):  # an unsigned type's range: what gain_counts into it finds
+            dtype = np.uint8 if limit == 255 else np.uint16
+            counted = kernels.gain_counts(frame, gain, np.empty(frame.shape, dtype=dtype))
+            assert fast[0] == counted.n_exceptions
+            # ... and the uint16 counts of its exceptions (GainCounter's check that uint8 is enough)
+            assert counted.indices is not None and counted.bits is not None
+            wider = kernels.gain_counts_numpy(
+                counted.bits.view(np.float32),
+                gain.reshape(-1)[counted.indices],
+                np.empty(counted.indices.size, np.uint16),
+            ).max_count
+            assert fast[1] == wider
+    assert kernels.gain_exception_count(values[0], gain)[1] == 0
+    with pytest.raises(ValueError, match="count limit"):
+        kernels.gain_exception_count(values[0], gain, limit=70000)
+    with pytest.raises(ValueError, match="same shape"):
+        kernels.gain_exception_count(values[0], gain[:, :0])
+
+
+def _old_counter(gain: np.ndarray, frames: list[np.ndarray], outs: list[np.ndarray | None]) -> tuple:
+    """GainCounter's state as it was: every frame's exceptions collected (the NumPy twins)."""
+    limit = int(MAX_EXCEPTION_FRACTION * len(frames) * gain.size)
+    n_exceptions = max_count = 0
+    kept: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for frame, out in zip(frames, outs, strict=True):
+        out = np.empty(gain.shape, np.uint16) if out is None else out
+        top, indices, bits, _ = kernels.gain_counts_numpy(frame, gain, out)
+        if out.dtype != np.uint16 and indices.size:
+            wider = kernels.gain_counts_numpy(
+                bits.view(np.float32), gain.reshape(-1)[indices], np.empty(indices.size, np.uint16)
+            ).max_count
+            top = max(top, wider)
+        max_count = max(max_count, top)
+        n_exceptions += int(indices.size)
+        kept.append((indices, bits) if n_exceptions <= limit else None)
+    return n_exceptions, max_count, kept
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.sampled_from(["right", "wrong", "bright", "noisy"]), min_size=1, max_size=6),
+    st.sampled_from([None, np.uint8, np.uint16]),
+)
+def test_gain_counter_keeps_its_results_with_bounded_exception_lists(
+    seed: int, kinds: list[str], dtype: type | None
+) -> None:
+    """The same counts, largest count, lists and survey as when every frame's exceptions were collected."""
+    rng = np.random.default_rng(seed)
+    gain = random_gain(rng, (40, 100))
+    frames = []
+    for kind in kinds:
+        counts = rng.poisson(300.0 if kind == "bright" else 1.0, size=gain.shape)
+        frame = normalised(counts, random_gain(rng, gain.shape) if kind == "wrong" else gain)
+        if kind == "noisy":
+            frame.reshape(-1)[rng.choice(frame.size, size=int(rng.integers(1, 4)))] = np.float32(0.3)
+        frames.append(frame)
+    outs = [None if dtype is None else np.empty(gain.shape, dtype) for _ in frames]
+    counter = gain_module.GainCounter(gain, n_frames=len(frames), reference_name="g")
+    for index, (frame, out) in enumerate(zip(frames, outs, strict=True)):
+        counter.add(index, frame, out)
+    old_outs = [None if dtype is None else np.empty(gain.shape, dtype) for _ in frames]
+    n_exceptions, max_count, kept = _old_counter(gain, frames, old_outs)
+    assert (counter.n_exceptions, counter.max_count) == (n_exceptions, max_count)
+    for out, old in zip(outs, old_outs, strict=True):
+        assert out is None or np.array_equal(out, old)
+    try:
+        survey = counter.survey()
+    except RuntimeError:  # counts past uint8 counted into uint8: raised the same way as before
+        assert dtype is np.uint8 and max_count > 255
+        return
+    assert survey.n_exceptions == n_exceptions and survey.max_count == max_count
+    if survey.exceptions is not None:
+        assert all(entry is not None for entry in kept)
+        for (indices, bits), got_indices, got_bits in zip(
+            kept, survey.exceptions.indices, survey.exceptions.bits, strict=True
+        ):
+            assert np.array_equal(indices, got_indices) and np.array_equal(bits, got_bits)
+    else:
+        assert n_exceptions > counter.limit or max_count > kernels.GAIN_COUNT_LIMIT
+
+
+def _peak_bytes(run: Callable[[], object]) -> int:
+    """Peak of memory NumPy and Python allocate while ``run`` runs (tracemalloc sees NumPy's arrays)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_wrong_gain_is_counted_without_a_whole_frame_of_exceptions(rng: np.random.Generator) -> None:
+    """A frame under a wrong gain: nearly every value an exception (8 bytes a pixel if listed); not listed."""
+    shape = (512, 512)
+    gain, wrong = random_gain(rng, shape), random_gain(np.random.default_rng(99), shape)
+    frame = normalised(rng.poisson(3.0, size=shape), gain)
+    assert kernels.gain_exception_count(frame, wrong)[0] > 0.9 * frame.size
+    counter = gain_module.GainCounter(wrong, n_frames=4, reference_name="wrong")
+    out = np.empty(shape, np.uint8)
+    counter.add(0, frame)  # its scratch counts (2 bytes a pixel) are made once
+    counter.add(1, frame, out)  # (and the kernels compiled for uint8)
+    # before: 2.0, 7.7 and 2.5 MB (8 bytes an exception; and scratch counts for exception_fraction)
+    assert _peak_bytes(lambda: counter.add(2, frame)) < frame.size // 2
+    assert _peak_bytes(lambda: counter.add(3, frame, out)) < frame.size // 2
+    assert _peak_bytes(lambda: exception_fraction([frame], wrong)) < frame.size // 2
+    assert counter.over_limit and counter.stored_dtype is None
 
 
 # ---------------------------------------------------------------- estimation

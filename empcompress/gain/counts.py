@@ -39,7 +39,8 @@ class GainCounter:
     Collects the exceptions while they stay under the threshold for the whole
     movie (so the list never outgrows what the record may hold: at most
     :data:`MAX_EXCEPTION_FRACTION` of the movie's values, 8 bytes each); past
-    it, only counts them (the movie will be refused anyway).
+    it, only counts them (the movie will be refused anyway), and a frame that
+    would pass it is counted without building its list.
     """
 
     def __init__(self, gain: npt.NDArray[np.float32], *, n_frames: int, reference_name: str) -> None:
@@ -76,21 +77,31 @@ class GainCounter:
             if self._scratch is None:
                 self._scratch = np.empty(self.gain.shape, dtype=np.uint16)
             out = self._scratch
-        top, indices, bits = kernels.gain_counts(values, self.gain, out)
-        self._clipped_at = min(self._clipped_at, int(np.iinfo(out.dtype).max))
-        if out.dtype != np.uint16 and indices.size:
-            # clipped to uint8: which of these would a uint16 count reproduce? (exceptions are few)
-            wider, _, _ = kernels.gain_counts_numpy(
-                bits.view(np.float32), self.gain.reshape(-1)[indices], np.empty(indices.size, np.uint16)
-            )
+        # the frame's exceptions are collected only while the movie's stay within the limit (past
+        # it they are not kept): a wrong gain makes nearly every value one, 8 bytes a pixel
+        room = max(0, self.limit - self.n_exceptions)
+        counted = kernels.gain_counts(values, self.gain, out, max_exceptions=room)
+        top = counted.max_count
+        clipped_at = int(np.iinfo(out.dtype).max)
+        self._clipped_at = min(self._clipped_at, clipped_at)
+        if clipped_at < kernels.GAIN_COUNT_LIMIT and counted.n_exceptions:
+            # clipped to uint8: which of these would a uint16 count reproduce?
+            exceptions: npt.NDArray[np.generic]
+            if counted.indices is not None and counted.bits is not None:  # the exceptions alone
+                exceptions = counted.bits.view(np.float32)[None, :]
+                gain = self.gain.reshape(-1)[counted.indices][None, :]
+            else:  # not collected: the whole frame (counted again, without collecting)
+                exceptions, gain = values, self.gain
+            _, wider = kernels.gain_exception_count(exceptions, gain, limit=clipped_at)
             top = max(top, wider)
         self.max_count = max(self.max_count, top)
-        self.n_exceptions += int(indices.size)
+        self.n_exceptions += counted.n_exceptions
         self.n_values += int(values.size)
         self._seen[index] = True
         if self.n_exceptions <= self.limit:
-            self._indices[index] = indices
-            self._bits[index] = bits
+            assert counted.indices is not None and counted.bits is not None  # within the room left
+            self._indices[index] = counted.indices
+            self._bits[index] = counted.bits
 
     @property
     def over_limit(self) -> bool:

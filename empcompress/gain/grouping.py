@@ -70,7 +70,10 @@ __all__ = [
     "movie_partial",
     "group_estimate",
     "root_frame_shape",
+    "source_region",
     "compare_estimates",
+    "compared_orientations",
+    "comparison_from_counts",
     "choose_seed",
     "orient_partial",
     "fit_gain",
@@ -177,7 +180,7 @@ def movie_partial(
                 f"{path}: its {frame_shape[1]}x{frame_shape[0]} frames do not make a "
                 f"{band.frame_shape[1]}x{band.frame_shape[0]} gain: movies of one gain have one frame size"
             )
-        rows, columns = _source_region(code, frame_shape, band.rows)
+        rows, columns = source_region(code, frame_shape, band.rows)
         partial = gain_partial_from_movie(path, max_frames=n_sample_frames, rows=rows, columns=columns)
     return orient_partial(partial, code)
 
@@ -188,7 +191,7 @@ def root_frame_shape(frame_shape: tuple[int, int], orientation: str) -> tuple[in
     return (nx, ny) if inverse_orientation(orientation) in _SWAPPING else (ny, nx)
 
 
-def _source_region(code: str, frame_shape: tuple[int, int], band: Rows) -> tuple[Rows | None, Rows | None]:
+def source_region(code: str, frame_shape: tuple[int, int], band: Rows) -> tuple[Rows | None, Rows | None]:
     """The source (rows, columns) whose pixels rows ``band`` of the frame under ``code`` are made of."""
     ny, nx = frame_shape
     swapping = code in _SWAPPING
@@ -267,8 +270,8 @@ def compare_estimates(
     first: GainEstimate, second: GainEstimate, *, indices: tuple[int, int] = (0, 0)
 ) -> Comparison:
     """Is ``second``'s gain ``first``'s in one of the 8 orientations? Compared where both confirm it."""
-    best: tuple[float, str, int] = (-1.0, "identity", 0)  # (agreement, orientation, overlap)
     shape = first.gain.shape
+    counts: list[tuple[str, int, int]] = []
     # memory: the two estimates and two masks (views of the turned first estimate, not copies)
     second_reliable = second.status == kernels.GAIN_RELIABLE
     both = np.empty_like(second_reliable)
@@ -285,7 +288,38 @@ def compare_estimates(
         if n_overlap < MIN_OVERLAP_PIXELS:
             continue
         equal = np.count_nonzero(gain.view(np.uint32)[both] == second.gain.view(np.uint32)[both])
-        agreement = float(equal) / n_overlap
+        counts.append((code, n_overlap, int(equal)))
+    return comparison_from_counts(counts, indices=indices)
+
+
+def compared_orientations(frame_shape: tuple[int, int]) -> tuple[str, ...]:
+    """The orientations two estimates of ``frame_shape`` frames are compared in (TRANSFORMS' order).
+
+    All 8 for square frames; the quarter turns and transposes change the shape of others.
+    """
+    ny, nx = frame_shape
+    return tuple(
+        ORIENTATION_CODES[name]
+        for name, _, _, _ in TRANSFORMS
+        if ny == nx or ORIENTATION_CODES[name] not in _SWAPPING
+    )
+
+
+def comparison_from_counts(
+    counts: Sequence[tuple[str, int, int]], *, indices: tuple[int, int] = (0, 0)
+) -> Comparison:
+    """The verdict of :func:`compare_estimates` from its counts.
+
+    ``counts`` are (orientation, pixels both estimates confirm, pixels of those
+    whose gains are equal bit for bit) in TRANSFORMS' order, for the orientations
+    that give the second estimate's shape. They add up over any split of the
+    pixels (row bands): what :mod:`.set_compare` relies on.
+    """
+    best: tuple[float, str, int] = (-1.0, "identity", 0)  # (agreement, orientation, overlap)
+    for code, n_overlap, n_equal in counts:
+        if n_overlap < MIN_OVERLAP_PIXELS:
+            continue
+        agreement = float(n_equal) / n_overlap
         if agreement > best[0]:
             best = (agreement, code, n_overlap)
     agreement, code, n_overlap = best

@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import GainError
-from ..gainref import exception_fraction
-from ..mrc import MrcMovie
+from ..gainref import exception_counts
+from ..mrc import MrcMovie, read_header
 from .classify import classify_movie
 from .estimate import GainEstimate, sample_frame_indices
 from .limits import DEFAULT_SAMPLE_FRAMES
@@ -38,6 +38,7 @@ def estimate_set_gain(
     max_frames: int | None = None,
     n_sample_frames: int = DEFAULT_SAMPLE_FRAMES,
     progress: Callable[[str, int], None] | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> SetEstimate:
     """Classify each movie, estimate one gain over those that share it, robustly.
 
@@ -49,15 +50,20 @@ def estimate_set_gain(
     used movie's partial is merged in the seed's orientation. Movies that do not
     fit are listed as misfits (another session's gain): they never spoil the
     estimate.
+
+    Memory does not grow with the number of movies: the sampled movies' own
+    estimates are kept in scratch files under ``scratch_dir`` (``TMPDIR`` when
+    None; 4 bytes a pixel a movie, 8 for square frames) and compared by row
+    bands (:mod:`.set_compare`), with the same comparisons as in memory.
     """
     from .grouping import (
         choose_seed,
-        compare_estimates,
         fit_gain,
         group_estimate,
         majority_frame,
         movie_estimate,
     )
+    from .set_compare import compare_sampled_estimates
 
     candidates: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -76,13 +82,12 @@ def estimate_set_gain(
         )
     n_sample = min(len(candidates), SEED_SAMPLE_MOVIES)
     sample = [candidates[int(i * len(candidates) / n_sample)] for i in range(n_sample)]
-    estimates = [movie_estimate(path, n_sample_frames=n_sample_frames) for path in sample]
-    comparisons = [
-        compare_estimates(estimates[i], estimates[j], indices=(i, j))
-        for i in range(n_sample)
-        for j in range(i + 1, n_sample)
-    ]
-    del estimates  # 5 bytes a pixel each: not held while the gain is built
+    comparisons = compare_sampled_estimates(
+        sample,
+        lambda path: movie_estimate(path, n_sample_frames=n_sample_frames),
+        [read_header(path).frame_shape for path in sample],
+        scratch_dir=scratch_dir,
+    )
     seed = choose_seed(n_sample, comparisons)
     # the gain is written in the orientation most of the movies have
     oriented = {sample[index]: orientation for index, orientation in majority_frame(seed.members)}
@@ -105,13 +110,13 @@ def estimate_set_gain(
 
 
 def _sample_exception_fraction(path: str, gain: npt.NDArray[np.float32], n_sample_frames: int) -> float:
-    """:func:`exception_fraction` of the movie's sample frames, read one at a time."""
+    """The fraction of the movie's sample frames' values ``gain`` does not reproduce, a frame at a time."""
     n_bad = n_values = 0
     with MrcMovie(path) as movie:
         for index in sample_frame_indices(movie.header.nz, n_sample_frames):
             frame = movie.read_frame(index)
             frame = frame if frame.dtype.isnative else frame.astype(frame.dtype.newbyteorder("="))
-            fraction = exception_fraction([frame.astype(np.float32, copy=False)], gain)
-            n_bad += round(fraction * frame.size)  # exact: a count over the frame's size
-            n_values += frame.size
+            bad, values = exception_counts([frame.astype(np.float32, copy=False)], gain)
+            n_bad += bad
+            n_values += values
     return n_bad / max(1, n_values)
