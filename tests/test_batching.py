@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from drives import make_drive, snapshot_tree
 from test_pipeline import recover_everything, temporaries
 
 from empcompress.bag.verify import verify_bag
+from empcompress.journal import Journal
 from empcompress.pipeline import CompressOptions, batching, compress_drive
 from empcompress.pipeline import driver as driver_module
 from empcompress.pipeline import tasks as tasks_module
@@ -96,8 +99,8 @@ def test_a_stop_mid_batch_leaves_the_rest_unstarted(tmp_path: Path, monkeypatch:
     tasks = tuple(_task(tmp_path, f"s{i}.xml") for i in range(4))
     real = tasks_module.run_file_task
 
-    def run_then_stop(task: FileTask) -> FileOutcome:
-        outcome = real(task)
+    def run_then_stop(task: FileTask, **shared: Any) -> FileOutcome:
+        outcome = real(task, **shared)
         Path(task.stop_path).touch()  # the driver asks to stop after the first file
         return outcome
 
@@ -140,12 +143,26 @@ def test_a_drive_of_many_small_files_goes_in_few_tasks(
         return real(tasks)
 
     monkeypatch.setattr(driver_module, "run_file_batch", counted)
+    commits: list[int] = []  # the driver's journal transactions (each commit syncs the journal's disk)
+    real_batch = Journal.batch
+
+    @contextlib.contextmanager
+    def counted_batch(journal: Journal) -> Iterator[None]:
+        commits.append(len(commits))
+        with real_batch(journal):
+            yield
+
+    monkeypatch.setattr(Journal, "batch", counted_batch)
+    monkeypatch.setattr(driver_module, "COMMIT_SECONDS", 600.0)
     dest = tmp_path / "bag"
     summary = compress_drive(source, dest, client=client, options=CompressOptions(gain_sets=False))
     assert summary.bag_written and summary.sealed and summary.n_failed == 0
     assert summary.n_copied == 608  # 600 small files and the drive's own 8 other files
     batches = [int(line) for line in log.read_text(encoding="utf-8").split()]
     assert sum(batches) >= 600 and len(batches) <= 10, batches
+    assert (
+        len(commits) == 1
+    )  # every row of the drive in one commit (within COMMIT_SECONDS), not one per batch
     assert snapshot_tree(source) == before
     result = verify_bag(dest)
     assert result.ok, result.problems
@@ -160,3 +177,45 @@ def test_a_drive_of_many_small_files_goes_in_few_tasks(
     assert (dest / "data" / "EPU" / "GridSquare_1" / "Data" / "FoilHole_0150.xml").read_text(
         encoding="utf-8"
     ) == ("<xml>new</xml>")
+
+
+def test_batches_are_large_when_many_files_wait_and_shared_out_when_few() -> None:
+    assert batching.batch_limit(100_000, 2) == batching.BATCH_MAX_FILES  # ~100 batches, not ~400
+    assert batching.batch_limit(600, 2) == 150  # each of 2 threads gets two batches or more
+    assert batching.batch_limit(10, 2) == batching.BATCH_MIN_FILES
+    queue: deque[tuple[str, Any]] = deque()
+    assert batching.take_batch(queue, FileTask("a", "/a", "/o/a", "a", "copy", "other", "/stop")) != []
+
+
+def test_a_batch_makes_each_output_folder_once_and_names_its_worker_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = tuple(_task(tmp_path, f"g{i % 3}/d/s{i}.xml", size_bytes=50 + i) for i in range(12))
+    made: list[str] = []
+    real_makedirs = tasks_module.os.makedirs
+
+    def makedirs(folder: str, exist_ok: bool = False) -> None:
+        if not made or made[-1] != "(inside)":  # not os.makedirs making a parent of the folder
+            made.append(folder)
+        made.append("(inside)")
+        try:
+            real_makedirs(folder, exist_ok=exist_ok)
+        finally:
+            made.pop()
+
+    names: list[str] = []
+    real_name = tasks_module._worker_name
+
+    def worker_name() -> str:
+        names.append(real_name())
+        return names[-1]
+
+    monkeypatch.setattr(tasks_module.os, "makedirs", makedirs)
+    monkeypatch.setattr(tasks_module, "_worker_name", worker_name)
+    outcomes = run_file_batch(tasks)
+    assert all(o.ok for o in outcomes) and len(names) == 1
+    assert sorted(made) == sorted({str(Path(t.output_path).parent) for t in tasks})  # 3 folders, once each
+    for task, outcome in zip(tasks, outcomes, strict=True):
+        assert Path(task.output_path).read_bytes() == Path(task.source_path).read_bytes()
+        assert outcome.worker == names[0] and outcome.output_size_bytes == task.source_size_bytes
+    assert temporaries(tmp_path / "out") == []

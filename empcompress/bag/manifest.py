@@ -33,6 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import PipelineError
 from ..files import open_regular
@@ -110,9 +111,8 @@ class BagProblem:
     problem: str
 
 
-@dataclass(frozen=True)
-class ManifestLine:
-    """One entry of a (tag) manifest."""
+class ManifestLine(NamedTuple):
+    """One entry of a (tag) manifest (a named tuple: a manifest of 100,000 files makes 100,000)."""
 
     line_number: int
     digest: str  # lower-case hex
@@ -258,7 +258,8 @@ def parse_manifest(data: bytes, *, name: str, algorithm: str, encoding: str = "u
                 )
             )
             continue
-        if not line.strip() or line.strip().startswith("#"):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
             continue
         match = _LINE.fullmatch(line)
         if match is None:
@@ -274,11 +275,11 @@ def parse_manifest(data: bytes, *, name: str, algorithm: str, encoding: str = "u
         if not text:
             problems.append(BagProblem(shown, f"line {number} names no file"))
             continue
-        lines.append(
-            ManifestLine(
-                number, digest.lower(), decode_manifest_path(text), decode_manifest_path_as_bagit(text)
-            )
-        )
+        if "%" in text:
+            path, bagit_path = decode_manifest_path(text), decode_manifest_path_as_bagit(text)
+        else:  # nothing to decode (every path of the bags we write): one string for both readings
+            path = bagit_path = text
+        lines.append(ManifestLine(number, digest.lower(), path, bagit_path))
     return ParsedManifest(name, algorithm, tuple(lines), tuple(problems))
 
 

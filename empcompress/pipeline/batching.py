@@ -4,7 +4,10 @@ A task costs a few milliseconds of scheduling and a round trip to fetch its resu
 whatever it does; an EPU session has a ``.xml`` and a ``.jpg`` (a few KiB each) beside
 every movie, so one task per file spent more time on Dask than on the files. Files
 to copy (never movies) of at most :data:`SMALL_FILE_BYTES` are grouped, in queue order,
-into batches of at most :data:`BATCH_MAX_FILES` files and :data:`BATCH_MAX_BYTES` bytes.
+into batches of at most :data:`BATCH_MAX_BYTES` bytes and :func:`batch_limit` files: up to
+:data:`BATCH_MAX_FILES` when many are queued (each batch costs a round trip, a journal
+commit and a flush of the destination's file system: 100,000 files in ~100 batches, not
+~400), fewer when few are left, so that every worker gets a share of a small drive.
 The driver's window counts a batch as one task, so what is in flight (and in the
 scheduler's memory) stays bounded by the window, never by the number of files.
 """
@@ -22,6 +25,8 @@ __all__ = [
     "SMALL_FILE_BYTES",
     "BATCH_MAX_FILES",
     "BATCH_MAX_BYTES",
+    "BATCH_MIN_FILES",
+    "batch_limit",
     "is_batchable",
     "take_batch",
     "fetch_results",
@@ -30,8 +35,16 @@ __all__ = [
 ]
 
 SMALL_FILE_BYTES = 1 << 20
-BATCH_MAX_FILES = 256
+BATCH_MAX_FILES = 1024
+BATCH_MIN_FILES = 64
 BATCH_MAX_BYTES = 32 << 20
+
+
+def batch_limit(n_queued: int, n_threads: int) -> int:
+    """Files per batch with ``n_queued`` tasks waiting for ``n_threads`` worker threads: half of each
+    thread's share, within [BATCH_MIN_FILES, BATCH_MAX_FILES]."""
+    share = n_queued // max(1, 2 * n_threads)
+    return max(BATCH_MIN_FILES, min(BATCH_MAX_FILES, share))
 
 
 def is_batchable(kind: str, payload: Any) -> bool:
@@ -44,11 +57,15 @@ def is_batchable(kind: str, payload: Any) -> bool:
     )
 
 
-def take_batch(queue: deque[tuple[str, Any]], first: FileTask) -> list[FileTask]:
-    """``first`` and the batchable tasks right behind it in the queue (taken off it), within the limits."""
+def take_batch(
+    queue: deque[tuple[str, Any]], first: FileTask, *, max_files: int | None = None
+) -> list[FileTask]:
+    """``first`` and the batchable tasks right behind it in the queue (taken off it), within the limits
+    (``max_files``: at most that many files, and never more than :data:`BATCH_MAX_FILES`)."""
     batch = [first]
     size_bytes = first.source_size_bytes
-    while queue and len(batch) < BATCH_MAX_FILES:
+    limit = BATCH_MAX_FILES if max_files is None else min(max_files, BATCH_MAX_FILES)
+    while queue and len(batch) < limit:
         kind, payload = queue[0]
         if not is_batchable(kind, payload) or size_bytes + payload.source_size_bytes > BATCH_MAX_BYTES:
             break

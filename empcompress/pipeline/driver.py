@@ -34,7 +34,7 @@ from ..errors import PipelineError
 from ..journal import STATE_DONE, STATE_FAILED, Journal, JournalEntry
 from ..manifest import PAYLOAD_DIRNAME
 from ..scan import ACTION_CONVERT, CATEGORY_GAIN_REFERENCE, FileEntry, gain_support
-from .batching import batch_outcomes, fetch_results, is_batchable, n_files, take_batch
+from .batching import batch_limit, batch_outcomes, fetch_results, is_batchable, n_files, take_batch
 from .events import EventCallback, FileEvent, StageEvent
 from .gain_groups import GENERATED_SET, ORIGIN_DEPOSITOR, ORIGIN_ESTIMATED, Candidate, GainGrouper
 from .layout import PayloadLayout
@@ -60,6 +60,10 @@ FLOAT_MODES = (2, 12)
 #: scheduler keeps the queue, so big movies are still taken dynamically by whichever worker is free).
 MIN_IN_FLIGHT = 32
 POLL_SECONDS = 0.01
+#: The journal commits the rows of what finished at most this often (a commit syncs its disk: on a
+#: shared file system under load, tens of milliseconds each); a crash loses at most these rows, whose
+#: outputs the next run redoes.
+COMMIT_SECONDS = 2.0
 STOP_GRACE_SECONDS = 60.0
 
 
@@ -114,6 +118,7 @@ class Driver:
         self.interrupted = False
         self._window = MIN_IN_FLIGHT
         self._window_checked = 0.0
+        self._n_threads = 1  # the workers' threads, as last seen (sizes the batches)
         self.worker_watch = WorkerWatch(client)
         #: each file's declared memory, and what the workers offer (see .memory)
         self.needs: dict[str, TaskNeed] = {}
@@ -128,7 +133,8 @@ class Driver:
         if now - self._window_checked > 10:
             self._window_checked = now
             with contextlib.suppress(Exception):
-                self._window = max(MIN_IN_FLIGHT, 4 * sum(self.client.nthreads().values()))
+                self._n_threads = max(1, sum(self.client.nthreads().values()))
+                self._window = max(MIN_IN_FLIGHT, 4 * self._n_threads)
         return self._window
 
     def _submit(
@@ -181,7 +187,9 @@ class Driver:
         while self.queue and len(self.in_flight) < self.window() and not self.stop.is_set():
             kind, payload = self.queue.popleft()
             if is_batchable(kind, payload):  # small files to copy: many per task (see .batching)
-                batch = take_batch(self.queue, payload)
+                batch = take_batch(
+                    self.queue, payload, max_files=batch_limit(len(self.queue) + 1, self._n_threads)
+                )
                 if len(batch) > 1:
                     self._submit("batch", batch, run_file_batch, tuple(batch))
                     continue
@@ -365,23 +373,36 @@ class Driver:
     def run(self) -> None:
         self.refill()
         while (self.in_flight or self._release_waiting()) and not self.stop.is_set():
-            if not self.completed.has_ready():
-                if self.worker_watch.all_gone():
-                    self._no_worker_left()
-                time.sleep(POLL_SECONDS)
-                continue
-            with self.journal.batch():  # the rows of everything that finished meanwhile: one commit
-                ready = [f for f in self.completed.next_batch(block=False) if f in self.in_flight]
-                batches = [f for f in ready if self.in_flight[f][0] == "batch"]
-                results = fetch_results(self.client, batches)  # one round trip for all of them
-                for future in ready:
-                    if future in self.in_flight:
-                        self.handle(future, results.get(future))
-            self.refill()
+            # the rows of everything that finishes in the next COMMIT_SECONDS: one commit (each commit
+            # syncs the journal's disk several times); whatever was recorded is committed however the
+            # block ends, and a row is recorded only once its output is in place and durable
+            with self.journal.batch():
+                self._run_for(COMMIT_SECONDS)
         if self.stop.is_set():
             self.interrupted = True
         elif self.queue:
             raise PipelineError("internal error: work left in the queue with nothing running")
+
+    def _run_for(self, seconds: float) -> None:
+        """Record what finishes and submit more, for about ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (self.in_flight or self._release_waiting()) and not self.stop.is_set():
+            if not self.completed.has_ready():
+                if self.worker_watch.all_gone():
+                    self._no_worker_left()
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(POLL_SECONDS)
+                continue
+            ready = [f for f in self.completed.next_batch(block=False) if f in self.in_flight]
+            batches = [f for f in ready if self.in_flight[f][0] == "batch"]
+            results = fetch_results(self.client, batches)  # one round trip for all of them
+            for future in ready:
+                if future in self.in_flight:
+                    self.handle(future, results.get(future))
+            self.refill()
+            if time.monotonic() >= deadline:
+                return
 
     def _no_worker_left(self) -> None:
         """Every worker is gone and none is coming (batch jobs ended): stop; the journal keeps what
