@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "reset",
     "recording",
     "sigint_blocked",
+    "stops_held",
     "exit_on_late_signals",
     "checkpoint",
 ]
@@ -127,10 +128,10 @@ def _raise_once(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
 
-def set_handlers(handler: Handler) -> dict[int, Handler]:
-    """Handle every stop signal with ``handler`` (main thread only); returns the old handlers."""
+def set_handlers(handler: Handler, *, signals: Iterable[int] = STOP_SIGNALS) -> dict[int, Handler]:
+    """Handle the stop signals (or ``signals``) with ``handler`` (main thread only); return the old ones."""
     previous: dict[int, Handler] = {}
-    for signum in STOP_SIGNALS:
+    for signum in signals:
         if signum in _IGNORED_AT_START:
             continue
         try:
@@ -191,6 +192,41 @@ def sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold every stop signal back while child processes are started; act on the first one after.
+
+    A process stopped while multiprocessing spawns a child leaves that child
+    reading its start-up data from a pipe that closes under it: it prints
+    ``EOFError: Ran out of input`` and a traceback to the terminal the user
+    shares with it. So while a local cluster starts its workers:
+
+    - SIGINT is blocked (:func:`sigint_blocked`: the threads and workers started
+      meanwhile keep it blocked, so a terminal's Ctrl-C reaches only this thread);
+    - SIGTERM and SIGHUP are noted by a handler in this process only. A blocked
+      mask would be inherited by the workers, which the cluster stops with SIGTERM.
+
+    When the block ends the handlers in place before it are back, a pending
+    SIGINT is delivered to them, then the first SIGTERM or SIGHUP noted is raised
+    again (in this thread) and its handler run at once. Signals ignored at start
+    (``nohup``) stay ignored. Outside the main thread only SIGINT is held.
+    """
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    with sigint_blocked():
+        previous = set_handlers(hold, signals=[s for s in STOP_SIGNALS if s != signal.SIGINT])
+        try:
+            yield
+        finally:
+            restore(previous)
+    if held:
+        signal.raise_signal(held[0])
+        _run_pending_handlers()
 
 
 def exit_on_late_signals(status: int) -> None:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -191,8 +192,6 @@ def test_a_stop_swallowed_by_library_code_is_raised_again_at_the_next_checkpoint
             except BaseException as error:  # recorded for the assertion
                 outcome.append(error)
 
-        import threading
-
         worker = threading.Thread(target=elsewhere)
         worker.start()
         worker.join()
@@ -201,6 +200,66 @@ def test_a_stop_swallowed_by_library_code_is_raised_again_at_the_next_checkpoint
         interrupts.restore(previous)
         interrupts.reset()
     interrupts.checkpoint()  # nothing received: nothing raised
+
+
+def signals_blocked_in_child() -> set[int]:
+    """The signals blocked in a child process started now (its ``SigBlk`` mask)."""
+    status = subprocess.run(
+        [sys.executable, "-c", "print(open('/proc/self/status').read())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_stop_signals_are_held_while_children_start_and_acted_on_after(name: str) -> None:
+    """Nothing is raised inside the block (a child being spawned is not orphaned); the first stop after it."""
+    from empcompress import interrupts
+
+    interrupts.reset()
+    previous = interrupts.install()
+    signum = SIGNALS[name]
+    blocked: set[int] = set()
+    finished_inside = False
+    try:
+        with pytest.raises(interrupts.Interrupted) as raised:
+            with interrupts.stops_held():
+                # at this thread: other threads of the test process (not of the program) may take SIGINT
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
+                time.sleep(0.3)  # unheld, the handler would raise here
+                os.kill(os.getpid(), signal.SIGTERM)  # a second stop: the first one is acted on
+                time.sleep(0.1)
+                blocked = signals_blocked_in_child()
+                assert interrupts.received() is None
+                finished_inside = True
+            pytest.fail("the held stop was not acted on after the block")
+        assert finished_inside, "a held stop was raised inside the block"
+        assert raised.value.signum == signum
+        # children keep only SIGINT blocked (a terminal's Ctrl-C is for the program); SIGTERM stops them
+        assert signal.SIGINT in blocked
+        assert signal.SIGTERM not in blocked and signal.SIGHUP not in blocked
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP)  # the handlers are back
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        interrupts.restore(previous)
+        interrupts.reset()
+
+
+def test_no_stop_while_held_raises_nothing() -> None:
+    from empcompress import interrupts
+
+    interrupts.reset()
+    previous = interrupts.install()
+    try:
+        with interrupts.stops_held():
+            pass
+        interrupts.checkpoint()
+        assert interrupts.received() is None
+    finally:
+        interrupts.restore(previous)
 
 
 # ------------------------------------------------------------------ compress
@@ -253,7 +312,7 @@ def assert_valid_bag(dest: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["SIGINT", "SIGHUP"])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_compress_stopped_while_the_cluster_starts(
     tmp_path: Path, processes: list[subprocess.Popen[str]], drive: Path, name: str
 ) -> None:

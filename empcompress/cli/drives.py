@@ -322,8 +322,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     with _compress_signals(stop, progress) as phase, ExitStack() as cluster:
         scanned = _scan_for_sizing(args, cluster_options, progress)
         largest = largest_need(scanned.files, threads=args.threads_per_task) if scanned is not None else None
-        # Ctrl-C is held back (not lost) while the cluster starts its workers, then delivered
-        with interrupts.sigint_blocked():
+        # stop signals are held back (not lost) while the cluster starts its workers, then acted on: a
+        # worker process spawned as the program exits would print a traceback to the user's terminal
+        with interrupts.stops_held():
             client, info = cluster.enter_context(
                 open_cluster(cluster_options, worker_setup=warm_up_worker, largest_need=largest)
             )
