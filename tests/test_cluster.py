@@ -25,6 +25,7 @@ from empcompress.cluster import (
     parse_adapt,
 )
 from empcompress.cluster import connect as connect_module
+from empcompress.cluster.jobqueue import NANNY_MALLOC_EXPORT
 from empcompress.errors import PipelineError
 
 
@@ -177,6 +178,47 @@ def test_worker_lifetime_reaches_the_job_script_after_the_users_own_arguments() 
         finally:
             cluster.close()
     assert "--preload site.py --lifetime 3000s --lifetime-stagger 300s" in script
+
+
+@pytest.mark.parametrize("prologue_key", ["job-script-prologue", "env-extra"])
+def test_the_jobs_nanny_starts_its_worker_without_pinned_malloc_thresholds(prologue_key: str) -> None:
+    """The job script's last prologue line, run by bash, unsets Dask's MALLOC_TRIM_THRESHOLD_ for the
+    worker the job's nanny spawns; the users' own prologue and Dask's other pre-spawn settings stay."""
+    import subprocess
+    import sys
+    import warnings
+
+    settings = {
+        "jobqueue.slurm.cores": 1,
+        "jobqueue.slurm.memory": "2GiB",
+        f"jobqueue.slurm.{prologue_key}": ["export SITE_SETTING=1"],
+        "jobqueue.slurm.scheduler-options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+    }
+    with dask.config.set(settings), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # env-extra is deprecated in dask-jobqueue
+        cluster = new_jobqueue_cluster("slurm")
+        try:
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    lines = script.splitlines()
+    worker_line = next(index for index, line in enumerate(lines) if "distributed.cli.dask_worker" in line)
+    assert lines[worker_line - 2 : worker_line] == ["export SITE_SETTING=1", NANNY_MALLOC_EXPORT]
+    show = (
+        "from distributed.nanny import _get_env_variables as get; "
+        "print(sorted(get('distributed.nanny.pre-spawn-environ')))"
+    )
+    environ = {"PATH": "/usr/bin:/bin"}
+    spawned = subprocess.run(
+        ["bash", "-c", f'{NANNY_MALLOC_EXPORT}\n"$0" -c "$1"', sys.executable, show],
+        capture_output=True, text=True, check=True, env=environ,
+    ).stdout  # fmt: skip
+    default = subprocess.run(
+        [sys.executable, "-c", show], capture_output=True, text=True, check=True, env=environ
+    ).stdout
+    assert "MALLOC_TRIM_THRESHOLD_" in default  # what Dask's nanny does unless told otherwise
+    assert "MALLOC_TRIM_THRESHOLD_" not in spawned
+    assert "OMP_NUM_THREADS" in spawned  # merged into Dask's defaults, not replacing them
 
 
 @pytest.mark.parametrize(

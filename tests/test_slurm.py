@@ -44,8 +44,10 @@ from pathlib import Path
 from empcompress.pipeline import tasks
 
 marker_dir = os.environ.get("EMPCOMPRESS_TEST_MARKERS")
-if marker_dir and os.environ.get("SLURM_JOB_ID"):
-    Path(marker_dir, f"{os.environ['SLURM_JOB_ID']}-{os.getpid()}").touch()
+if marker_dir and os.environ.get("SLURM_JOB_ID"):  # what glibc's malloc was told, in its content
+    Path(marker_dir, f"{os.environ['SLURM_JOB_ID']}-{os.getpid()}").write_text(
+        " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    )
 if not getattr(tasks, "_test_slowed", False):
     tasks._test_slowed = True
     _original = tasks._convert
@@ -222,6 +224,8 @@ def test_compress_on_slurm_end_to_end(tmp_path: Path, slurm_runs: list[SlurmRun]
     # jobs really went through SLURM, ran our workers, and were ended when the run closed its cluster
     assert len(run.seen) == 2, run.seen
     assert run.jobs_with_workers() and run.jobs_with_workers() <= set(run.seen)
+    # their nanny started them with glibc's adaptive malloc thresholds, as the local workers are
+    assert {marker.read_text() for marker in run.markers.iterdir()} == {""}
     assert {run.final_state(job) for job in run.seen} <= {"CANCELLED", "COMPLETED"}
     assert run.poll_jobs() == {}
     assert snapshot_tree(source) == before

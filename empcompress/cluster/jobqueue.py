@@ -4,7 +4,9 @@ The job size (cores, memory, queue, ...) comes from the users' ``~/.config/dask/
 (or ``DASK_JOBQUEUE__SLURM__*`` variables). empcompress adds to the workers' arguments, after
 the users' own ``worker-extra-args``: ``--lifetime`` (and ``--lifetime-stagger``) when asked,
 so that each job's worker leaves on its own before the job's time limit, and ``--resources
-memory=BYTES`` (the worker's memory limit, unless the users set resources themselves).
+memory=BYTES`` (the worker's memory limit, unless the users set resources themselves); and to
+the users' ``job-script-prologue`` a last line that keeps the job's nanny from pinning glibc's
+malloc thresholds in its worker (:data:`NANNY_MALLOC_EXPORT`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from ..errors import PipelineError
 from .local import gib_text
 from .options import JOBQUEUE_CLUSTERS, ClusterOptions
 
-__all__ = ["lifetime_args", "jobqueue_worker_memory_bytes", "new_jobqueue_cluster", "job_memory_text"]
+__all__ = [
+    "NANNY_MALLOC_EXPORT",
+    "lifetime_args",
+    "jobqueue_worker_memory_bytes",
+    "new_jobqueue_cluster",
+    "job_memory_text",
+]
+
+#: The last line of every job script's prologue: the job's nanny starts its worker without Dask's
+#: ``MALLOC_TRIM_THRESHOLD_=65536``, as a local cluster's workers are (glibc's adaptive thresholds
+#: kept; pinned, a worker converted with 7-22% more CPU, benchmarks/results-slurm.md). The value is a
+#: Python literal that Dask merges into ``distributed.nanny.pre-spawn-environ``; None unsets a key.
+NANNY_MALLOC_EXPORT = "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{'MALLOC_TRIM_THRESHOLD_': None}\""
 
 
 def lifetime_args(options: ClusterOptions) -> tuple[str, ...]:
@@ -93,10 +107,16 @@ def new_jobqueue_cluster(
     resources = _memory_resource_args(kind, configured) if with_memory_resource else []
     if worker_args or resources:  # after the users' own worker-extra-args (a later --lifetime wins)
         extra["worker_extra_args"] = [*configured, *worker_args, *resources]
-    # The job's worker keeps its nanny, although a nanny is a second interpreter per job and starts the
-    # worker with MALLOC_TRIM_THRESHOLD_=65536 (18-21% more CPU in the jobs, benchmarks/results-slurm.md):
-    # without it, a worker whose job was cancelled outlived the job on a SLURM that tracks processes by
-    # parent (proctrack/linuxproc, as scripts/start-slurm.sh sets up), orphaned and still running.
+    # The job's worker keeps its nanny (a second interpreter per job): without it, a worker whose job
+    # was cancelled outlived the job on a SLURM that tracks processes by parent (proctrack/linuxproc,
+    # as scripts/start-slurm.sh sets up), orphaned and still running. But the nanny must not start it
+    # with MALLOC_TRIM_THRESHOLD_=65536, as the local cluster's do not (local.py).
+    prologue = list(
+        dask.config.get(f"jobqueue.{kind}.job-script-prologue", default=None)
+        or dask.config.get(f"jobqueue.{kind}.env-extra", default=None)  # its deprecated name
+        or []
+    )
+    extra["job_script_prologue"] = [*prologue, NANNY_MALLOC_EXPORT]
     try:
         return cls(**extra)
     except ValueError as error:
