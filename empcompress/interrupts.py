@@ -210,13 +210,18 @@ def stops_held() -> Iterator[None]:
 
     When the block ends the handlers in place before it are back, a pending
     SIGINT is delivered to them, then the first SIGTERM or SIGHUP noted is raised
-    again (in this thread) and its handler run at once. Signals ignored at start
-    (``nohup``) stay ignored. Outside the main thread only SIGINT is held.
+    again (in this thread) and its handler run at once. A second SIGTERM or
+    SIGHUP while held stops at once (:class:`Interrupted` for the first), as a
+    second Ctrl-C does in ``compress``: a start that hangs can still be ended
+    (a child being spawned may then print its traceback). Signals ignored at
+    start (``nohup``) stay ignored. Outside the main thread only SIGINT is held.
     """
     held: list[int] = []
 
     def hold(signum: int, frame: FrameType | None) -> None:
         held.append(signum)
+        if len(held) == 2:
+            raise Interrupted(held[0])
 
     with sigint_blocked():
         previous = set_handlers(hold, signals=[s for s in STOP_SIGNALS if s != signal.SIGINT])

@@ -230,8 +230,6 @@ def test_stop_signals_are_held_while_children_start_and_acted_on_after(name: str
                 # at this thread: other threads of the test process (not of the program) may take SIGINT
                 signal.pthread_kill(threading.main_thread().ident or 0, signum)
                 time.sleep(0.3)  # unheld, the handler would raise here
-                os.kill(os.getpid(), signal.SIGTERM)  # a second stop: the first one is acted on
-                time.sleep(0.1)
                 blocked = signals_blocked_in_child()
                 assert interrupts.received() is None
                 finished_inside = True
@@ -243,6 +241,26 @@ def test_stop_signals_are_held_while_children_start_and_acted_on_after(name: str
         assert signal.SIGTERM not in blocked and signal.SIGHUP not in blocked
         assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP)  # the handlers are back
         assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        interrupts.restore(previous)
+        interrupts.reset()
+
+
+@pytest.mark.parametrize("first", ["SIGHUP", "SIGTERM"])
+def test_a_second_stop_while_held_stops_at_once(first: str) -> None:
+    """A start that hangs can still be ended: the second SIGTERM/SIGHUP raises inside the block."""
+    from empcompress import interrupts
+
+    interrupts.reset()
+    previous = interrupts.install()
+    try:
+        with pytest.raises(interrupts.Interrupted) as raised, interrupts.stops_held():
+            os.kill(os.getpid(), SIGNALS[first])
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the second one raises here
+            pytest.fail("a second stop while held did not stop at once")
+        assert raised.value.signum == SIGNALS[first]
     finally:
         interrupts.restore(previous)
         interrupts.reset()
