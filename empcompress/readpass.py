@@ -46,6 +46,7 @@ __all__ = [
     "DecisionOutgrownError",
     "read_sample",
     "read_samples",
+    "read_first_frame_ahead",
     "cast_store",
     "SourcePass",
 ]
@@ -93,6 +94,22 @@ def read_sample(movie: MrcMovie, index: int | None = None) -> FrameSample:
     index = movie.header.nz // 2 if index is None else index
     raw = movie.read_raw_frame(index, out=np.empty(movie.header.frame_size_bytes, dtype=np.uint8))
     return FrameSample(index, raw, frame_stats(movie.values_from_raw(raw)))
+
+
+def read_first_frame_ahead(movie: MrcMovie, *, threads: int, samples: Sequence[FrameSample]) -> None:
+    """Start reading the first frame a pass with ``threads`` will read, now, in the background.
+
+    For the work between the samples and the pass (the codec trial): a one-thread pass reads into
+    the movie's own buffer (:meth:`MrcMovie.read_ahead`), so its first frame is read from the
+    disk while the trial encodes instead of after. A pass with more threads reads into its own
+    buffers and starts nothing here. Frames of ``samples`` are in memory already.
+    """
+    if threads > 1:
+        return
+    held = {sample.index for sample in samples}
+    first = next((index for index in range(movie.header.nz) if index not in held), None)
+    if first is not None:
+        movie.read_ahead(first)
 
 
 def read_samples(movie: MrcMovie, indices: Sequence[int]) -> list[FrameSample]:

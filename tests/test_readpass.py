@@ -71,6 +71,39 @@ def test_every_frame_is_read_once(
 
 
 @pytest.mark.parametrize(
+    ("threads", "shape", "expected"),
+    [(1, (5, 48, 40), [0]), (1, (1, 48, 40), []), (1, (3, 1100, 2000), [0]), (2, (3, 1100, 2000), [])],
+)
+def test_the_first_frame_is_read_while_the_codec_trial_runs(
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    shape: tuple[int, int, int],
+    expected: list[int],
+) -> None:
+    """A one-thread pass's first read starts before the trial (not after it); not the sample's frame.
+    Two threads (frames big enough to get them) read into the pass's own buffers: nothing early."""
+    source = write_mrc(tmp_path / "m.mrc", counts(rng, shape, dose=1.0), mode=2)
+    events: list[Any] = []
+    original_read_ahead, original_trial = MrcMovie.read_ahead, empcompress.convert.plain.trial_frame
+
+    def read_ahead(self: MrcMovie, index: int) -> None:
+        events.append(index)
+        original_read_ahead(self, index)
+
+    def trial(*args: Any, **options: Any) -> Any:
+        events.append("trial")
+        return original_trial(*args, **options)
+
+    monkeypatch.setattr(MrcMovie, "read_ahead", read_ahead)
+    monkeypatch.setattr(empcompress.convert.plain, "trial_frame", trial)
+    convert_movie(source, tmp_path / "m.tif", threads=threads)
+    assert events[: events.index("trial")] == expected
+    assert round_trips(source, tmp_path / "m.tif")
+
+
+@pytest.mark.parametrize(
     ("late_value", "stored"),
     [(300.0, "uint16"), (-2.0, "int16"), (0.5, "float32"), (-0.0, "float32"), (70000.0, "uint32")],
 )

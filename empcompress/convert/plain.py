@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..detect import FrameStats, decide_storage
-from ..readpass import DecisionOutgrownError, cast_store, read_sample
+from ..readpass import DecisionOutgrownError, cast_store, read_first_frame_ahead, read_sample
 from ..write import ClassicTiffOverflowError, replace_description
 from .codec_trial import trial_frame
 from .write_pass import MAX_ATTEMPTS, OneRead, TiffKind, Written
@@ -21,6 +21,7 @@ def write_one_read(conversion: OneRead) -> Written:
     kind = TiffKind()
     for _ in range(MAX_ATTEMPTS):
         sample = read_sample(movie)
+        read_first_frame_ahead(movie, threads=conversion.threads, samples=[sample])  # while the trial runs
         known = sample.stats if seen is None else seen.merge(sample.stats)
         decision = decide_storage(source_dtype=header.value_dtype, stats=known)
         stored_dtype = np.dtype(decision.stored_dtype)
