@@ -82,8 +82,25 @@ DOSES = (0.1, 0.25, 0.5)
 CELLS = ((0.1, 8), (0.25, 8), (0.25, 24), (0.5, 8))
 MODE_101_MAX = 15
 
+#: What the measuring scripts below share (each runs in a fresh process as ``python -c``, some with
+#: the code of another checkout): ``io()``, this process's ``/proc/self/io`` counters, and
+#: ``evict(path)``, the file's pages dropped from the page cache (``fsync`` first, so that all can go).
+_SCRIPT_HELPERS = r"""
+import os
+def io():
+    with open("/proc/self/io") as handle:
+        return {key: int(value) for key, value in (line.split(": ") for line in handle.read().splitlines())}
+def evict(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    os.fsync(descriptor)
+    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(descriptor)
+"""
+
 #: Runs in a fresh process: warm up, then convert argv[2] to argv[3] once and report what it cost.
-_MEASURE_EMPCOMPRESS = r"""
+_MEASURE_EMPCOMPRESS = (
+    _SCRIPT_HELPERS
+    + r"""
 import json, os, resource, sys, time
 from pathlib import Path
 tree, source, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -117,10 +134,6 @@ mrc.MrcMovie.read_extended_header_bytes = counted(
     extended, lambda movie: movie.header.extended_header_size_bytes
 )
 
-def io():
-    with open("/proc/self/io") as handle:
-        return {key: int(value) for key, value in (line.split(": ") for line in handle.read().splitlines())}
-
 def peak_rss():
     # VmHWM: this process's own peak since it started (ru_maxrss would include what the process that
     # started it had: Linux carries it over fork and exec)
@@ -132,10 +145,7 @@ with mrcfile.new(warm, overwrite=True) as mrc:
     mrc.set_data(np.ones((2, 64, 64), np.float32))
 convert_movie(warm, output.with_name("warm-up.tif"), overwrite=True)
 if cache == "cold":
-    descriptor = os.open(source, os.O_RDONLY)
-    os.fsync(descriptor)
-    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(descriptor)
+    evict(source)
 source_reads["bytes"] = 0
 before, usage, started = io(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 result = convert_movie(source, output, threads=threads, overwrite=True)
@@ -159,20 +169,17 @@ print(json.dumps({
     "kind": kind,
 }))
 """
+)
 
 #: Runs a program in a child process; its wall and CPU time, peak RSS and /proc I/O counters (a reaped
 #: child's counters are added to its parent's, so the launcher's own before/after difference is the child's).
-_LAUNCH = r"""
+_LAUNCH = (
+    _SCRIPT_HELPERS
+    + r"""
 import json, os, sys, time
-def io():
-    with open("/proc/self/io") as handle:
-        return {key: int(value) for key, value in (line.split(": ") for line in handle.read().splitlines())}
 report, cache, source, command = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 if cache == "cold":
-    descriptor = os.open(source, os.O_RDONLY)
-    os.fsync(descriptor)
-    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(descriptor)
+    evict(source)
 before, started = io(), time.perf_counter()
 pid = os.fork()
 if pid == 0:
@@ -189,6 +196,7 @@ with open(report, "w") as handle:
                "read_bytes": after["read_bytes"] - before["read_bytes"],
                "exit": os.waitstatus_to_exitcode(status)}, handle)
 """
+)
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,17 @@ def warm_cache(path: str) -> None:
             pass
 
 
+def _run_script(
+    command: Sequence[str], *, what: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a measuring script in a fresh process; the JSON it printed last (``what`` names a failure)."""
+    done = subprocess.run(list(command), capture_output=True, text=True, cwd=cwd, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured
+
+
 def measure_empcompress(
     movie: Movie, *, tree: Path, cache: str, work: Path, label: str, malloc_policy: bool = True
 ) -> Row:
@@ -320,7 +339,7 @@ def measure_empcompress(
     output = work / "out" / (Path(movie.path).stem + ".tif")
     output.parent.mkdir(exist_ok=True)
     load = os.getloadavg()[0]
-    done = subprocess.run(
+    measured = _run_script(
         [
             sys.executable,
             "-c",
@@ -332,15 +351,10 @@ def measure_empcompress(
             cache,
             "cli" if malloc_policy else "off",
         ],
-        capture_output=True,
-        text=True,
+        what=f"{label} on {movie.path}",
         cwd=work,
         env={**os.environ, "PYTHONPATH": str(tree)},
-        check=False,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"{label} on {movie.path} failed:\n{done.stderr[-3000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(output.parent)
     return Row(
         movie,
@@ -548,6 +562,13 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
     return rows
 
 
+def _trees_in_turn(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(label, tree) of the code measured: ``--tree`` alone, or ``--cold-warm-old``'s and it in turn."""
+    if not args.cold_warm_old:
+        return [("empcompress", Path(args.tree))]
+    return [("empcompress (old)", Path(args.cold_warm_old)), ("empcompress (new)", Path(args.tree))]
+
+
 def run_cold_warm(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """4096x4096 float32 movies converted warm and cold in turn, ``args.cold_warm`` pairs per cell.
 
@@ -557,9 +578,7 @@ def run_cold_warm(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """
     rows: list[dict[str, Any]] = []
     shape = (512, 512) if args.quick else (4096, 4096)
-    trees = [("empcompress", Path(args.tree))]
-    if args.cold_warm_old:
-        trees = [("empcompress (old)", Path(args.cold_warm_old)), ("empcompress (new)", Path(args.tree))]
+    trees = _trees_in_turn(args)
     for dose, n_frames in COLD_WARM_CELLS:
         _progress(f"writing {dose:g} e- float32 movie: {n_frames} frames of {shape[1]}x{shape[0]}")
         (movie,) = write_movies(work, dose, [n_frames], shape, sources=("float32",), distinct_frames=4)
@@ -576,18 +595,15 @@ def run_cold_warm(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 #: Runs in a fresh process: the read pass's reading and read-ahead alone, with the work on each frame
 #: replaced by a sleep (no CPU, so the machine's load does not change it): how long the reads wait.
-_MEASURE_READ_AHEAD = r"""
+_MEASURE_READ_AHEAD = (
+    _SCRIPT_HELPERS
+    + r"""
 import json, os, sys, time
 import numpy as np
 tree, source, work_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 sys.path.insert(0, tree)
 from empcompress.mrc import MrcMovie
-def io():
-    with open("/proc/self/io") as handle:
-        return {key: int(value) for key, value in (line.split(": ") for line in handle.read().splitlines())}
-descriptor = os.open(source, os.O_RDONLY)
-os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-os.close(descriptor)
+evict(source)
 before, waits = io(), []
 started = time.perf_counter()
 with MrcMovie(source) as movie:
@@ -601,43 +617,62 @@ with MrcMovie(source) as movie:
 wall = time.perf_counter() - started
 print(json.dumps({"wall": wall, "waits": waits, "read_bytes": io()["read_bytes"] - before["read_bytes"]}))
 """
+)
 #: Seconds of work per 4096x4096 float32 frame the read-ahead measurement stands in for (67 MB at
 #: about 220 MB per CPU second: Huffman-only deflate at 1 e-, verified).
 READ_AHEAD_WORK_SECONDS = (0.0, 0.3)
 
 
+def _read_movie(args: argparse.Namespace, work: Path, what: str) -> Movie:
+    """The 12-frame 4096x4096 float32 movie (1 e-) the read measurements read."""
+    shape = (512, 512) if args.quick else (4096, 4096)
+    _progress(f"writing the {what} movie: 12 frames of {shape[1]}x{shape[0]}")
+    (movie,) = write_movies(work, 1.0, [12], shape, sources=("float32",), distinct_frames=2)
+    return movie
+
+
+def _read_row(
+    measured_as: dict[str, Any],
+    script: str,
+    arguments: Sequence[str],
+    *,
+    what: str,
+    repeat: int,
+    work_seconds: float,
+    movie: Movie,
+) -> dict[str, Any]:
+    """One run of a read measurement script (``measured_as``: its tool or way): its figures and the load."""
+    load = os.getloadavg()[0]
+    measured = _run_script([sys.executable, "-c", script, *arguments], what=what)
+    return {
+        **measured_as,
+        "repeat": repeat,
+        "work_seconds": work_seconds,
+        "load": load,
+        "movie": dict(movie.__dict__),
+        **measured,
+    }
+
+
 def run_read_ahead(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Cold reads of a 4096x4096 float32 movie with the read pass's read-ahead, old and new code in turn."""
     rows: list[dict[str, Any]] = []
-    shape = (512, 512) if args.quick else (4096, 4096)
-    _progress(f"writing the read-ahead movie: 12 frames of {shape[1]}x{shape[0]}")
-    (movie,) = write_movies(work, 1.0, [12], shape, sources=("float32",), distinct_frames=2)
-    trees = [("empcompress", Path(args.tree))]
-    if args.cold_warm_old:
-        trees = [("empcompress (old)", Path(args.cold_warm_old)), ("empcompress (new)", Path(args.tree))]
+    movie = _read_movie(args, work, "read-ahead")
+    trees = _trees_in_turn(args)
     for repeat in range(args.read_ahead):
         for work_seconds in READ_AHEAD_WORK_SECONDS:
             for label, tree in trees if repeat % 2 == 0 else trees[::-1]:
                 _progress(f"read-ahead {repeat}: {label}, {work_seconds} s of work per frame")
-                load = os.getloadavg()[0]
-                done = subprocess.run(
-                    [sys.executable, "-c", _MEASURE_READ_AHEAD, str(tree), movie.path, str(work_seconds)],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"read-ahead with {tree} failed:\n{done.stderr[-3000:]}")
-                measured = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(
-                    {
-                        "tool": label,
-                        "repeat": repeat,
-                        "work_seconds": work_seconds,
-                        "load": load,
-                        "movie": dict(movie.__dict__),
-                        **measured,
-                    }
+                    _read_row(
+                        {"tool": label},
+                        _MEASURE_READ_AHEAD,
+                        [str(tree), movie.path, str(work_seconds)],
+                        what=f"read-ahead with {tree}",
+                        repeat=repeat,
+                        work_seconds=work_seconds,
+                        movie=movie,
+                    )
                 )
                 _checkpoint(args, "read_ahead", rows)
     Path(movie.path).unlink()
@@ -655,7 +690,9 @@ def run_read_ahead(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 #: ``direct-ring`` ahead into a 32 MiB ring the read copies from, ``direct-second-buffer`` the next
 #: frame ahead into a second frame buffer, ``direct-same-buffer`` into the frame's own buffer once a
 #: third of the work is done (as if the pass let go of its raw frame after hashing and casting it).
-_MEASURE_READ_PATH = r"""
+_MEASURE_READ_PATH = (
+    _SCRIPT_HELPERS
+    + r"""
 import json, mmap, os, resource, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
@@ -668,9 +705,7 @@ if way == "warm":
         while handle.read(PIECE):
             pass
 else:
-    descriptor = os.open(source, os.O_RDONLY)
-    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(descriptor)
+    evict(source)
 movie = MrcMovie(source)
 header = movie.header
 size, offset0, n_frames = header.frame_size_bytes, header.data_offset_bytes, header.nz
@@ -774,6 +809,7 @@ print(json.dumps({
     "sys": after.ru_stime - usage.ru_stime,
 }))
 """
+)
 #: The ways ``_MEASURE_READ_PATH`` reads, in the report's order.
 READ_PATHS = (
     "warm",
@@ -789,29 +825,21 @@ READ_PATHS = (
 def run_read_paths(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """A 12-frame 4096x4096 movie read in each of :data:`READ_PATHS` in turn, ``args.read_paths`` times."""
     rows: list[dict[str, Any]] = []
-    shape = (512, 512) if args.quick else (4096, 4096)
-    _progress(f"writing the read-path movie: 12 frames of {shape[1]}x{shape[0]}")
-    (movie,) = write_movies(work, 1.0, [12], shape, sources=("float32",), distinct_frames=2)
+    movie = _read_movie(args, work, "read-path")
     work_seconds = READ_AHEAD_WORK_SECONDS[-1]
     for repeat in range(args.read_paths):
         for way in READ_PATHS if repeat % 2 == 0 else READ_PATHS[::-1]:
             _progress(f"read paths {repeat}: {way}, {work_seconds} s of work per frame")
-            load = os.getloadavg()[0]
-            seconds = f"{work_seconds}"
-            command = [sys.executable, "-c", _MEASURE_READ_PATH, args.tree, movie.path, way, seconds]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"reading {way} failed:\n{done.stderr[-3000:]}")
-            measured = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(
-                {
-                    "way": way,
-                    "repeat": repeat,
-                    "work_seconds": work_seconds,
-                    "load": load,
-                    "movie": dict(movie.__dict__),
-                    **measured,
-                }
+                _read_row(
+                    {"way": way},
+                    _MEASURE_READ_PATH,
+                    [args.tree, movie.path, way, f"{work_seconds}"],
+                    what=f"reading {way}",
+                    repeat=repeat,
+                    work_seconds=work_seconds,
+                    movie=movie,
+                )
             )
             _checkpoint(args, "read_paths", rows)
     Path(movie.path).unlink()

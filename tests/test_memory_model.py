@@ -118,7 +118,7 @@ def test_n_fit() -> None:
 
 
 @pytest.mark.parametrize("n_cores", [1, 2, 8, 64])
-@pytest.mark.parametrize("memory_gib", [4, 8, 16, 24, 64, 256])
+@pytest.mark.parametrize("memory_gib", [2, 4, 8, 16, 24, 64, 256])  # 2: too small for the largest
 @pytest.mark.parametrize(
     "frame", [None, FrameSize(4096, 4096, 2), FrameSize(5760, 4092, 2), SUPER_RESOLUTION]
 )
@@ -135,12 +135,12 @@ def test_the_local_cluster_never_runs_more_big_conversions_than_fit(
     n_threads = threads or 1
     assert sizing.threads_per_worker == n_threads
     assert sizing.n_workers * sizing.memory_limit_bytes <= usable  # the workers share the machine's memory
-    assert 1 <= sizing.n_workers <= max(1, n_cores // n_threads)  # never more workers than cores
+    assert 0 < sizing.n_workers <= max(1, n_cores // n_threads)  # never more workers than cores
     if not need:
         assert sizing.n_workers == max(1, n_cores // n_threads) and not sizing.warning
         return
     at_once = sizing.n_workers * sizing.n_largest_per_worker
-    assert at_once <= max(1, usable // need) or sizing.warning
+    assert at_once <= usable // need  # never more at once than fit (none when not one fits)
     if need <= usable:
         assert sizing.memory_limit_bytes >= need and not sizing.warning  # every worker fits the largest
         assert at_once >= 1

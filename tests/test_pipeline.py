@@ -226,7 +226,7 @@ def test_stopping_keeps_finished_files_and_leaves_no_temporaries(tmp_path: Path,
         stop=stop,
     )
     assert summary.interrupted and not summary.bag_written
-    assert 1 <= summary.n_done_this_run < summary.n_files
+    assert 0 < summary.n_done_this_run < summary.n_files  # some files done, not all
     assert not (dest / "bagit.txt").exists()
     assert temporaries(dest) == []
     with Journal.open(dest, source=str(source.resolve())) as journal:
