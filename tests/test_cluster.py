@@ -427,12 +427,84 @@ def test_jobs_whose_workers_were_lost_are_replaced_but_not_counted_as_failed_sta
     cluster.disconnect("C-0")  # the job reached its time limit
     squeue.states = {"1": "TIMEOUT"}
     asyncio.run(watch.check())
-    # left to dask, which drops it lost-worker-timeout later (and would then cancel a job of that name)
-    assert cluster.scaled_down == [] and squeue.asked == []
+    # left to dask, which drops it lost-worker-timeout later (and would then cancel a job of that name);
+    # SLURM is asked once what ended it
+    assert cluster.scaled_down == [] and squeue.asked == [["1"]]
+    asyncio.run(watch.check())
+    assert squeue.asked == [["1"]]  # it said: not asked again
     del cluster.workers["C-0"]  # dropped by dask, but still planned: --adapt would never replace it
     asyncio.run(watch.check())
     assert cluster.scaled_down == ["C-0"] and "C-0" not in cluster.worker_spec
     assert watch.ended_text() == "" and watch.failed_in_a_row == 0
+    assert watch.gone_text().startswith("1 SLURM job reached its time limit (TIMEOUT: job 1); each job's")
+
+
+def test_a_lost_workers_job_is_asked_about_until_slurm_says_how_it_ended_and_no_longer() -> None:
+    """Bounded: SLURM is asked about a job from its worker's loss until it says the job ended, or until
+    dask drops the job; never about a job whose worker is connected (busy)."""
+    watch, cluster, squeue, _now = _watched(max_jobs=3)
+    for name, job_id in (("C-0", "1"), ("C-1", "2"), ("C-2", "3")):
+        cluster.submit(name, job_id)
+        cluster.connect(name)
+    asyncio.run(watch.check())
+    cluster.disconnect("C-0")  # scancel: SLURM stops its processes first
+    cluster.disconnect("C-1")  # its worker is lost, but SLURM still runs the job (a network cut)
+    squeue.states = {"1": "COMPLETING", "2": "RUNNING", "3": "RUNNING"}
+    asyncio.run(watch.check())
+    squeue.states["1"] = "CANCELLED"
+    asyncio.run(watch.check())
+    asyncio.run(watch.check())
+    assert squeue.asked == [["1", "2"], ["1", "2"], ["2"]]  # never job 3, whose worker is busy
+    del cluster.workers["C-1"]  # dask drops it (and cancels it then: not asked again)
+    asyncio.run(watch.check())
+    asyncio.run(watch.check())
+    assert squeue.asked == [["1", "2"], ["1", "2"], ["2"]]
+    assert watch.gone_text().startswith(
+        "1 SLURM job was cancelled (CANCELLED: job 1), 1 SLURM job lost its worker while SLURM still "
+        "ran it, and dask cancelled it (RUNNING: job 2); each job's output"
+    )
+    # a job --adapt retires (out of the plan, dask cancels it) is not asked about
+    del cluster.worker_spec["C-2"]
+    cluster.disconnect("C-2")
+    asyncio.run(watch.check())
+    assert squeue.asked[-1] == ["2"] and "job 3" not in watch.gone_text()
+
+
+def test_what_ended_the_jobs_is_summarised_with_their_log_directory(tmp_path: Path) -> None:
+    with dask.config.set({"jobqueue.slurm.log-directory": str(tmp_path / "logs")}):
+        watch, cluster, squeue, _now = _watched(max_jobs=8)
+    for job in range(1, 6):  # five jobs whose workers connected and reached their time limit
+        cluster.submit(f"C-{job}", str(job))
+        cluster.connect(f"C-{job}")
+    cluster.submit("C-6", "6")  # one that failed before its worker connected
+    squeue.states = {"6": "PENDING"}
+    asyncio.run(watch.check())
+    for job in range(1, 6):
+        cluster.disconnect(f"C-{job}")
+    squeue.states = {**{str(job): "TIMEOUT" for job in range(1, 6)}, "6": "FAILED"}
+    asyncio.run(watch.check())
+    assert watch.gone_text() == (
+        f"1 SLURM job exited with an error (FAILED: job 6), 5 SLURM jobs reached their time limit "
+        f"(TIMEOUT: jobs 1, 2, 3 and 2 more); each job's output, in {tmp_path / 'logs'}, says why"
+    )
+
+
+def test_jobs_of_other_batch_systems_are_not_asked_about_and_not_guessed() -> None:
+    from empcompress.cluster.jobs import JobWatch
+
+    cluster = _FakeJobCluster()
+    watch = JobWatch(cluster, kind="pbs", max_jobs=1)
+    assert watch.query is None
+    cluster.submit("C-0", "77.server")
+    cluster.connect("C-0")
+    asyncio.run(watch.check())
+    cluster.disconnect("C-0")
+    del cluster.workers["C-0"]
+    asyncio.run(watch.check())
+    assert watch.gone_text() == (
+        "their PBS jobs ended or lost their workers; empcompress asks only SLURM what ended a job, so "
+        "each job's output file says why"
+    )
 
 
 def test_a_name_resubmitted_while_squeue_answers_is_not_forgotten() -> None:
@@ -519,6 +591,101 @@ def test_worker_supply_asks_the_watch_of_a_batch_cluster() -> None:
         del _WATCHES[id(cluster)]
     assert (supply.n_connected, supply.n_coming) == (0, 0)
     assert "job 9 (cancelled)" in supply.jobs_ended
+
+
+def test_a_run_whose_jobs_all_ended_says_what_ended_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's stop names what SLURM said ended the jobs (the cluster's job watch, through
+    worker_supply), and that the same command finishes the rest."""
+    from distributed import Client
+
+    from empcompress.cluster.jobs import _WATCHES
+    from empcompress.pipeline import compress_drive
+    from empcompress.pipeline import driver as driver_module
+    from empcompress.pipeline import run as run_module
+    from empcompress.pipeline.watch import WorkerWatch
+
+    watch, jobs, squeue, _now = _watched(max_jobs=2)
+    for job in ("41", "42"):
+        jobs.submit(f"C-{job}", job)
+        jobs.connect(f"C-{job}")
+    asyncio.run(watch.check())
+    for job in ("41", "42"):
+        jobs.disconnect(f"C-{job}")
+    squeue.states = {"41": "TIMEOUT", "42": "TIMEOUT"}
+    asyncio.run(watch.check())
+    jobs.workers.clear()  # dropped by dask
+    asyncio.run(watch.check())
+    source = _small_drive(tmp_path / "drive")
+    monkeypatch.setattr(run_module, "_check_workers_see", lambda client, paths, *, stop: True)
+    monkeypatch.setattr(
+        driver_module, "WorkerWatch", functools.partial(WorkerWatch, grace_seconds=0.5, check_seconds=0.1)
+    )
+    with _in_process_cluster(0) as cluster, Client(cluster) as client:
+        _WATCHES[id(cluster)] = watch  # as open_cluster does for the batch cluster it opens
+        try:
+            with pytest.raises(PipelineError) as raised:
+                compress_drive(source, tmp_path / "bag", client=client)
+        finally:
+            del _WATCHES[id(cluster)]
+    message = str(raised.value)
+    assert message.startswith(
+        "no Dask worker is left and none is coming: 2 SLURM jobs reached their time limit (TIMEOUT: jobs "
+        "41, 42); each job's output, slurm-JOBID.out in "
+    ), message
+    assert "the files finished so far are kept; run the same command again to finish the other 5" in message
+
+
+# ---------------------------------------------------------------- a worker's warm-up (connect._setup_plugin)
+
+_WARM_UP_RELEASE = threading.Event()
+_ORDER: list[str] = []
+
+
+def _held_warm_up() -> None:
+    """A warm-up that takes long (until the test lets it go, 8 s at most)."""
+    _WARM_UP_RELEASE.wait(8)
+    _ORDER.append("warm-up")
+
+
+def _noted_task(value: int) -> int:
+    _ORDER.append("task")
+    return value + 1
+
+
+def test_a_slow_warm_up_does_not_hold_up_the_start_of_a_worker_that_joins_later() -> None:
+    """A worker joining after the plugin was registered (a batch job's) runs its setup inside its start,
+    which its death timeout bounds (dask-jobqueue: 60 s): a warm-up run there killed the worker. Now
+    the worker starts at once; a task that arrives meanwhile waits behind the warm-up on a one-thread
+    worker, and is right."""
+    from distributed import Client, Scheduler, Worker
+
+    _WARM_UP_RELEASE.clear()
+    _ORDER.clear()
+
+    async def join_late() -> tuple[float, list[str], int]:
+        async with (
+            Scheduler(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0") as scheduler,
+            Client(scheduler.address, asynchronous=True) as client,
+        ):
+            await client.register_plugin(connect_module._setup_plugin(_held_warm_up))
+            started = time.monotonic()
+            async with Worker(scheduler.address, nthreads=1, death_timeout=2, host="127.0.0.1"):
+                start_seconds = time.monotonic() - started
+                task = client.submit(_noted_task, 1)
+                await asyncio.sleep(0.5)
+                before_release = list(_ORDER)
+                _WARM_UP_RELEASE.set()
+                result = await task
+        return start_seconds, before_release, result
+
+    try:
+        start_seconds, before_release, result = asyncio.run(join_late())
+    finally:
+        _WARM_UP_RELEASE.set()
+    assert start_seconds < 2 and before_release == [] and result == 2
+    assert _ORDER == ["warm-up", "task"]
 
 
 # ---------------------------------------------------------------- the check that workers see SRC and DEST

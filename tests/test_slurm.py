@@ -291,6 +291,7 @@ def test_a_job_cancelled_mid_conversion_then_the_same_command_finishes(
     code, stdout, stderr = run.wait(process, timeout=300)
     assert code == 1, stdout + stderr
     assert "no Dask worker is left" in stderr and "run the same command again" in stderr, stderr
+    assert f"left and none is coming: 1 SLURM job was cancelled (CANCELLED: job {cancelled}); " in stderr
     assert "Traceback" not in stderr
     assert not (dest / "bagit.txt").exists()
     assert temporaries(dest) == []  # the half-written movie was removed, not taken for a finished one

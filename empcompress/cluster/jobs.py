@@ -16,8 +16,12 @@ A :class:`JobWatch` runs on the cluster's event loop (where dask-jobqueue runs i
 - a job that ended before its worker connected is forgotten and noted (what ended it);
 - a job that SLURM has run for :data:`CONNECT_SECONDS` without its worker connecting (a worker
   that cannot reach the scheduler, a hung start) is cancelled, forgotten and noted;
-- a job whose worker connected and was lost is forgotten once dask has dropped it (dask does,
-  ``distributed.deploy.lost-worker-timeout`` after the loss, and cancels the job then).
+- a job whose worker connected and was lost is asked about too (in the same ``squeue``), from the
+  loss until SLURM says the job ended (its state is noted: time limit, ``scancel``, ...) or dask
+  drops the job, whichever comes first: a few calls per lost job at most, none for a job whose
+  worker is connected. The job's state is read before dask drops it because dask cancels it then
+  (``distributed.deploy.lost-worker-timeout`` after the loss: 15 s): read later, a job whose worker
+  was lost while SLURM still ran it would read as cancelled. It is forgotten once dask dropped it.
 
 Forgetting a job takes it out of the plan (``cluster.scale_down``, which also cancels what is
 left of it): with ``--adapt`` that is what makes room for a new job; with ``--jobs N`` the run
@@ -25,6 +29,8 @@ has one job fewer coming. After :func:`failed_starts_limit` jobs in a row ended 
 worker connected, with no worker connected, the watch expects no more jobs (``--adapt`` is
 stopped): the jobs' own settings are wrong, so new ones would fail alike, and the run stops
 (see :func:`empcompress.cluster.worker_supply`) saying what ended them and where their output is.
+What ended every job the watch saw end, connected or not, is summarised by :meth:`JobWatch.gone_text`
+for the run's last message when no worker is left.
 """
 
 from __future__ import annotations
@@ -75,6 +81,44 @@ SLURM_ENDED_STATES = frozenset(
     }
 )
 SLURM_RUNNING = "RUNNING"
+#: SLURM says this while an ended job's processes are being stopped (its end state shows after)
+SLURM_COMPLETING = "COMPLETING"
+#: Labels of endings that are not SLURM states: a job squeue no longer lists (ended, its state
+#: forgotten after SLURM's MinJobAge), and one cancelled here for running without its worker connecting.
+NOT_LISTED = "no longer listed by squeue"
+NO_WORKER = "cancelled by empcompress"
+#: What ended a job, for the run's last message: its SLURM state or a label -> how one job / several
+#: jobs ended.
+_ENDINGS: dict[str, tuple[str, str]] = {
+    "TIMEOUT": ("reached its time limit", "reached their time limit"),
+    "CANCELLED": ("was cancelled", "were cancelled"),
+    "FAILED": ("exited with an error", "exited with an error"),
+    "OUT_OF_MEMORY": ("ran out of memory", "ran out of memory"),
+    "NODE_FAIL": ("lost its node", "lost their nodes"),
+    "BOOT_FAIL": ("could not start its node", "could not start their nodes"),
+    "PREEMPTED": ("was preempted", "were preempted"),
+    "DEADLINE": ("reached its deadline", "reached their deadline"),
+    "COMPLETED": ("ended when its worker left", "ended when their workers left"),
+    SLURM_COMPLETING: ("was ending", "were ending"),
+    SLURM_RUNNING: (
+        "lost its worker while SLURM still ran it, and dask cancelled it",
+        "lost their workers while SLURM still ran them, and dask cancelled them",
+    ),
+    NOT_LISTED: ("ended", "ended"),
+    NO_WORKER: (
+        "ran too long without its worker connecting",
+        "ran too long without their workers connecting",
+    ),
+}
+#: Any other end state; any other state that SLURM said last of a job whose worker was lost, when dask
+#: dropped (and cancelled) it (PENDING: requeued, SUSPENDED, ...).
+_ENDED = ("ended", "ended")
+_LOST_THEN_CANCELLED = (
+    "lost its worker, and dask cancelled it",
+    "lost their workers, and dask cancelled them",
+)
+#: jobs shown by id for each way of ending, at most
+SHOWN_JOBS = 3
 
 #: job ids -> {job id: state} for the ids the batch system knows (None: it could not be asked)
 StateQuery = Callable[[Sequence[str]], Awaitable["dict[str, str] | None"]]
@@ -140,6 +184,10 @@ class _Job:
     started_at: float | None = None
     #: a worker of this job has been seen connected
     connected: bool = False
+    #: what SLURM last said of it after its worker was lost ("" before it said)
+    lost_state: str = ""
+    #: what ended it is noted (no more asking)
+    settled: bool = False
 
 
 class JobWatch:
@@ -174,6 +222,8 @@ class JobWatch:
         self.forgotten: frozenset[str] = frozenset()
         #: each job that ended before its worker connected, and how: "job 41 (failed)"
         self.ended: tuple[str, ...] = ()
+        #: every job seen ending, connected or not: (job id, its SLURM state or a label of _ENDINGS)
+        self.endings: tuple[tuple[str, str], ...] = ()
         self.failed_in_a_row = 0
         #: no more jobs are expected (too many ended in a row before connecting)
         self.gave_up = False
@@ -212,6 +262,7 @@ class JobWatch:
             if job_id and job_id not in self.forgotten and (known is None or known.job_id != job_id):
                 self.jobs[name] = _Job(job_id)
         for name in connected & set(self.jobs):
+            self.jobs[name].lost_state = ""  # (a worker its nanny restarted is back)
             if not self.jobs[name].connected:
                 self.jobs[name].connected = True
                 self.failed_in_a_row = 0
@@ -225,13 +276,24 @@ class JobWatch:
             for name, job in self.jobs.items()
             if not job.connected and name in submitted and name in planned and name not in connected
         }
-        if waiting and self.query is not None:
-            states = await self.query([job.job_id for job in waiting.values()])
+        # jobs whose worker was lost, that dask has not dropped yet, until SLURM says how they ended; not
+        # one dask is closing itself (out of the plan: retired by --adapt, then cancelled by dask)
+        lost = {
+            name: job
+            for name, job in self.jobs.items()
+            if job.connected and not job.settled and name in submitted and name in planned
+            and name not in connected
+        }  # fmt: skip
+        states: dict[str, str] | None = None
+        if (waiting or lost) and self.query is not None:
+            states = await self.query([job.job_id for job in (*waiting.values(), *lost.values())])
             if states is not None:
                 forget.update(self._judge(waiting, states, now))
         # read again after asking SLURM: --adapt may have resubmitted a name meanwhile (dask reuses them)
         now_submitted = _job_ids(cluster.workers)
         now_planned = {str(name) for name in list(cluster.worker_spec)}
+        if states is not None:
+            self._note_lost({name: job for name, job in lost.items() if name in now_planned}, states)
         for name, job in self.jobs.items():  # its worker was lost, and dask dropped the job but plans it
             if job.connected and name not in now_submitted and name in now_planned and name not in connected:
                 forget.setdefault(name, "")
@@ -242,6 +304,14 @@ class JobWatch:
         }
         notes = [note for note in forget.values() if note]
         self.ended = (*self.ended, *notes)
+        self.endings = (
+            *self.endings,
+            *(  # lost, and dropped by dask before SLURM said it ended: what SLURM said last
+                (self.jobs[name].job_id, self.jobs[name].lost_state)
+                for name, note in forget.items()
+                if not note and not self.jobs[name].settled and self.jobs[name].lost_state
+            ),
+        )
         self.failed_in_a_row += len(notes)
         self.forgotten = self.forgotten | {self.jobs[name].job_id for name in forget}
         for name in forget:
@@ -259,10 +329,12 @@ class JobWatch:
     def _judge(self, waiting: dict[str, _Job], states: dict[str, str], now: float) -> dict[str, str]:
         """The jobs whose worker never connected to forget, given their states: name -> how it ended."""
         forget: dict[str, str] = {}
+        endings: list[tuple[str, str]] = []
         for name, job in waiting.items():
             state = states.get(job.job_id, "")
             if not state or state in SLURM_ENDED_STATES:
                 forget[name] = f"job {job.job_id} ({(state or 'ended').lower()})"
+                endings.append((job.job_id, state or NOT_LISTED))
             elif state == SLURM_RUNNING:
                 job.started_at = now if job.started_at is None else job.started_at
                 if now - job.started_at >= self.connect_seconds:
@@ -270,7 +342,21 @@ class JobWatch:
                         f"job {job.job_id} (running {self.connect_seconds:.0f} s without its worker "
                         f"connecting: cancelled)"
                     )
+                    endings.append((job.job_id, NO_WORKER))
+        self.endings = (*self.endings, *endings)
         return forget
+
+    def _note_lost(self, lost: dict[str, _Job], states: dict[str, str]) -> None:
+        """Note how the jobs whose worker was lost ended, those SLURM says have ended."""
+        endings: list[tuple[str, str]] = []
+        for job in lost.values():
+            state = states.get(job.job_id, "")
+            if not state or (state in SLURM_ENDED_STATES and state != SLURM_COMPLETING):
+                job.settled = True
+                endings.append((job.job_id, state or NOT_LISTED))
+            else:  # still running (a worker its nanny restarts, a network cut) or its processes ending
+                job.lost_state = state
+        self.endings = (*self.endings, *endings)
 
     # ------------------------------------------------------------ what the run sees
 
@@ -298,6 +384,37 @@ class JobWatch:
         jobs = f"{n_ended} {self.kind.upper()} job{'s' if n_ended != 1 else ''}"
         whose = "its worker" if n_ended == 1 else "their workers"
         return f"{jobs} ended before {whose} connected: {shown}; {self.output_hint}"
+
+    def gone_text(self) -> str:
+        """What ended the jobs, as far as the watch knows, and where their output is: for the run's
+        last message once no worker is left ("2 SLURM jobs reached their time limit (TIMEOUT: jobs
+        41, 42); each job's output, in /logs, says why")."""
+        kind = self.kind.upper()
+        if self.query is None:
+            return (
+                f"their {kind} jobs ended or lost their workers; empcompress asks only SLURM what ended "
+                f"a job, so {self.output_hint}"
+            )
+        if not self.endings:
+            return f"their {kind} jobs ended; squeue did not say how; {self.output_hint}"
+        by_label: dict[str, list[str]] = {}
+        for job_id, label in self.endings:
+            by_label.setdefault(label, []).append(job_id)
+        parts = []
+        for label, job_ids in by_label.items():
+            n_jobs = len(job_ids)
+            one, several = _ENDINGS.get(
+                label, _ENDED if label in SLURM_ENDED_STATES else _LOST_THEN_CANCELLED
+            )
+            shown = ", ".join(job_ids[:SHOWN_JOBS]) + (
+                f" and {n_jobs - SHOWN_JOBS} more" if n_jobs > SHOWN_JOBS else ""
+            )
+            jobs = f"job{'s' if n_jobs != 1 else ''} {shown}"
+            parts.append(
+                f"{n_jobs} {kind} job{'s' if n_jobs != 1 else ''} {one if n_jobs == 1 else several} "
+                f"({label}: {jobs})"
+            )
+        return f"{', '.join(parts)}; {self.output_hint}"
 
 
 def _job_ids(workers: dict[Any, Any]) -> dict[str, str]:

@@ -21,6 +21,10 @@ class WorkerSupply:
     n_coming: int | None
     #: batch jobs that ended before their worker connected: how, and where their output is ("" if none)
     jobs_ended: str = ""
+    #: what ended the batch jobs, connected or not, as far as known, and where their output is ("2
+    #: SLURM jobs reached their time limit (TIMEOUT: jobs 41, 42); ..."); "" for a cluster whose jobs
+    #: this process does not watch (local, or started elsewhere)
+    jobs_gone: str = ""
 
 
 def worker_supply(client: Any) -> WorkerSupply:
@@ -29,8 +33,8 @@ def worker_supply(client: Any) -> WorkerSupply:
     For a batch cluster this process opened, its :class:`~empcompress.cluster.jobs.JobWatch`
     counts what is coming: a job still in the queue, a job whose worker has not connected yet;
     not a job that ended (time limit, ``scancel``, a failed start) nor, after too many failed
-    starts in a row, any new one. For a local cluster, its list of worker processes counts (a
-    worker its nanny restarts is coming).
+    starts in a row, any new one; and it says what ended the jobs (``jobs_gone``). For a local
+    cluster, its list of worker processes counts (a worker its nanny restarts is coming).
     """
     try:
         n_connected = len(client.nthreads())
@@ -43,9 +47,17 @@ def worker_supply(client: Any) -> WorkerSupply:
             workers = client.scheduler_info(n_workers=-1)["workers"]
             names = [worker.get("name") for worker in workers.values()]
         except Exception:
-            return WorkerSupply(n_connected=n_connected, n_coming=None, jobs_ended=watch.ended_text())
+            return WorkerSupply(
+                n_connected=n_connected,
+                n_coming=None,
+                jobs_ended=watch.ended_text(),
+                jobs_gone=watch.gone_text(),
+            )
         return WorkerSupply(
-            n_connected=len(names), n_coming=watch.n_coming(names), jobs_ended=watch.ended_text()
+            n_connected=len(names),
+            n_coming=watch.n_coming(names),
+            jobs_ended=watch.ended_text(),
+            jobs_gone=watch.gone_text(),
         )
     requested = getattr(cluster, "workers", None)
     if not isinstance(requested, dict):

@@ -405,15 +405,19 @@ class Driver:
                 return
 
     def _no_worker_left(self) -> None:
-        """Every worker is gone and none is coming (batch jobs ended): stop; the journal keeps what
-        finished and the same command does the rest."""
+        """Every worker is gone and none is coming (batch jobs ended): stop, saying what ended them
+        where the cluster's job watch knows it; the journal keeps what finished and the same command
+        does the rest."""
         n_left = n_files(self.in_flight.values()) + n_files(self.queue)
         with contextlib.suppress(Exception):
             self.client.cancel(list(self.in_flight))
         self.in_flight.clear()
         self.queue.clear()
+        supply = self.worker_watch.last
+        gone = supply.jobs_gone if supply is not None else ""
+        why = f": {gone};" if gone else " (their processes or batch jobs ended);"
         raise PipelineError(
-            f"no Dask worker is left and none is coming (the batch jobs ended: time limit, scancel, ...); "
+            f"no Dask worker is left and none is coming{why} "
             f"the files finished so far are kept; run the same command again to finish the other {n_left} "
             f"(with --adapt MIN:MAX new jobs replace those that end; see the README on job time limits)"
         )

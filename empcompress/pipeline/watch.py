@@ -3,8 +3,10 @@
 Batch jobs end on their own (time limit, ``scancel``, a node that fails). Their tasks
 go back to the scheduler and run on the workers that are left, or on new jobs
 (``--adapt``); when no worker is left and none is coming, the driver stops the run
-cleanly (finished files are kept in the journal) and says that the same command
-finishes the rest.
+cleanly (finished files are kept in the journal), says what ended the jobs where the
+cluster's job watch knows it (:attr:`WorkerSupply.jobs_gone
+<empcompress.cluster.WorkerSupply.jobs_gone>`, kept in :attr:`WorkerWatch.last`), and
+that the same command finishes the rest.
 """
 
 from __future__ import annotations
