@@ -193,7 +193,18 @@ def test_the_convert_command_runs_under_the_policy(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_every_worker_compress_sets_up_runs_under_the_policy() -> None:
     """Workers whose nanny fixes a malloc setting (here MALLOC_TOP_PAD_: the local cluster removes Dask's
-    own MALLOC_TRIM_THRESHOLD_, batch jobs' nannies keep it) get the policy as they join."""
+    own MALLOC_TRIM_THRESHOLD_, a site's configuration may pin others) get the policy as they join."""
+    # a local cluster's nannies live in this process and set their pre-spawn variables in its own
+    # environment: put back after the test (later tests hand this environment to SLURM jobs)
+    environment = dict(os.environ)
+    try:
+        _run_workers_with_a_pinned_setting()
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def _run_workers_with_a_pinned_setting() -> None:
     import dask
 
     from empcompress.cluster import ClusterOptions, open_cluster

@@ -224,8 +224,11 @@ def test_compress_on_slurm_end_to_end(tmp_path: Path, slurm_runs: list[SlurmRun]
     # jobs really went through SLURM, ran our workers, and were ended when the run closed its cluster
     assert len(run.seen) == 2, run.seen
     assert run.jobs_with_workers() and run.jobs_with_workers() <= set(run.seen)
-    # their nanny started them with glibc's adaptive malloc thresholds, as the local workers are
-    assert {marker.read_text() for marker in run.markers.iterdir()} == {""}
+    # their nanny started them with glibc's adaptive malloc thresholds, as the local workers are: with
+    # no malloc setting but those of the environment they were submitted from
+    submitted = " ".join(f"{k}={v}" for k, v in sorted(run.env.items()) if k.startswith("MALLOC_"))
+    assert {marker.read_text() for marker in run.markers.iterdir()} == {submitted}
+    assert "MALLOC_TRIM_THRESHOLD_" not in submitted
     assert {run.final_state(job) for job in run.seen} <= {"CANCELLED", "COMPLETED"}
     assert run.poll_jobs() == {}
     assert snapshot_tree(source) == before
