@@ -26,10 +26,11 @@ Focused measurements (each replaces the grid; ``--tree`` names the code measured
 checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
 
 - ``--stages``: each stage of a conversion timed alone on one frame of each size and dose.
-- ``--equal-doses N``: 4096x4096 and 11520x8184 float32 movies (8 frames) at each dose (``--doses``),
-  N runs each in turn, warm: MB of source per CPU second, user and system time and minor page faults,
-  at equal codecs; with ``--equal-doses-old OLD_TREE`` the code in OLD_TREE converts each movie too,
-  in turn; with ``--no-malloc-policy-too`` so does the measured tree without its malloc policy.
+- ``--equal-doses N``: 4096x4096 and 11520x8184 float32 movies (8 frames, or
+  ``--equal-doses-frames``) at each dose (``--doses``), N runs each in turn, warm: MB of source per
+  CPU second, user and system time and minor page faults, at equal codecs; with ``--equal-doses-old
+  OLD_TREE`` the code in OLD_TREE converts each movie too, in turn; with ``--no-malloc-policy-too``
+  so does the measured tree without its malloc policy.
 
 Every conversion's process first sets the malloc policy the CLI sets (:mod:`empcompress.malloc_policy`),
 if the tree measured has one.
@@ -506,6 +507,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 #: Per-core throughput at equal doses (issue 10's "no worse per core than on 4096x4096"): float32
 #: counts, both frame sizes, (frame shape, frames) cells, warm cache, ``threads=1``.
+#: (frame shape, frames) of the equal-dose movies (the frames: ``--equal-doses-frames``, default 8).
 EQUAL_DOSE_CELLS = (((4096, 4096), 8), (SUPER_RESOLUTION, 8))
 #: Cold against warm cache on 4096x4096 float32 counts: (dose, frames).
 COLD_WARM_CELLS = ((1.0, 24),)
@@ -542,7 +544,7 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
     for dose in args.doses:
         movies: list[Movie] = []
         for shape in sorted({shape for shape, _ in EQUAL_DOSE_CELLS}):
-            frame_counts = sorted({frames for cell_shape, frames in EQUAL_DOSE_CELLS if cell_shape == shape})
+            frame_counts = [args.equal_doses_frames]
             if args.quick:
                 shape = (shape[0] // 8, shape[1] // 8)
             _progress(f"writing {dose:g} e- float32 movies: {frame_counts} frames of {shape[1]}x{shape[0]}")
@@ -1023,10 +1025,11 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Equal doses, summary: median (min-max) of the repeats; user and system seconds per GB of source; "
-        "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096, 8 frames) of the same tool:",
+        "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096) with as many frames, of the "
+        "same tool:",
         "",
         "| tool | dose | frame | frames | stored as | runs | user s per GB | sys s per GB | MB/s per CPU s "
-        "| / 4096x4096 8 frames | load |",
+        "| / 4096x4096 | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cells: dict[tuple[str, float, str, int], list[dict[str, Any]]] = {}
@@ -1036,7 +1039,7 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
     for (tool, dose, size, n_frames), cell in cells.items():
         rates = [_mb_per_cpu_second(row) for row in cell]
-        reference = [_mb_per_cpu_second(row) for row in cells.get((tool, dose, smallest, 8), [])]
+        reference = [_mb_per_cpu_second(row) for row in cells.get((tool, dose, smallest, n_frames), [])]
         ratio = float(np.median(rates) / np.median(reference)) if reference else float("nan")
         lines.append(
             f"| {tool} | {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | "
@@ -1178,6 +1181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         metavar="REPEATS",
         help="instead of the grid: 4096x4096 and 11520x8184 float32 movies at each dose, REPEATS runs each",
+    )
+    parser.add_argument(
+        "--equal-doses-frames",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with --equal-doses: frames per movie (default 8; 24 shows the per-movie costs' share)",
     )
     parser.add_argument(
         "--cold-warm",
