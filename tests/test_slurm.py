@@ -170,7 +170,17 @@ class SlurmRun:
     def run(self, *argv: str, timeout: float = 600) -> tuple[int, str, str]:
         return self.wait(self.start(*argv), timeout)
 
-    def final_state(self, job_id: str) -> str:
+    def final_state(self, job_id: str, *, settle_seconds: float = 30.0) -> str:
+        """The job's end state; a job SLURM is still ending (COMPLETING: its processes being killed,
+        about 4 s after an scancel here) is waited for, up to ``settle_seconds``."""
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            state = self._state(job_id)
+            if state != "COMPLETING" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.5)
+
+    def _state(self, job_id: str) -> str:
         shown = subprocess.run(
             ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False
         ).stdout
