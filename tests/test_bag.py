@@ -295,6 +295,16 @@ def test_a_path_listed_twice_in_a_manifest_is_a_problem(bag: Path, conflicting: 
         assert has(problems, "data/notes.txt", "listed twice in manifest-sha256.txt"), problems_text(problems)
 
 
+def test_a_tag_file_listed_twice_in_a_tag_manifest_is_a_problem(bag: Path) -> None:
+    manifest = bag / "tagmanifest-sha256.txt"
+    line = next(line for line in manifest.read_text(encoding="utf-8").splitlines() if "bag-info.txt" in line)
+    with open(manifest, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    for problems in (audit_bag(bag), verify_bag(bag).problems):
+        listed_twice = "listed twice in tagmanifest-sha256.txt"
+        assert has(problems, "bag-info.txt", listed_twice), problems_text(problems)
+
+
 def test_a_file_in_data_not_in_the_manifests_is_a_problem(bag: Path) -> None:
     (bag / "data" / "deep" / "stray.txt").write_text("stray", encoding="utf-8")
     for problems in (audit_bag(bag), verify_bag(bag).problems):

@@ -65,6 +65,29 @@ def _line_path(manifest: ParsedManifest, line: ManifestLine, problems: list[BagP
     return path
 
 
+def _list_once(
+    key: str,
+    line: ManifestLine,
+    manifest: ParsedManifest,
+    algorithm: str,
+    *,
+    first_line: dict[str, int],
+    listed: dict[str, dict[str, str]],
+    problems: list[BagProblem],
+) -> None:
+    """Record ``line``'s digest for ``key`` unless this manifest listed ``key`` before (a problem)."""
+    if key in first_line:
+        problems.append(
+            BagProblem(
+                show_path(key),
+                f"listed twice in {manifest.name} (lines {first_line[key]} and {line.line_number})",
+            )
+        )
+        return
+    first_line[key] = line.line_number
+    listed.setdefault(key, {})[algorithm] = line.digest
+
+
 def _on_disk(path: str, line: ManifestLine, files: dict[str, int], nfc: dict[str, str]) -> str:
     """The file a manifest path names: as RFC 8493 decodes it, as bagit does, or by NFC (as bagit)."""
     if path in files:
@@ -103,16 +126,9 @@ def _payload_listed(
                 )
                 continue
             key = _on_disk(path, line, files, nfc)
-            if key in first_line:
-                problems.append(
-                    BagProblem(
-                        show_path(key),
-                        f"listed twice in {manifest.name} (lines {first_line[key]} and {line.line_number})",
-                    )
-                )
-                continue
-            first_line[key] = line.line_number
-            listed.setdefault(key, {})[algorithm] = line.digest
+            _list_once(
+                key, line, manifest, algorithm, first_line=first_line, listed=listed, problems=problems
+            )
     for key in sorted(set(listed) - set(files)):
         if key in special:
             continue  # the walk said what it is

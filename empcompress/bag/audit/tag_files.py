@@ -20,7 +20,7 @@ from ..manifest import (
     tag_manifest_name,
 )
 from .disk import _not_regular, inspect_path
-from .manifests import _line_path
+from .manifests import _line_path, _list_once
 
 __all__ = ["STATE_DIRNAME"]
 
@@ -50,16 +50,9 @@ def _check_tag_files(
                 as_bagit, unsafe = normalise_bag_path(line.bagit_path)
                 if not unsafe and as_bagit != path and not inspect_path(dest, as_bagit):
                     path = as_bagit
-            if path in first_line:
-                problems.append(
-                    BagProblem(
-                        show_path(path),
-                        f"listed twice in {manifest.name} (lines {first_line[path]} and {line.line_number})",
-                    )
-                )
-                continue
-            first_line[path] = line.line_number
-            listed.setdefault(path, {})[algorithm] = line.digest
+            _list_once(
+                path, line, manifest, algorithm, first_line=first_line, listed=listed, problems=problems
+            )
     for path, digests in sorted(listed.items()):
         if path == BAGIT_TXT and unsealed_declaration is not None:
             actual = {a: hashlib.new(a, unsealed_declaration).hexdigest() for a in digests}
