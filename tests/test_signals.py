@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,38 +168,46 @@ def test_restore_stops_cleanly(
         assert list(restored.parent.iterdir()) == []
 
 
-def test_a_stop_swallowed_by_library_code_is_raised_again_at_the_next_checkpoint() -> None:
-    """The handler's exception, caught by code that is not ours, is raised again at a checkpoint."""
+@pytest.fixture
+def installed() -> Iterator[Any]:
+    """The command line's stop handlers, installed in this process for the test (then put back)."""
     from empcompress import interrupts
 
     interrupts.reset()
     previous = interrupts.install()
     try:
-        try:
-            os.kill(os.getpid(), signal.SIGHUP)
-            time.sleep(1)  # the handler raises here (a KeyboardInterrupt, as library code sees it)
-            pytest.fail("the handler did not raise")
-        except KeyboardInterrupt:
-            pass  # what imagecodecs' lazy import in effect did
-        with pytest.raises(interrupts.Interrupted) as raised:
-            interrupts.checkpoint()
-        assert raised.value.signum == signal.SIGHUP
-        outcome: list[BaseException | None] = []
-
-        def elsewhere() -> None:
-            try:
-                interrupts.checkpoint()
-                outcome.append(None)
-            except BaseException as error:  # recorded for the assertion
-                outcome.append(error)
-
-        worker = threading.Thread(target=elsewhere)
-        worker.start()
-        worker.join()
-        assert outcome == [None]  # only the main thread is stopped
+        yield interrupts
     finally:
         interrupts.restore(previous)
         interrupts.reset()
+
+
+def test_a_stop_swallowed_by_library_code_is_raised_again_at_the_next_checkpoint(installed: Any) -> None:
+    """The handler's exception, caught by code that is not ours, is raised again at a checkpoint."""
+    interrupts = installed
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(1)  # the handler raises here (a KeyboardInterrupt, as library code sees it)
+        pytest.fail("the handler did not raise")
+    except KeyboardInterrupt:
+        pass  # what imagecodecs' lazy import in effect did
+    with pytest.raises(interrupts.Interrupted) as raised:
+        interrupts.checkpoint()
+    assert raised.value.signum == signal.SIGHUP
+    outcome: list[BaseException | None] = []
+
+    def elsewhere() -> None:
+        try:
+            interrupts.checkpoint()
+            outcome.append(None)
+        except BaseException as error:  # recorded for the assertion
+            outcome.append(error)
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    assert outcome == [None]  # only the main thread is stopped
+    interrupts.reset()
     interrupts.checkpoint()  # nothing received: nothing raised
 
 
@@ -215,69 +224,49 @@ def signals_blocked_in_child() -> set[int]:
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGINT"])
-def test_stop_signals_are_held_while_children_start_and_acted_on_after(name: str) -> None:
+def test_stop_signals_are_held_while_children_start_and_acted_on_after(installed: Any, name: str) -> None:
     """Nothing is raised inside the block (a child being spawned is not orphaned); the first stop after it."""
-    from empcompress import interrupts
-
-    interrupts.reset()
-    previous = interrupts.install()
+    interrupts = installed
     signum = SIGNALS[name]
     blocked: set[int] = set()
     finished_inside = False
-    try:
-        with pytest.raises(interrupts.Interrupted) as raised:
-            with interrupts.stops_held():
-                # at this thread: other threads of the test process (not of the program) may take SIGINT
-                signal.pthread_kill(threading.main_thread().ident or 0, signum)
-                time.sleep(0.3)  # unheld, the handler would raise here
-                blocked = signals_blocked_in_child()
-                assert interrupts.received() is None
-                finished_inside = True
-            pytest.fail("the held stop was not acted on after the block")
-        assert finished_inside, "a held stop was raised inside the block"
-        assert raised.value.signum == signum
-        # children keep only SIGINT blocked (a terminal's Ctrl-C is for the program); SIGTERM stops them
-        assert signal.SIGINT in blocked
-        assert signal.SIGTERM not in blocked and signal.SIGHUP not in blocked
-        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP)  # the handlers are back
-        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    finally:
-        interrupts.restore(previous)
-        interrupts.reset()
+    with pytest.raises(interrupts.Interrupted) as raised:
+        with interrupts.stops_held():
+            # at this thread: other threads of the test process (not of the program) may take SIGINT
+            signal.pthread_kill(threading.main_thread().ident or 0, signum)
+            time.sleep(0.3)  # unheld, the handler would raise here
+            blocked = signals_blocked_in_child()
+            assert interrupts.received() is None
+            finished_inside = True
+        pytest.fail("the held stop was not acted on after the block")
+    assert finished_inside, "a held stop was raised inside the block"
+    assert raised.value.signum == signum
+    # children keep only SIGINT blocked (a terminal's Ctrl-C is for the program); SIGTERM stops them
+    assert signal.SIGINT in blocked
+    assert signal.SIGTERM not in blocked and signal.SIGHUP not in blocked
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP)  # the handlers are back
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 @pytest.mark.parametrize("first", ["SIGHUP", "SIGTERM"])
-def test_a_second_stop_while_held_stops_at_once(first: str) -> None:
+def test_a_second_stop_while_held_stops_at_once(installed: Any, first: str) -> None:
     """A start that hangs can still be ended: the second SIGTERM/SIGHUP raises inside the block."""
-    from empcompress import interrupts
-
-    interrupts.reset()
-    previous = interrupts.install()
-    try:
-        with pytest.raises(interrupts.Interrupted) as raised, interrupts.stops_held():
-            os.kill(os.getpid(), SIGNALS[first])
-            time.sleep(0.2)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)  # the second one raises here
-            pytest.fail("a second stop while held did not stop at once")
-        assert raised.value.signum == SIGNALS[first]
-    finally:
-        interrupts.restore(previous)
-        interrupts.reset()
+    interrupts = installed
+    with pytest.raises(interrupts.Interrupted) as raised, interrupts.stops_held():
+        os.kill(os.getpid(), SIGNALS[first])
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the second one raises here
+        pytest.fail("a second stop while held did not stop at once")
+    assert raised.value.signum == SIGNALS[first]
 
 
-def test_no_stop_while_held_raises_nothing() -> None:
-    from empcompress import interrupts
-
-    interrupts.reset()
-    previous = interrupts.install()
-    try:
-        with interrupts.stops_held():
-            pass
-        interrupts.checkpoint()
-        assert interrupts.received() is None
-    finally:
-        interrupts.restore(previous)
+def test_no_stop_while_held_raises_nothing(installed: Any) -> None:
+    interrupts = installed
+    with interrupts.stops_held():
+        pass
+    interrupts.checkpoint()
+    assert interrupts.received() is None
 
 
 # ------------------------------------------------------------------ compress
