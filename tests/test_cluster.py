@@ -637,57 +637,6 @@ def test_a_run_whose_jobs_all_ended_says_what_ended_them(
     assert "the files finished so far are kept; run the same command again to finish the other 5" in message
 
 
-# ---------------------------------------------------------------- a worker's warm-up (connect._setup_plugin)
-
-_WARM_UP_RELEASE = threading.Event()
-_ORDER: list[str] = []
-
-
-def _held_warm_up() -> None:
-    """A warm-up that takes long (until the test lets it go, 8 s at most)."""
-    _WARM_UP_RELEASE.wait(8)
-    _ORDER.append("warm-up")
-
-
-def _noted_task(value: int) -> int:
-    _ORDER.append("task")
-    return value + 1
-
-
-def test_a_slow_warm_up_does_not_hold_up_the_start_of_a_worker_that_joins_later() -> None:
-    """A worker joining after the plugin was registered (a batch job's) runs its setup inside its start,
-    which its death timeout bounds (dask-jobqueue: 60 s): a warm-up run there killed the worker. Now
-    the worker starts at once; a task that arrives meanwhile waits behind the warm-up on a one-thread
-    worker, and is right."""
-    from distributed import Client, Scheduler, Worker
-
-    _WARM_UP_RELEASE.clear()
-    _ORDER.clear()
-
-    async def join_late() -> tuple[float, list[str], int]:
-        async with (
-            Scheduler(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0") as scheduler,
-            Client(scheduler.address, asynchronous=True) as client,
-        ):
-            await client.register_plugin(connect_module._setup_plugin(_held_warm_up))
-            started = time.monotonic()
-            async with Worker(scheduler.address, nthreads=1, death_timeout=2, host="127.0.0.1"):
-                start_seconds = time.monotonic() - started
-                task = client.submit(_noted_task, 1)
-                await asyncio.sleep(0.5)
-                before_release = list(_ORDER)
-                _WARM_UP_RELEASE.set()
-                result = await task
-        return start_seconds, before_release, result
-
-    try:
-        start_seconds, before_release, result = asyncio.run(join_late())
-    finally:
-        _WARM_UP_RELEASE.set()
-    assert start_seconds < 2 and before_release == [] and result == 2
-    assert _ORDER == ["warm-up", "task"]
-
-
 # ---------------------------------------------------------------- the check that workers see SRC and DEST
 
 _RELEASE = threading.Event()

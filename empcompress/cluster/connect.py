@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,38 +22,13 @@ __all__ = ["CONNECT_TIMEOUT_SECONDS", "open_cluster"]
 CONNECT_TIMEOUT_SECONDS = 30
 
 
-def _run_setup(setup: Callable[[], None]) -> None:
-    with contextlib.suppress(Exception):  # a failed warm-up only costs time later
-        setup()
-
-
-def _start_setup(worker: Any, setup: Callable[[], None]) -> None:
-    """Start ``setup`` in the worker's own task threads and return: on a one-thread worker a task
-    that arrives meanwhile waits behind it, as it did when setup ran first; with several threads
-    it runs beside it, as tasks run beside each other. (Not in a thread of its own: a kernel run
-    from two threads at once aborts the process under Numba's workqueue threading layer, which
-    Numba falls back to where no OpenMP or TBB is found.)"""
-    executor: Any = getattr(worker, "executor", None)
-    if "ThreadPoolExecutor" in type(executor).__name__:  # distributed's own, or concurrent.futures'
-        with contextlib.suppress(Exception):  # (shut down: the worker is closing)
-            executor.submit(_run_setup, setup)
-        return
-    threading.Thread(target=_run_setup, args=(setup,), name="empcompress-warm-up", daemon=True).start()
-
-
 def _setup_plugin(setup: Callable[[], None]) -> Any:
     """A worker plugin running ``setup`` on every worker, present and future, as it starts.
 
-    The plugin applies the malloc policy at once, starts ``setup`` (the warm-up: imports, a tiny
-    conversion that loads or compiles the Numba kernels: seconds, or minutes on a loaded node with
-    a cold cache) in the worker's task threads (:func:`_start_setup`), and returns. distributed
-    calls a plugin's ``setup`` on the worker's event loop, and for a worker that joins after the
-    plugin was registered (every batch job's) inside the worker's start: ``Worker.start_unsafe``
-    awaits ``_register_with_scheduler``, which awaits ``plugin_add`` of every plugin the scheduler
-    sends, which calls ``setup``; ``Server.start`` bounds ``start_unsafe`` by the worker's
-    ``death_timeout`` (dask-jobqueue passes ``--death-timeout 60``), as ``Nanny.instantiate`` bounds
-    its wait for the worker's start. A warm-up run there longer than that got the job's worker
-    killed ("Timed out starting worker"), and the job ended.
+    distributed runs a plugin's ``setup`` inside the start of a worker that joins later, which its
+    death timeout bounds (dask-jobqueue: 60 s): a warm-up slower than that (a cold Numba cache on a
+    loaded node) gets the job's worker killed. Running it in the worker's task threads instead
+    was tried and taken back: the two-thread memory test then saw a first conversion overlap others.
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -66,7 +40,8 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
 
         def setup(self, worker: Any) -> None:
             apply_malloc_policy()  # the conversions' malloc thresholds (over the nanny's settings)
-            _start_setup(worker, self.function)
+            with contextlib.suppress(Exception):  # a failed warm-up only costs time later
+                self.function()
 
     return SetupPlugin(setup)
 
@@ -88,9 +63,8 @@ def open_cluster(
     """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
 
     ``worker_setup`` runs on every worker as it joins (and on those already
-    there), in its task threads without holding up the worker's start, e.g. to
-    import the code and load compiled kernels before the first task.
-    ``largest_need``: the largest task of the drive (from its scan), which
+    there), e.g. to import the code and load compiled kernels before the first
+    task. ``largest_need``: the largest task of the drive (from its scan), which
     a local cluster is sized by. Raises :class:`PipelineError` with a hint when
     the cluster cannot be reached or configured. A batch cluster's jobs are
     watched while it is open (:class:`~empcompress.cluster.jobs.JobWatch`).
