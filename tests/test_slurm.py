@@ -257,12 +257,12 @@ def test_compress_on_slurm_end_to_end(tmp_path: Path, slurm_runs: list[SlurmRun]
 def test_a_job_at_its_time_limit_is_replaced_and_the_bag_is_the_same(
     tmp_path: Path, slurm_runs: list[SlurmRun]
 ) -> None:
-    """One job at a time with a one-minute limit (--adapt 1:1) and ~2 minutes of work: the job is killed
+    """One job at a time with a one-minute limit (--adapt 1:1) and ~3-4 minutes of work: the job is killed
     by SLURM mid-conversion, adapt requests a new job, the lost task runs again there."""
     source = _interruption_drive(tmp_path / "drive")
     reference = tmp_path / "reference"
     _local_reference(source, reference, "--no-gain-sets")
-    run = SlurmRun(tmp_path / "slurm", walltime="00:01:00", frame_delay_seconds=0.17)
+    run = SlurmRun(tmp_path / "slurm", walltime="00:01:00", frame_delay_seconds=0.3)
     slurm_runs.append(run)
     dest = tmp_path / "bag"
     command = ("compress", str(source), str(dest), "--cluster", "slurm", "--adapt", "1:1", "--no-gain-sets")
