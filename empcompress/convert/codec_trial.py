@@ -18,15 +18,29 @@ def trial_frame(
     stored_dtype: np.dtype,
     gain: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.generic]:
-    """Every 4th row band of one frame's values, in storage type (counts under ``gain`` when given)."""
-    out = np.empty(movie.header.frame_shape, dtype=stored_dtype)
-    if gain is not None:
-        kernels.gain_counts(values, gain, out)
-    else:
-        kernels.flip_cast(values, out)
-    rows = rows_per_strip(frame_shape=movie.header.frame_shape, itemsize=out.dtype.itemsize)
-    bands = [out[start : start + rows] for start in range(0, out.shape[0], 4 * rows)]
-    return np.ascontiguousarray(np.concatenate(bands))
+    """Every 4th row band of one frame's values (TIFF row order), in storage type (counts under
+    ``gain`` when given).
+
+    Only those bands are cast, each straight into its place in the trial: no stored frame of the
+    whole frame's size is made (94 MB of fresh pages for a super-resolution frame).
+    """
+    header = movie.header
+    ny = header.ny
+    rows = rows_per_strip(frame_shape=header.frame_shape, itemsize=np.dtype(stored_dtype).itemsize)
+    starts = range(0, ny, 4 * rows)
+    heights = [min(rows, ny - start) for start in starts]
+    out = np.empty((sum(heights), header.nx), dtype=stored_dtype)
+    at = 0
+    for start, height in zip(starts, heights, strict=True):
+        # TIFF rows start..start + height are MRC rows ny - start - height..ny - start, upside down
+        source_rows = slice(ny - start - height, ny - start)
+        band = out[at : at + height]
+        if gain is not None:
+            kernels.gain_counts(values[source_rows], gain[source_rows], band, max_exceptions=0)
+        else:
+            kernels.flip_cast(values[source_rows], band)
+        at += height
+    return out
 
 
 def resolve_codec(
