@@ -59,6 +59,7 @@ __all__ = [
     "ensure_not_locked",
 ]
 
+#: Our journal and lock live here (beside the bag, not part of it).
 STATE_DIRNAME = ".empcompress"
 JOURNAL_FILENAME = "journal.sqlite"
 SCHEMA_VERSION = 2

@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..bag.manifest import BAGIT_TXT
 from ..errors import GainError
+from ..journal import STATE_DIRNAME
 
 if TYPE_CHECKING:
     from .plan import GainRecord
 
 
 #: What marks a folder ``data/`` as a bag's payload: BagIt's declaration, or our run's state folder.
-_BAG_MARKERS = ("bagit.txt", ".empcompress")
+_BAG_MARKERS = (BAGIT_TXT, STATE_DIRNAME)
 
 
 def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:

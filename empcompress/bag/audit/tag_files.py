@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 from ...files import TEMP_MARKER, file_digests, open_regular
+from ...journal import STATE_DIRNAME
 from ..manifest import (
     BAG_INFO_TXT,
     BAGIT_TXT,
@@ -22,11 +23,7 @@ from ..manifest import (
 from .disk import _not_regular, inspect_path
 from .manifests import _line_path, _list_once
 
-__all__ = ["STATE_DIRNAME"]
-
-
-#: Our journal and lock live here (beside the bag, not part of it).
-STATE_DIRNAME = ".empcompress"
+__all__ = ["STATE_DIRNAME"]  # (the journal's: where our journal and lock live, beside the bag)
 
 
 def _check_tag_files(

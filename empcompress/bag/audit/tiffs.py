@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EmpCompressError, NotOurTiffError
+from ...scan.entries import TIFF_SUFFIXES
 from ..manifest import PAYLOAD_DIRNAME, BagProblem, manifest_name, show_path
 from .disk import _not_regular, inspect_path
 
-__all__ = ["TIFF_SUFFIXES"]
+__all__ = ["TIFF_SUFFIXES"]  # (the scan's: the names a TIFF goes by)
 
-
-TIFF_SUFFIXES = (".tif", ".tiff")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
