@@ -25,7 +25,9 @@ from empcompress.cluster import (
     parse_adapt,
 )
 from empcompress.cluster import connect as connect_module
+from empcompress.cluster import warm_up as warm_up_module
 from empcompress.cluster.jobqueue import NANNY_MALLOC_EXPORT
+from empcompress.cluster.warm_up import after_warm_up
 from empcompress.errors import PipelineError
 
 
@@ -635,6 +637,93 @@ def test_a_run_whose_jobs_all_ended_says_what_ended_them(
         "41, 42); each job's output, slurm-JOBID.out in "
     ), message
     assert "the files finished so far are kept; run the same command again to finish the other 5" in message
+
+
+# ---------------------------------------------------------------- a worker's warm-up (cluster.warm_up)
+
+_WARM_UP_RELEASE = threading.Event()
+_ORDER: list[str] = []
+
+
+def _held_warm_up() -> None:
+    """A warm-up that takes long (until the test lets it go, 8 s at most)."""
+    _WARM_UP_RELEASE.wait(8)
+    _ORDER.append("warm-up")
+
+
+@after_warm_up
+def _noted_task(value: int) -> int:
+    _ORDER.append("task")
+    return value + 1
+
+
+def test_a_slow_warm_up_does_not_hold_up_the_start_of_a_worker_that_joins_later() -> None:
+    """A worker joining after the plugin was registered (a batch job's) runs the plugin's setup inside
+    its start, which its death timeout bounds (dask-jobqueue: 60 s): a warm-up run there killed the
+    worker. Now the worker starts at once, and a task that arrives meanwhile waits for the warm-up."""
+    from distributed import Client, Scheduler, Worker
+
+    _WARM_UP_RELEASE.clear()
+    _ORDER.clear()
+
+    async def join_late() -> tuple[float, list[str], int]:
+        async with (
+            Scheduler(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0") as scheduler,
+            Client(scheduler.address, asynchronous=True) as client,
+        ):
+            await client.register_plugin(connect_module._setup_plugin(_held_warm_up))
+            started = time.monotonic()
+            async with Worker(scheduler.address, nthreads=2, death_timeout=2, host="127.0.0.1"):
+                start_seconds = time.monotonic() - started
+                task = client.submit(_noted_task, 1)
+                await asyncio.sleep(0.5)
+                before_release = list(_ORDER)
+                _WARM_UP_RELEASE.set()
+                result = await task
+        return start_seconds, before_release, result
+
+    try:
+        start_seconds, before_release, result = asyncio.run(join_late())
+    finally:
+        _WARM_UP_RELEASE.set()
+    assert start_seconds < 2 and before_release == [] and result == 2
+    assert _ORDER == ["warm-up", "task"]
+
+
+def test_a_task_waits_for_every_warm_up_of_its_process_and_a_failed_one_lets_it_go() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def failing() -> None:
+        release.wait(8)
+        ran.append("failed warm-up")
+        raise RuntimeError("no cache")
+
+    def slow() -> None:
+        time.sleep(0.3)
+        ran.append("warm-up")
+
+    threads = [warm_up_module.start_in_background(failing), warm_up_module.start_in_background(slow)]
+    waiting = threading.Thread(target=lambda: ran.append(f"task {_noted_task(1)}"))
+    waiting.start()
+    time.sleep(0.6)
+    assert ran == ["warm-up"]  # the task still waits for the other warm-up
+    release.set()
+    waiting.join(5)
+    for thread in threads:
+        thread.join(5)
+    assert ran == ["warm-up", "failed warm-up", "task 2"]
+    warm_up_module.wait_for_warm_up()  # nothing running: returns at once
+
+
+def test_every_function_the_pipeline_sends_to_workers_waits_for_the_warm_up() -> None:
+    """Every task function that runs conversions or kernels is wrapped (check_paths_task need not be)."""
+    from empcompress.pipeline import gain_tasks, tasks
+
+    sent = [getattr(gain_tasks, name) for name in dir(gain_tasks) if name.endswith("_task")]
+    sent += [tasks.run_file_task, tasks.run_file_batch, tasks.classify_task]
+    unwrapped = [function.__name__ for function in sent if not hasattr(function, "__wrapped__")]
+    assert len(sent) >= 13 and unwrapped == []
 
 
 # ---------------------------------------------------------------- the check that workers see SRC and DEST

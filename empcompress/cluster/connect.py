@@ -13,6 +13,7 @@ from .jobqueue import job_memory_text, lifetime_args, new_jobqueue_cluster
 from .jobs import JobWatch
 from .local import local_client
 from .options import ClusterInfo, ClusterOptions, choose_connection
+from .warm_up import start_in_background
 
 if TYPE_CHECKING:
     from ..pipeline.memory import TaskNeed
@@ -25,10 +26,9 @@ CONNECT_TIMEOUT_SECONDS = 30
 def _setup_plugin(setup: Callable[[], None]) -> Any:
     """A worker plugin running ``setup`` on every worker, present and future, as it starts.
 
-    distributed runs a plugin's ``setup`` inside the start of a worker that joins later, which its
-    death timeout bounds (dask-jobqueue: 60 s): a warm-up slower than that (a cold Numba cache on a
-    loaded node) gets the job's worker killed. Running it in the worker's task threads instead
-    was tried and taken back: the two-thread memory test then saw a first conversion overlap others.
+    The plugin applies the malloc policy at once and starts ``setup`` (the warm-up) in a thread of
+    its own, beside the worker's start rather than inside it, where the worker's death timeout
+    bounds it; the worker's tasks wait for it (:mod:`.warm_up`).
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -40,8 +40,7 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
 
         def setup(self, worker: Any) -> None:
             apply_malloc_policy()  # the conversions' malloc thresholds (over the nanny's settings)
-            with contextlib.suppress(Exception):  # a failed warm-up only costs time later
-                self.function()
+            start_in_background(self.function)
 
     return SetupPlugin(setup)
 
@@ -63,9 +62,10 @@ def open_cluster(
     """Yield ``(distributed.Client, ClusterInfo)``; closes what it started on exit.
 
     ``worker_setup`` runs on every worker as it joins (and on those already
-    there), e.g. to import the code and load compiled kernels before the first
-    task. ``largest_need``: the largest task of the drive (from its scan), which
-    a local cluster is sized by. Raises :class:`PipelineError` with a hint when
+    there), beside its start, e.g. to import the code and load compiled kernels;
+    the tasks sent to a worker wait for it (:func:`.warm_up.after_warm_up`).
+    ``largest_need``: the largest task of the drive (from its scan), which a
+    local cluster is sized by. Raises :class:`PipelineError` with a hint when
     the cluster cannot be reached or configured. A batch cluster's jobs are
     watched while it is open (:class:`~empcompress.cluster.jobs.JobWatch`).
     """

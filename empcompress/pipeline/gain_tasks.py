@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..cluster.warm_up import after_warm_up
 from ..errors import EmpCompressError, GainError, InputError
 from ..files import file_digests
 from ..gain import grouping
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 
+@after_warm_up
 def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
     """A candidate reference's array as its file stores it (None when it cannot be read as one).
 
@@ -54,6 +56,7 @@ def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
         return None
 
 
+@after_warm_up
 def fit_candidates_task(
     movie_path: str, references: tuple[npt.NDArray[np.float32] | None, ...], names: tuple[str, ...]
 ) -> tuple[int, grouping.GainFit] | None:
@@ -77,6 +80,7 @@ class EstimateFailed:
     message: str
 
 
+@after_warm_up
 def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate | EstimateFailed:
     try:
         return grouping.movie_estimate(movie_path, n_sample_frames=n_sample_frames)
@@ -84,6 +88,7 @@ def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate |
         return EstimateFailed(f"{movie_path}: {error}")
 
 
+@after_warm_up
 def compare_task(
     first: GainEstimate | EstimateFailed, second: GainEstimate | EstimateFailed, indices: tuple[int, int]
 ) -> grouping.Comparison:
@@ -97,6 +102,7 @@ def compare_task(
     return grouping.compare_estimates(first, second, indices=indices)
 
 
+@after_warm_up
 def movie_partial_task(
     movie_path: str, n_sample_frames: int, orientation: str, band: GainBand | None = None
 ) -> GainPartial:
@@ -106,20 +112,24 @@ def movie_partial_task(
     )
 
 
+@after_warm_up
 def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
     # each partial feeds one merge of the tree: merging into the first saves a third partial
     return merge_gain_partials(first, second, into_first=True)
 
 
+@after_warm_up
 def finalize_task(partial: GainPartial) -> GainEstimate:
     return finalize_gain(partial)
 
 
+@after_warm_up
 def assemble_task(bands: list[GainEstimate], frame_shape: tuple[int, int]) -> GainEstimate:
     """The group's whole gain from its bands' finalized estimates (top to bottom)."""
     return assemble_gain_estimate(bands, frame_shape=frame_shape)
 
 
+@after_warm_up
 def fit_estimate_task(movie_path: str, estimate: GainEstimate) -> grouping.GainFit:
     """Does the group's gain reproduce the movie? (A movie that cannot be read raises: see above.)"""
     return grouping.fit_gain(movie_path, estimate.gain, name="the group's estimated gain")
@@ -133,6 +143,7 @@ class ReferenceWritten:
     detail_json: str
 
 
+@after_warm_up
 def write_estimate_task(estimate: GainEstimate, output_path: str) -> ReferenceWritten:
     """Write a group's gain at the path the layout gave it; its digests read back from disk."""
     final = Path(output_path)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..cluster.warm_up import after_warm_up
 from ..errors import EmpCompressError, GainError, InputError, VerificationError
 from ..files import (
     commit_output,
@@ -192,6 +193,7 @@ def _stat_key(status: os.stat_result) -> tuple[int, int]:
     return status.st_size, status.st_mtime_ns
 
 
+@after_warm_up
 def run_file_task(
     task: FileTask,
     *,
@@ -470,6 +472,7 @@ def _kind_of(task: FileTask) -> str:
     return classify_task(task.source_path, task.classify_sample_frames)
 
 
+@after_warm_up
 def classify_task(path: str, n_sample_frames: int) -> str:
     """counts | gain-normalised | float (runs on a worker; unreadable data says float: converted as is)."""
     gain = gain_support()
@@ -486,6 +489,7 @@ def classify_task(path: str, n_sample_frames: int) -> str:
 # ---------------------------------------------------------------- batches of small files
 
 
+@after_warm_up
 def run_file_batch(tasks: tuple[FileTask, ...]) -> tuple[FileOutcome, ...]:
     """Copy a batch of small files, one after the other (runs on a worker); one outcome per task.
 
