@@ -329,3 +329,46 @@ def test_the_sampled_movies_estimates_are_never_held_together(
     result = estimate_set_gain(paths)
     assert len(alive) == 8 and most == 1
     assert len(result.used) == 8
+
+
+_KEEP_AND_WAIT = """
+import sys, time
+import numpy as np
+sys.path[:0] = sys.argv[2:]
+from test_gain_sets import _estimate
+from empcompress import kernels
+from empcompress.gain.set_compare import EstimateFiles
+
+gain = np.full((64, 64), 1.5, dtype=np.float32)
+reliable = np.full(gain.shape, kernels.GAIN_RELIABLE, dtype=np.uint8)
+files = EstimateFiles([gain.shape] * 2, scratch_dir=sys.argv[1])
+files.add(_estimate(gain, reliable))
+files.add(_estimate(gain, reliable))
+print("kept", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_estimate_leaves_no_scratch_file_behind(tmp_path: Path) -> None:
+    """The scratch files have no name once made: SIGKILL (an out-of-memory kill, a batch job's end)
+    leaves nothing in TMPDIR, where 8 super-resolution estimates take 3 GB."""
+    import signal
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    tests = str(Path(__file__).parent)
+    package = str(Path(__file__).parents[1])
+    command = [sys.executable, "-c", _KEEP_AND_WAIT, str(scratch), tests, package]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "kept"
+        targets = [os.readlink(link) for link in Path(f"/proc/{child.pid}/fd").iterdir()]
+        held = [target for target in targets if target.startswith(str(scratch)) and "(deleted)" in target]
+        assert len(held) == 4  # rows and columns of two square estimates, open and nameless
+        assert list(scratch.iterdir()) == []
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert list(scratch.iterdir()) == []

@@ -18,13 +18,16 @@ verdict is made from them by :func:`.grouping.comparison_from_counts`, as
 
 Memory: one estimate while it is written, then :data:`COMPARE_BUFFER_BYTES` of
 bands, whatever the number of movies (their bands get shorter). Disk: 4 bytes
-a pixel a movie (8 for square frames) in a fresh directory under
-``scratch_dir`` (the system's temporary directory, ``TMPDIR``, when None),
-removed afterwards; the space is checked before any estimate is made.
+a pixel a movie (8 for square frames) in files under ``scratch_dir`` (the
+system's temporary directory, ``TMPDIR``, when None) whose names are removed as
+soon as they are made: the system frees their space when they are closed or
+the process ends, even killed (SIGKILL, an out-of-memory kill, a batch job's
+end), so nothing is left behind. The space is checked before any estimate is made.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -70,7 +73,7 @@ class _Stored:
 class EstimateFiles:
     """Own estimates of movies kept in scratch files (:meth:`add`), compared pairwise (:meth:`compare`).
 
-    A context manager: the directory and its files are removed on leaving it.
+    A context manager: the files are closed (and their space freed) on leaving it.
     """
 
     def __init__(
@@ -80,7 +83,7 @@ class EstimateFiles:
         scratch_dir: str | os.PathLike[str] | None = None,
         buffer_bytes: int = COMPARE_BUFFER_BYTES,
     ) -> None:
-        """Room for estimates of ``frame_shapes`` in a new directory under ``scratch_dir``.
+        """Room for estimates of ``frame_shapes`` in nameless files under ``scratch_dir``.
 
         Raises :class:`GainError` when ``scratch_dir`` is not a directory or has
         too little free space for them (before anything is written).
@@ -99,7 +102,7 @@ class EstimateFiles:
                 "point TMPDIR at a directory with room"
             )
         self.buffer_bytes = buffer_bytes
-        self._directory = Path(tempfile.mkdtemp(prefix="empcompress-gain-estimates-", dir=parent))
+        self._parent = parent
         self._stored: list[_Stored] = []
 
     def __enter__(self) -> EstimateFiles:
@@ -114,13 +117,12 @@ class EstimateFiles:
         self.close()
 
     def close(self) -> None:
-        """Close and remove the scratch files (idempotent)."""
+        """Close the scratch files, which frees their space (idempotent)."""
         for stored in self._stored:
             stored.rows.close()
             if stored.columns is not None:
                 stored.columns.close()
         self._stored = []
-        shutil.rmtree(self._directory, ignore_errors=True)
 
     def __len__(self) -> int:
         return len(self._stored)
@@ -137,17 +139,38 @@ class EstimateFiles:
         return index
 
     def _write(self, name: str, chunks: Iterator[npt.NDArray[np.uint32]]) -> io.FileIO:
-        path = self._directory / name
+        """A new scratch file holding ``chunks``, open for reading; its name is removed at once."""
+        shown = self._parent / f"empcompress-gain-estimate-{name}"
         try:
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk.data.cast("B"))
-            return open(path, "rb", buffering=0)  # closed by close()
+            descriptor, path = tempfile.mkstemp(prefix=f"{shown.name}-", dir=self._parent)
         except OSError as error:
-            raise GainError(
-                f"{path}: could not keep a sampled movie's own gain estimate there "
-                f"({error.strerror or error}); free some space or point TMPDIR at a directory with room"
-            ) from None
+            raise self._not_kept(shown, error) from None
+        handle = io.FileIO(descriptor, "r+b")  # (closes the descriptor when closed)
+        try:
+            os.unlink(path)  # nameless from now on: nothing is left behind, however the process ends
+            handle.name = f"{path} (a scratch file, removed)"
+            for chunk in chunks:
+                view = chunk.data.cast("B")
+                while view:
+                    written = handle.write(view)
+                    if not written:
+                        raise OSError(errno.EIO, "the write stopped short")
+                    view = view[written:]
+            handle.seek(0)
+        except OSError as error:
+            handle.close()
+            raise self._not_kept(Path(path), error) from None
+        except BaseException:
+            handle.close()
+            raise
+        return handle  # closed by close()
+
+    @staticmethod
+    def _not_kept(path: Path, error: OSError) -> GainError:
+        return GainError(
+            f"{path}: could not keep a sampled movie's own gain estimate there "
+            f"({error.strerror or error}); free some space or point TMPDIR at a directory with room"
+        )
 
     def compare(self) -> list[Comparison]:
         """:func:`~.grouping.compare_estimates` of every pair (i < j) of the estimates, in that order.
