@@ -1026,11 +1026,12 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Equal doses, summary: median (min-max) of the repeats; user and system seconds per GB of source; "
         "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096) with as many frames, of the "
-        "same tool:",
+        "same tool; and the ratio taken within each repeat (the two sizes converted one after the other, "
+        "so a drift of the machine's speed falls on both), median (min-max):",
         "",
         "| tool | dose | frame | frames | stored as | runs | user s per GB | sys s per GB | MB/s per CPU s "
-        "| / 4096x4096 | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| / 4096x4096 | / 4096x4096, per repeat | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cells: dict[tuple[str, float, str, int], list[dict[str, Any]]] = {}
     for row in rows:
@@ -1039,13 +1040,18 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
     for (tool, dose, size, n_frames), cell in cells.items():
         rates = [_mb_per_cpu_second(row) for row in cell]
-        reference = [_mb_per_cpu_second(row) for row in cells.get((tool, dose, smallest, n_frames), [])]
+        smallest_cell = cells.get((tool, dose, smallest, n_frames), [])
+        reference = [_mb_per_cpu_second(row) for row in smallest_cell]
         ratio = float(np.median(rates) / np.median(reference)) if reference else float("nan")
+        by_repeat = {row["repeat"]: _mb_per_cpu_second(row) for row in smallest_cell}
+        pairs = [(rate, by_repeat.get(row["repeat"])) for rate, row in zip(rates, cell, strict=True)]
+        paired = [rate / other for rate, other in pairs if other is not None]
+        paired_text = _spread(paired, 3) if paired else "-"
         lines.append(
             f"| {tool} | {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | "
             f"{_spread([_per_gb(row, 'user_seconds') for row in cell], 2)} | "
             f"{_spread([_per_gb(row, 'sys_seconds') for row in cell], 2)} | {_spread(rates)} | "
-            f"{ratio:.2f} | {_spread([row['load'] for row in cell], 1)} |"
+            f"{ratio:.2f} | {paired_text} | {_spread([row['load'] for row in cell], 1)} |"
         )
     return lines
 
