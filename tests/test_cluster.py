@@ -706,14 +706,42 @@ def test_a_task_waits_for_every_warm_up_of_its_process_and_a_failed_one_lets_it_
     threads = [warm_up_module.start_in_background(failing), warm_up_module.start_in_background(slow)]
     waiting = threading.Thread(target=lambda: ran.append(f"task {_noted_task(1)}"))
     waiting.start()
-    time.sleep(0.6)
-    assert ran == ["warm-up"]  # the task still waits for the other warm-up
-    release.set()
+    try:
+        deadline = time.monotonic() + 5
+        while ran != ["warm-up"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert ran == ["warm-up"]  # the slow warm-up is done, the task still waits for the other
+    finally:
+        release.set()
     waiting.join(5)
     for thread in threads:
         thread.join(5)
     assert ran == ["warm-up", "failed warm-up", "task 2"]
     warm_up_module.wait_for_warm_up()  # nothing running: returns at once
+
+
+def test_a_hung_warm_up_holds_tasks_only_so_long_and_a_warm_up_never_waits_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    hung = warm_up_module.start_in_background(lambda: release.wait(8) and None)
+    try:
+        started = time.monotonic()
+        assert warm_up_module.wait_for_warm_up(timeout_seconds=0.2) is False
+        monkeypatch.setattr(warm_up_module, "WARM_UP_WAIT_SECONDS", 0.2)
+        assert _noted_task(1) == 2  # runs anyway once the wait is over
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    hung.join(5)
+    assert warm_up_module.wait_for_warm_up(timeout_seconds=0) is True
+
+    monkeypatch.undo()  # (a warm-up waiting for itself would now wait the full 600 s)
+    results: list[int] = []
+    calling = warm_up_module.start_in_background(lambda: results.append(_noted_task(5)))  # a task inside
+    calling.join(5)
+    assert not calling.is_alive() and results == [6]
 
 
 def test_every_function_the_pipeline_sends_to_workers_waits_for_the_warm_up() -> None:

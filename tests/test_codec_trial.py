@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
@@ -36,6 +36,10 @@ def whole_frame_bands(values: np.ndarray, stored_dtype: np.dtype, gain: np.ndarr
     byte_order=st.sampled_from(["<", ">"]),
     seed=st.integers(0, 2**32 - 1),
 )
+# bands at rows 0, 348 and 696 of 700 (uint16: 87 rows a strip): the last one 4 rows high
+@example(ny=700, nx=3000, stored="uint16", with_gain=False, byte_order="<", seed=1)
+@example(ny=700, nx=3000, stored="uint16", with_gain=True, byte_order=">", seed=2)
+@example(ny=700, nx=3000, stored="uint8", with_gain=True, byte_order="<", seed=3)  # 174 rows: 0, 696
 def test_the_trial_is_every_fourth_band_of_the_whole_cast_frame(
     tmp_path: Path, ny: int, nx: int, stored: str, with_gain: bool, byte_order: str, seed: int
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_comparing_on_scratch_files_by_bands_gives_the_in_memory_comparisons(
         for estimate in estimates:
             files.add(estimate)
         assert files.compare() == expected
-    assert list(tmp_path.iterdir()) == []  # the scratch directory is removed
+    assert list(tmp_path.iterdir()) == []  # no scratch file has a name
 
 
 def test_the_comparisons_cover_every_verdict_and_orientation(tmp_path: Path) -> None:
@@ -362,6 +363,8 @@ def test_a_killed_estimate_leaves_no_scratch_file_behind(tmp_path: Path) -> None
     package = str(Path(__file__).parents[1])
     command = [sys.executable, "-c", _KEEP_AND_WAIT, str(scratch), tests, package]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(60, child.kill)  # (a child that never answers must not hang the suite)
+    watchdog.start()
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "kept"
         targets = [os.readlink(link) for link in Path(f"/proc/{child.pid}/fd").iterdir()]
@@ -369,6 +372,36 @@ def test_a_killed_estimate_leaves_no_scratch_file_behind(tmp_path: Path) -> None
         assert len(held) == 4  # rows and columns of two square estimates, open and nameless
         assert list(scratch.iterdir()) == []
     finally:
+        watchdog.cancel()
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     assert list(scratch.iterdir()) == []
+
+
+def _scratch_files_open(scratch: Path) -> list[str]:
+    targets = [os.readlink(link) for link in Path("/proc/self/fd").iterdir() if link.is_symlink()]
+    return [target for target in targets if target.startswith(str(scratch))]
+
+
+def test_a_full_disk_while_keeping_an_estimate_leaves_no_scratch_file_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows of a square estimate are kept, its columns fail (disk full): the rows are closed too."""
+    import errno
+
+    import empcompress.gain.set_compare as set_compare_module
+
+    def full(estimate: GainEstimate) -> Iterator[np.ndarray]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield  # (a generator, as the real one)
+
+    gain = np.full((32, 32), 1.5, dtype=np.float32)
+    reliable = np.full(gain.shape, kernels.GAIN_RELIABLE, dtype=np.uint8)
+    files = EstimateFiles([gain.shape], scratch_dir=tmp_path)
+    monkeypatch.setattr(set_compare_module, "_packed_columns", full)
+    with pytest.raises(GainError, match=r"could not keep .*\(No space left on device\)") as caught:
+        files.add(_estimate(gain, reliable))
+    # closed at once, not when the error (whose traceback holds the rows file) is let go
+    assert caught.value is not None and _scratch_files_open(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+    files.close()

@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-__all__ = ["start_in_background", "wait_for_warm_up", "after_warm_up"]
+__all__ = ["WARM_UP_WAIT_SECONDS", "start_in_background", "wait_for_warm_up", "after_warm_up"]
+
+#: A task waits at most this long for a warm-up (one that hangs, e.g. on a stuck TMPDIR, must not hold
+#: the worker's tasks for ever: the warm-up only saves time, so the task then runs anyway).
+WARM_UP_WAIT_SECONDS = 600.0
 
 _Arguments = ParamSpec("_Arguments")
 _Result = TypeVar("_Result")
 
+_log = logging.getLogger(__name__)
 _changed = threading.Condition()
 _n_running = 0  # warm-ups running in this process (in-process workers each start one)
+_inside = threading.local()  # .warming: this thread runs a warm-up (which never waits for itself)
 
 
 def start_in_background(setup: Callable[[], None]) -> threading.Thread:
@@ -44,6 +51,7 @@ def start_in_background(setup: Callable[[], None]) -> threading.Thread:
 
     def run() -> None:
         global _n_running
+        _inside.warming = True
         try:
             with contextlib.suppress(Exception):
                 setup()
@@ -63,10 +71,15 @@ def start_in_background(setup: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def wait_for_warm_up() -> None:
-    """Return once no warm-up is running in this process (at once when none was started)."""
+def wait_for_warm_up(*, timeout_seconds: float | None = None) -> bool:
+    """Wait until no warm-up is running in this process, at most ``timeout_seconds`` (default
+    :data:`WARM_UP_WAIT_SECONDS`); whether none is. At once inside a warm-up's own thread."""
+    if getattr(_inside, "warming", False):
+        return True
     with _changed:
-        _changed.wait_for(lambda: _n_running == 0)
+        return _changed.wait_for(
+            lambda: _n_running == 0, WARM_UP_WAIT_SECONDS if timeout_seconds is None else timeout_seconds
+        )
 
 
 def after_warm_up(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
@@ -78,7 +91,12 @@ def after_warm_up(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _
 
     @functools.wraps(task)
     def waiting(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
-        wait_for_warm_up()
+        if not wait_for_warm_up():
+            _log.warning(
+                "%s starts although the worker's warm-up still runs after %.0f s",
+                task.__name__,
+                WARM_UP_WAIT_SECONDS,
+            )
         return task(*args, **kwargs)
 
     return waiting

@@ -8,16 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bag.manifest import BAGIT_TXT
 from ..errors import GainError
 from ..journal import STATE_DIRNAME
 
 if TYPE_CHECKING:
     from .plan import GainRecord
-
-
-#: What marks a folder ``data/`` as a bag's payload: BagIt's declaration, or our run's state folder.
-_BAG_MARKERS = (BAGIT_TXT, STATE_DIRNAME)
 
 
 def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:
@@ -29,12 +24,16 @@ def reference_root_for(tiff_path: str | os.PathLike[str]) -> Path:
     """
     import stat
 
+    from ..bag.manifest import BAGIT_TXT  # (here: the bag package is much more than this name)
+
+    # what marks a folder ``data/`` as a bag's payload: BagIt's declaration, or our run's state folder
+    markers = (BAGIT_TXT, STATE_DIRNAME)
     folder = Path(os.path.abspath(tiff_path)).parent
     root = folder
     for ancestor in (folder, *folder.parents):  # the outermost: a bag may hold a depositor's bag
         if ancestor.name != "data":
             continue
-        for marker in _BAG_MARKERS:
+        for marker in markers:
             try:
                 mode = os.lstat(ancestor.parent / marker).st_mode
             except OSError:

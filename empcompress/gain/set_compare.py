@@ -27,6 +27,7 @@ end), so nothing is left behind. The space is checked before any estimate is mad
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -117,12 +118,13 @@ class EstimateFiles:
         self.close()
 
     def close(self) -> None:
-        """Close the scratch files, which frees their space (idempotent)."""
-        for stored in self._stored:
-            stored.rows.close()
-            if stored.columns is not None:
-                stored.columns.close()
+        """Close the scratch files, which frees their space (idempotent; every file is closed even
+        when closing one fails, and the first failure is raised after)."""
+        handles = [handle for stored in self._stored for handle in (stored.rows, stored.columns) if handle]
         self._stored = []
+        with contextlib.ExitStack() as closing:
+            for handle in handles:
+                closing.callback(handle.close)
 
     def __len__(self) -> int:
         return len(self._stored)
@@ -134,7 +136,11 @@ class EstimateFiles:
         if estimate.gain.dtype != np.float32 or estimate.status.shape != (ny, nx):
             raise ValueError("an estimate to keep has a float32 gain and a status of its shape")
         rows = self._write(f"{index}.rows", _packed_rows(estimate))
-        columns = self._write(f"{index}.columns", _packed_columns(estimate)) if ny == nx else None
+        try:
+            columns = self._write(f"{index}.columns", _packed_columns(estimate)) if ny == nx else None
+        except BaseException:
+            rows.close()  # (not stored yet: close() would not see it)
+            raise
         self._stored.append(_Stored((ny, nx), rows, columns))
         return index
 
@@ -145,9 +151,17 @@ class EstimateFiles:
             descriptor, path = tempfile.mkstemp(prefix=f"{shown.name}-", dir=self._parent)
         except OSError as error:
             raise self._not_kept(shown, error) from None
-        handle = io.FileIO(descriptor, "r+b")  # (closes the descriptor when closed)
         try:
             os.unlink(path)  # nameless from now on: nothing is left behind, however the process ends
+            handle = io.FileIO(descriptor, "r+b")  # (closes the descriptor when closed)
+        except BaseException as error:
+            os.close(descriptor)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if isinstance(error, OSError):
+                raise self._not_kept(Path(path), error) from None
+            raise
+        try:
             handle.name = f"{path} (a scratch file, removed)"
             for chunk in chunks:
                 view = chunk.data.cast("B")

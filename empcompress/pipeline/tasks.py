@@ -450,7 +450,12 @@ def warm_up_worker() -> None:
 
 
 def check_paths_task(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """The paths this worker cannot see (runs on a worker)."""
+    """The paths this worker cannot see (runs on a worker).
+
+    Not made to wait for the warm-up (:func:`~empcompress.cluster.warm_up.after_warm_up`): it runs no
+    kernels, and the client bounds its answer (``CHECK_PATHS_TIMEOUT_SECONDS``) to tell a hung file
+    system, which a slow warm-up must not look like.
+    """
     return tuple(path for path in paths if not os.path.isdir(path))
 
 
