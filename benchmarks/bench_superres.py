@@ -544,7 +544,7 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
     for dose in args.doses:
         movies: list[Movie] = []
         for shape in sorted({shape for shape, _ in EQUAL_DOSE_CELLS}):
-            frame_counts = [args.equal_doses_frames]
+            frame_counts = list(args.equal_doses_frames)
             if args.quick:
                 shape = (shape[0] // 8, shape[1] // 8)
             _progress(f"writing {dose:g} e- float32 movies: {frame_counts} frames of {shape[1]}x{shape[0]}")
@@ -1053,6 +1053,45 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
             f"{_spread([_per_gb(row, 'sys_seconds') for row in cell], 2)} | {_spread(rates)} | "
             f"{ratio:.2f} | {paired_text} | {_spread([row['load'] for row in cell], 1)} |"
         )
+    return lines + _format_fixed_and_per_byte(cells, smallest)
+
+
+def _format_fixed_and_per_byte(
+    cells: dict[tuple[str, float, str, int], list[dict[str, Any]]], smallest: str
+) -> list[str]:
+    """With several frame counts of a movie: CPU s = fixed + size / rate, fitted to the medians."""
+    series: dict[tuple[str, float, str], list[tuple[float, float, float]]] = {}
+    for (tool, dose, size, _n_frames), cell in cells.items():
+        series.setdefault((tool, dose, size), []).append(
+            (
+                float(cell[0]["movie"]["size_bytes"]),
+                float(np.median([row["cpu_seconds"] for row in cell])),
+                float(np.median([row["sys_seconds"] for row in cell])),
+            )
+        )
+    fits: dict[tuple[str, float, str], tuple[float, float, float]] = {}
+    for key, points in series.items():
+        if len(points) < 2:
+            continue
+        sizes = np.array([point[0] for point in points])
+        per_byte, fixed = np.polyfit(sizes, [point[1] for point in points], 1)
+        _, sys_fixed = np.polyfit(sizes, [point[2] for point in points], 1)
+        fits[key] = (1e-6 / per_byte, fixed, sys_fixed)
+    if not fits:
+        return []
+    lines = [
+        "",
+        "Fixed cost per movie and rate per byte, fitted to the medians of the frame counts measured (CPU s "
+        "= fixed + MB / rate); the rate's ratio to the smallest frames', of the same tool and dose:",
+        "",
+        "| tool | dose | frame | rate, MB per CPU s | / 4096x4096 | fixed CPU s per movie "
+        "| of which system s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (tool, dose, size), (rate, fixed, sys_fixed) in fits.items():
+        reference = fits.get((tool, dose, smallest))
+        ratio = f"{rate / reference[0]:.2f}" if reference else "-"
+        lines.append(f"| {tool} | {dose:g} | {size} | {rate:.0f} | {ratio} | {fixed:.2f} | {sys_fixed:.2f} |")
     return lines
 
 
@@ -1190,10 +1229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--equal-doses-frames",
-        type=int,
-        default=8,
-        metavar="N",
-        help="with --equal-doses: frames per movie (default 8; 24 shows the per-movie costs' share)",
+        type=lambda text: tuple(sorted({int(part) for part in text.split(",")})),
+        default=(8,),
+        metavar="N[,N...]",
+        help="with --equal-doses: frames per movie, comma-separated (default 8); with two or more "
+        "(e.g. 8,24) the summary separates a fixed cost per movie from a cost per byte",
     )
     parser.add_argument(
         "--cold-warm",
