@@ -151,17 +151,10 @@ class EstimateFiles:
             descriptor, path = tempfile.mkstemp(prefix=f"{shown.name}-", dir=self._parent)
         except OSError as error:
             raise self._not_kept(shown, error) from None
+        handle: io.FileIO | None = None
         try:
             os.unlink(path)  # nameless from now on: nothing is left behind, however the process ends
             handle = io.FileIO(descriptor, "r+b")  # (closes the descriptor when closed)
-        except BaseException as error:
-            os.close(descriptor)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            if isinstance(error, OSError):
-                raise self._not_kept(Path(path), error) from None
-            raise
-        try:
             handle.name = f"{path} (a scratch file, removed)"
             for chunk in chunks:
                 view = chunk.data.cast("B")
@@ -171,11 +164,15 @@ class EstimateFiles:
                         raise OSError(errno.EIO, "the write stopped short")
                     view = view[written:]
             handle.seek(0)
-        except OSError as error:
-            handle.close()
-            raise self._not_kept(Path(path), error) from None
-        except BaseException:
-            handle.close()
+        except BaseException as error:
+            if handle is not None:
+                handle.close()
+            else:
+                os.close(descriptor)
+            with contextlib.suppress(OSError):  # (gone already unless the unlink itself failed)
+                os.unlink(path)
+            if isinstance(error, OSError):
+                raise self._not_kept(Path(path), error) from None
             raise
         return handle  # closed by close()
 
