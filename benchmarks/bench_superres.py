@@ -30,7 +30,14 @@ checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
   ``--equal-doses-frames``) at each dose (``--doses``), N runs each in turn, warm: MB of source per
   CPU second, user and system time and minor page faults, at equal codecs; with ``--equal-doses-old
   OLD_TREE`` the code in OLD_TREE converts each movie too, in turn; with ``--no-malloc-policy-too``
-  so does the measured tree without its malloc policy.
+  so does the measured tree without its malloc policy; ``--equal-doses-process`` names what each
+  measured conversion's process does first (``fresh``: nothing; ``after-movie``: converts the same
+  movie, unmeasured, as a ``compress`` worker converting movie after movie; ``touched``: touches and
+  frees 1.5 GiB, so that the conversion's buffers get memory just freed), several in turn.
+- ``--first-touch N``: the CPU seconds per GiB of touching a freshly allocated NumPy array for the
+  first time, after its memory was freed (by the process itself) 0-20 s before, N runs: what a
+  conversion's frame buffers cost the kernel (and, on a virtual machine that reports free memory to
+  its host, the host) in a fresh process and in one converting movie after movie.
 
 Every conversion's process first sets the malloc policy the CLI sets (:mod:`empcompress.malloc_policy`),
 if the tree measured has one.
@@ -62,7 +69,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -106,6 +113,9 @@ import json, os, resource, sys, time
 from pathlib import Path
 tree, source, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 threads, cache, policy = int(sys.argv[4]), sys.argv[5], sys.argv[6]
+# "movie": convert the movie once, unmeasured, first; "touched": first touch 1.5 GiB and free it (memory
+# the kernel has just been handed back, which a VM has not yet reported free to its host: --first-touch)
+before = sys.argv[7] if len(sys.argv) > 7 else "warm-up"
 sys.path.insert(0, tree)
 if policy == "cli":  # what the CLI's convert and empcompress's Dask workers do first (trees that have it)
     try:
@@ -145,6 +155,12 @@ warm = output.with_name("warm-up.mrc")
 with mrcfile.new(warm, overwrite=True) as mrc:
     mrc.set_data(np.ones((2, 64, 64), np.float32))
 convert_movie(warm, output.with_name("warm-up.tif"), overwrite=True)
+if before == "movie":  # as a compress worker that has just converted a movie of this size
+    convert_movie(source, output, threads=threads, overwrite=True)
+elif before == "touched":
+    touched = np.empty(3 << 29, dtype=np.uint8)
+    touched[::4096] = 1
+    del touched
 if cache == "cold":
     evict(source)
 source_reads["bytes"] = 0
@@ -331,10 +347,18 @@ def _run_script(
 
 
 def measure_empcompress(
-    movie: Movie, *, tree: Path, cache: str, work: Path, label: str, malloc_policy: bool = True
+    movie: Movie,
+    *,
+    tree: Path,
+    cache: str,
+    work: Path,
+    label: str,
+    malloc_policy: bool = True,
+    before: str = "warm-up",
 ) -> Row:
     """One conversion in a fresh process; ``malloc_policy``: set it first, as the CLI does (if ``tree``
-    has :mod:`empcompress.malloc_policy`)."""
+    has :mod:`empcompress.malloc_policy`); ``before`` (:data:`EQUAL_DOSE_PROCESSES`): what the process
+    does just before it, after its warm-up."""
     if cache == "warm":
         warm_cache(movie.path)
     output = work / "out" / (Path(movie.path).stem + ".tif")
@@ -351,6 +375,7 @@ def measure_empcompress(
             "1",
             cache,
             "cli" if malloc_policy else "off",
+            before,
         ],
         what=f"{label} on {movie.path}",
         cwd=work,
@@ -450,7 +475,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": [],
     }
     # the focused measurements replace the grid of movies
-    focused = bool(args.stages or args.equal_doses or args.cold_warm or args.read_ahead or args.read_paths)
+    focused = bool(
+        args.stages
+        or args.equal_doses
+        or args.cold_warm
+        or args.read_ahead
+        or args.read_paths
+        or args.first_touch
+    )
+    if args.first_touch:
+        results["first_touch"] = run_first_touch(args)
     if args.stages:
         results["stages"] = run_stages(args)
     if args.equal_doses:
@@ -519,16 +553,31 @@ def _checkpoint(args: argparse.Namespace, key: str, rows: list[dict[str, Any]]) 
         Path(f"{args.json}.{key}.partial").write_text(json.dumps(rows, indent=1))
 
 
-def _equal_dose_trees(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
-    """(label, tree, malloc policy as the CLI sets it) of each code measured at equal doses."""
+#: --equal-doses-process: what a measured conversion's process does just before it, after its warm-up
+#: (the measuring script's ``before``), and the label's suffix.
+EQUAL_DOSE_PROCESSES = {
+    "fresh": ("warm-up", ""),  # nothing more: as the CLI's convert
+    "after-movie": ("movie", ", after a movie"),  # converts the same movie: as a compress worker
+    "touched": ("touched", ", memory just freed"),  # touches and frees 1.5 GiB (see --first-touch)
+}
+
+
+def _equal_dose_trees(args: argparse.Namespace) -> list[tuple[str, Path, bool, str]]:
+    """(label, tree, malloc policy as the CLI sets it, what the process does first) of each code
+    measured at equal doses, for each of ``--equal-doses-process``."""
     if not (args.equal_doses_old or args.no_malloc_policy_too):
-        return [("empcompress", Path(args.tree), True)]
-    trees = [("empcompress (new)", Path(args.tree), True)]
-    if args.equal_doses_old:
-        trees.insert(0, ("empcompress (old)", Path(args.equal_doses_old), True))
-    if args.no_malloc_policy_too:
-        trees.append(("empcompress (new, no malloc policy)", Path(args.tree), False))
-    return trees
+        trees = [("empcompress", Path(args.tree), True)]
+    else:
+        trees = [("empcompress (new)", Path(args.tree), True)]
+        if args.equal_doses_old:
+            trees.insert(0, ("empcompress (old)", Path(args.equal_doses_old), True))
+        if args.no_malloc_policy_too:
+            trees.append(("empcompress (new, no malloc policy)", Path(args.tree), False))
+    return [
+        (label + EQUAL_DOSE_PROCESSES[process][1], tree, policy, EQUAL_DOSE_PROCESSES[process][0])
+        for label, tree, policy in trees
+        for process in args.equal_doses_process
+    ]
 
 
 def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -552,10 +601,16 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         for repeat in range(args.equal_doses):
             for movie in movies if repeat % 2 == 0 else movies[::-1]:
                 size = f"{movie.shape[1]}x{movie.shape[0]}"
-                for label, tree, policy in trees if repeat % 2 == 0 else trees[::-1]:
+                for label, tree, policy, before in trees if repeat % 2 == 0 else trees[::-1]:
                     _progress(f"equal doses {repeat}: {label}, {size}, {movie.n_frames} frames, {dose:g} e-")
                     row = measure_empcompress(
-                        movie, tree=tree, cache="warm", work=work, label=label, malloc_policy=policy
+                        movie,
+                        tree=tree,
+                        cache="warm",
+                        work=work,
+                        label=label,
+                        malloc_policy=policy,
+                        before=before,
                     )
                     rows.append({**_row_json(row), "repeat": repeat})
                     _checkpoint(args, "equal_doses", rows)
@@ -824,6 +879,80 @@ READ_PATHS = (
 )
 
 
+#: Runs in a fresh process: argv[1] GiB touched page by page, after each pause of argv[2:] seconds
+#: (the previous array freed just before the pause); prints [[pause, CPU s, wall s], ...].
+_FIRST_TOUCH = r"""
+import json, resource, sys, time
+import numpy as np
+n_bytes, pauses = int(float(sys.argv[1]) * 2**30), [float(p) for p in sys.argv[2:]]
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+rows = []
+for pause in pauses:
+    time.sleep(pause)
+    used, started = cpu(), time.perf_counter()
+    buffer = np.empty(n_bytes, dtype=np.uint8)  # as a frame buffer is made (NumPy asks for huge pages)
+    buffer[::4096] = 1
+    rows.append([pause, cpu() - used, time.perf_counter() - started])
+    del buffer
+print(json.dumps(rows))
+"""
+#: Seconds between freeing one array and touching the next, in --first-touch (0 twice: the first
+#: array of a fresh process, then one right after it).
+FIRST_TOUCH_PAUSES = (0.0, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+FIRST_TOUCH_GIB = 1.0
+
+
+def run_first_touch(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``args.first_touch`` fresh processes, each touching FIRST_TOUCH_GIB after each pause in turn."""
+    rows = []
+    for run in range(args.first_touch):
+        _progress(f"first touch {run}")
+        measured = cast(
+            list[list[float]],
+            _run_script(
+                [sys.executable, "-c", _FIRST_TOUCH, str(FIRST_TOUCH_GIB), *map(str, FIRST_TOUCH_PAUSES)],
+                what="first touch",
+            ),
+        )
+        for step, (pause, cpu_seconds, wall_seconds) in enumerate(measured):
+            rows.append(
+                {
+                    "run": run,
+                    "step": step,
+                    "pause_seconds": pause,
+                    "cpu_seconds_per_gib": cpu_seconds / FIRST_TOUCH_GIB,
+                    "wall_seconds_per_gib": wall_seconds / FIRST_TOUCH_GIB,
+                    "load": os.getloadavg()[0],
+                }
+            )
+    return rows
+
+
+def format_first_touch(rows: list[dict[str, Any]]) -> list[str]:
+    """Per step: CPU s per GiB, median (min-max) of the runs."""
+    lines = [
+        f"First touch of a fresh {FIRST_TOUCH_GIB:g} GiB array, CPU seconds per GiB, median (min-max) of "
+        f"{len({row['run'] for row in rows})} fresh processes; each array is made after the previous one "
+        "was freed and the pause given:",
+        "",
+        "| step | pause before, s | CPU s per GiB | wall s per GiB | load |",
+        "|---|---|---|---|---|",
+    ]
+    steps: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        steps.setdefault(row["step"], []).append(row)
+    for step, cell in sorted(steps.items()):
+        what = "first array of the process" if step == 0 else f"{cell[0]['pause_seconds']:g}"
+        lines.append(
+            f"| {step} | {what} | {_spread([row['cpu_seconds_per_gib'] for row in cell], 2)} | "
+            f"{_spread([row['wall_seconds_per_gib'] for row in cell], 2)} | "
+            f"{_spread([row['load'] for row in cell], 1)} |"
+        )
+    return lines
+
+
 def run_read_paths(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """A 12-frame 4096x4096 movie read in each of :data:`READ_PATHS` in turn, ``args.read_paths`` times."""
     rows: list[dict[str, Any]] = []
@@ -964,6 +1093,8 @@ def format_report(results: dict[str, Any]) -> str:
         lines += ["", *format_read_ahead(results["read_ahead"])]
     if results.get("read_paths"):
         lines += ["", *format_read_paths(results["read_paths"])]
+    if results.get("first_touch"):
+        lines += ["", *format_first_touch(results["first_touch"])]
     return "\n".join(lines)
 
 
@@ -1027,7 +1158,8 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
         "Equal doses, summary: median (min-max) of the repeats; user and system seconds per GB of source; "
         "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096) with as many frames, of the "
         "same tool; and the ratio taken within each repeat (the two sizes converted one after the other, "
-        "so a drift of the machine's speed falls on both), median (min-max):",
+        "so a drift of the machine's speed falls on both), median (min-max); mean (95 % bootstrap "
+        "interval of the mean):",
         "",
         "| tool | dose | frame | frames | stored as | runs | user s per GB | sys s per GB | MB/s per CPU s "
         "| / 4096x4096 | / 4096x4096, per repeat | load |",
@@ -1046,7 +1178,7 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
         by_repeat = {row["repeat"]: _mb_per_cpu_second(row) for row in smallest_cell}
         pairs = [(rate, by_repeat.get(row["repeat"])) for rate, row in zip(rates, cell, strict=True)]
         paired = [rate / other for rate, other in pairs if other is not None]
-        paired_text = _spread(paired, 3) if paired else "-"
+        paired_text = f"{_spread(paired, 3)}; {_mean_interval(paired)}" if paired else "-"
         lines.append(
             f"| {tool} | {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | "
             f"{_spread([_per_gb(row, 'user_seconds') for row in cell], 2)} | "
@@ -1054,6 +1186,15 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
             f"{ratio:.2f} | {paired_text} | {_spread([row['load'] for row in cell], 1)} |"
         )
     return lines + _format_fixed_and_per_byte(cells, smallest)
+
+
+def _mean_interval(values: Sequence[float], *, n_resamples: int = 10_000) -> str:
+    """The mean and a 95 % bootstrap interval of it (percentiles of resampled means; seeded)."""
+    if len(values) < 2:
+        return f"{np.mean(values):.3f}"
+    draws = np.random.default_rng(0).choice(np.asarray(values), size=(n_resamples, len(values)))
+    low, high = np.percentile(draws.mean(axis=1), [2.5, 97.5])
+    return f"{np.mean(values):.3f} ({low:.3f}-{high:.3f})"
 
 
 def _format_fixed_and_per_byte(
@@ -1211,6 +1352,14 @@ def format_cold_warm(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _processes(text: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    unknown = [kind for kind in kinds if kind not in EQUAL_DOSE_PROCESSES]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: kinds are {', '.join(EQUAL_DOSE_PROCESSES)}")
+    return kinds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "superres"))
@@ -1236,6 +1385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(e.g. 8,24) the summary separates a fixed cost per movie from a cost per byte",
     )
     parser.add_argument(
+        "--equal-doses-process",
+        type=_processes,
+        default=("fresh",),
+        metavar="KIND[,KIND...]",
+        help="with --equal-doses: what each measured conversion's process does first, comma-separated, "
+        "each in turn: fresh (nothing: as the CLI's convert), after-movie (converts the same movie, "
+        "unmeasured: as a compress worker converting movie after movie), touched (touches and frees "
+        "1.5 GiB, so that the conversion gets memory just freed; see --first-touch); default fresh",
+    )
+    parser.add_argument(
         "--cold-warm",
         type=int,
         default=0,
@@ -1258,6 +1417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="instead of the grid: a 4096x4096 movie read in each of READ_PATHS (page cache, O_DIRECT)",
+    )
+    parser.add_argument(
+        "--first-touch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the grid: CPU s per GiB of first touching fresh arrays, N fresh processes",
     )
     parser.add_argument(
         "--equal-doses-old", metavar="OLD_TREE", help="with --equal-doses: also the code in OLD_TREE, in turn"
