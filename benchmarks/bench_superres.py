@@ -33,7 +33,9 @@ checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
   so does the measured tree without its malloc policy; ``--equal-doses-process`` names what each
   measured conversion's process does first (``fresh``: nothing; ``after-movie``: converts the same
   movie, unmeasured, as a ``compress`` worker converting movie after movie; ``touched``: touches and
-  frees 1.5 GiB, so that the conversion's buffers get memory just freed), several in turn.
+  frees 1.5 GiB, so that the conversion's buffers get memory just freed), several in turn;
+  ``--settle-seconds S`` waits before each measured process, so that what the process before it
+  freed is no longer cheap to touch (on a VM that reports free memory to its host).
 - ``--first-touch N``: the CPU seconds per GiB of touching a freshly allocated NumPy array for the
   first time, after its memory was freed (by the process itself) 0-20 s before, N runs: what a
   conversion's frame buffers cost the kernel (and, on a virtual machine that reports free memory to
@@ -115,7 +117,7 @@ tree, source, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 threads, cache, policy = int(sys.argv[4]), sys.argv[5], sys.argv[6]
 # "movie": convert the movie once, unmeasured, first; "touched": first touch 1.5 GiB and free it (memory
 # the kernel has just been handed back, which a VM has not yet reported free to its host: --first-touch)
-before = sys.argv[7] if len(sys.argv) > 7 else "warm-up"
+first = sys.argv[7] if len(sys.argv) > 7 else "warm-up"
 sys.path.insert(0, tree)
 if policy == "cli":  # what the CLI's convert and empcompress's Dask workers do first (trees that have it)
     try:
@@ -155,9 +157,9 @@ warm = output.with_name("warm-up.mrc")
 with mrcfile.new(warm, overwrite=True) as mrc:
     mrc.set_data(np.ones((2, 64, 64), np.float32))
 convert_movie(warm, output.with_name("warm-up.tif"), overwrite=True)
-if before == "movie":  # as a compress worker that has just converted a movie of this size
+if first == "movie":  # as a compress worker that has just converted a movie of this size
     convert_movie(source, output, threads=threads, overwrite=True)
-elif before == "touched":
+elif first == "touched":
     touched = np.empty(3 << 29, dtype=np.uint8)
     touched[::4096] = 1
     del touched
@@ -603,6 +605,7 @@ def run_equal_doses(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
                 size = f"{movie.shape[1]}x{movie.shape[0]}"
                 for label, tree, policy, before in trees if repeat % 2 == 0 else trees[::-1]:
                     _progress(f"equal doses {repeat}: {label}, {size}, {movie.n_frames} frames, {dose:g} e-")
+                    time.sleep(args.settle_seconds)
                     row = measure_empcompress(
                         movie,
                         tree=tree,
@@ -909,6 +912,7 @@ def run_first_touch(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for run in range(args.first_touch):
         _progress(f"first touch {run}")
+        load = os.getloadavg()[0]
         measured = cast(
             list[list[float]],
             _run_script(
@@ -924,7 +928,7 @@ def run_first_touch(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "pause_seconds": pause,
                     "cpu_seconds_per_gib": cpu_seconds / FIRST_TOUCH_GIB,
                     "wall_seconds_per_gib": wall_seconds / FIRST_TOUCH_GIB,
-                    "load": os.getloadavg()[0],
+                    "load": load,  # as the process started
                 }
             )
     return rows
@@ -937,7 +941,7 @@ def format_first_touch(rows: list[dict[str, Any]]) -> list[str]:
         f"{len({row['run'] for row in rows})} fresh processes; each array is made after the previous one "
         "was freed and the pause given:",
         "",
-        "| step | pause before, s | CPU s per GiB | wall s per GiB | load |",
+        "| step | pause before, s | CPU s per GiB | wall s per GiB | load as the process started |",
         "|---|---|---|---|---|",
     ]
     steps: dict[int, list[dict[str, Any]]] = {}
@@ -1157,9 +1161,9 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Equal doses, summary: median (min-max) of the repeats; user and system seconds per GB of source; "
         "ratio of medians of MB/s per CPU s to the smallest frames (4096x4096) with as many frames, of the "
-        "same tool; and the ratio taken within each repeat (the two sizes converted one after the other, "
-        "so a drift of the machine's speed falls on both), median (min-max); mean (95 % bootstrap "
-        "interval of the mean):",
+        "same tool; and the ratio taken within each repeat (the two sizes converted in the same repeat, so "
+        "a drift of the machine's speed falls on both alike; with several frame counts or process kinds "
+        "the two are some runs apart), median (min-max); mean (95 % t-interval), number of pairs:",
         "",
         "| tool | dose | frame | frames | stored as | runs | user s per GB | sys s per GB | MB/s per CPU s "
         "| / 4096x4096 | / 4096x4096, per repeat | load |",
@@ -1188,13 +1192,22 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     return lines + _format_fixed_and_per_byte(cells, smallest)
 
 
-def _mean_interval(values: Sequence[float], *, n_resamples: int = 10_000) -> str:
-    """The mean and a 95 % bootstrap interval of it (percentiles of resampled means; seeded)."""
-    if len(values) < 2:
-        return f"{np.mean(values):.3f}"
-    draws = np.random.default_rng(0).choice(np.asarray(values), size=(n_resamples, len(values)))
-    low, high = np.percentile(draws.mean(axis=1), [2.5, 97.5])
-    return f"{np.mean(values):.3f} ({low:.3f}-{high:.3f})"
+#: Student's t, 0.975 quantile, by degrees of freedom (for 95 % intervals of a mean of a few pairs).
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+          2.045, 2.042)  # fmt: skip
+
+
+def _mean_interval(values: Sequence[float]) -> str:
+    """The mean, its 95 % t-interval and the number of values (a t-interval, not a bootstrap: with
+    3-5 pairs a percentile bootstrap gives little more than their range)."""
+    n = len(values)
+    if n < 2:
+        return f"{np.mean(values):.3f}, n {n}"
+    t = _T_975[n - 2] if n - 1 <= len(_T_975) else (2.0 if n <= 61 else 1.98)
+    half = t * float(np.std(values, ddof=1)) / np.sqrt(n)
+    mean = float(np.mean(values))
+    return f"{mean:.3f} ({mean - half:.3f}-{mean + half:.3f}), n {n}"
 
 
 def _format_fixed_and_per_byte(
@@ -1417,6 +1430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="instead of the grid: a 4096x4096 movie read in each of READ_PATHS (page cache, O_DIRECT)",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --equal-doses: wait S seconds before each measured process, so that what the one "
+        "before freed is not still cheap to touch (on a VM that reports free memory to its host, "
+        "about 10-20 s: see --first-touch); default 0",
     )
     parser.add_argument(
         "--first-touch",
