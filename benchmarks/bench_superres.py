@@ -36,6 +36,7 @@ checkout; ``--json`` also keeps the rows so far in ``<json>.<kind>.partial``):
   frees 1.5 GiB, so that the conversion's buffers get memory just freed), several in turn;
   ``--settle-seconds S`` waits before each measured process, so that what the process before it
   freed is no longer cheap to touch (on a VM that reports free memory to its host).
+- ``--pool-from JSON...``: the per-repeat ratios of several ``--equal-doses`` runs pooled.
 - ``--first-touch N``: the CPU seconds per GiB of touching a freshly allocated NumPy array for the
   first time, after its memory was freed (by the process itself) 0-20 s before, N runs: what a
   conversion's frame buffers cost the kernel (and, on a virtual machine that reports free memory to
@@ -1137,6 +1138,50 @@ def _per_gb(row: dict[str, Any], key: str) -> float:
     return float(row[key] / (row["movie"]["size_bytes"] / 1e9))
 
 
+EqualDoseCells = dict[tuple[str, float, str, int], list[dict[str, Any]]]
+
+
+def _equal_dose_cells(rows: list[dict[str, Any]]) -> tuple[EqualDoseCells, str]:
+    """The runs by (tool, dose, frame size, frames), and the smallest frame size's label."""
+    cells: EqualDoseCells = {}
+    for row in rows:
+        movie = row["movie"]
+        cells.setdefault((row["tool"], movie["dose"], _size_label(movie), movie["n_frames"]), []).append(row)
+    smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
+    return cells, smallest
+
+
+def _paired_ratios(cell: list[dict[str, Any]], smallest_cell: list[dict[str, Any]]) -> list[float]:
+    """MB/s per CPU s of each run in ``cell`` over that of the smallest frames' run of the same repeat."""
+    by_repeat = {row["repeat"]: _mb_per_cpu_second(row) for row in smallest_cell}
+    return [_mb_per_cpu_second(row) / by_repeat[row["repeat"]] for row in cell if row["repeat"] in by_repeat]
+
+
+def format_pooled(runs: list[list[dict[str, Any]]]) -> list[str]:
+    """The per-repeat ratios to the smallest frames of several equal-dose runs, pooled per tool, frame
+    size and frames: per dose and over all doses, mean (95 % t-interval), number of pairs."""
+    pooled: dict[tuple[str, str, int], dict[float, list[float]]] = {}
+    for rows in runs:
+        cells, smallest = _equal_dose_cells(rows)
+        for (tool, dose, size, n_frames), cell in cells.items():
+            if size != smallest:
+                paired = _paired_ratios(cell, cells.get((tool, dose, smallest, n_frames), []))
+                pooled.setdefault((tool, size, n_frames), {}).setdefault(dose, []).extend(paired)
+    doses = sorted({dose for by_dose in pooled.values() for dose in by_dose})
+    lines = [
+        f"Pooled over {len(runs)} runs: MB/s per CPU s over the smallest frames', taken within each repeat; "
+        "mean (95 % t-interval), number of pairs (pairs of different runs counted as independent):",
+        "",
+        "| tool | frame | frames | " + " | ".join(f"{dose:g} e-" for dose in doses) + " | all doses |",
+        "|---|---|---|" + "---|" * (len(doses) + 1),
+    ]
+    for (tool, size, n_frames), by_dose in sorted(pooled.items()):
+        every = [ratio for dose in doses for ratio in by_dose.get(dose, [])]
+        texts = [_mean_interval(by_dose[dose]) if by_dose.get(dose) else "" for dose in doses]
+        lines.append(f"| {tool} | {size} | {n_frames} | {' | '.join(texts)} | {_mean_interval(every)} |")
+    return lines
+
+
 def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
     """Every run, then per cell: MB/s per CPU second, median (min-max), and the ratio to 4096x4096."""
     lines = [
@@ -1169,19 +1214,13 @@ def format_equal_doses(rows: list[dict[str, Any]]) -> list[str]:
         "| / 4096x4096 | / 4096x4096, per repeat | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cells: dict[tuple[str, float, str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        movie = row["movie"]
-        cells.setdefault((row["tool"], movie["dose"], _size_label(movie), movie["n_frames"]), []).append(row)
-    smallest = _size_label(min((row["movie"] for row in rows), key=lambda movie: movie["size_bytes"]))
+    cells, smallest = _equal_dose_cells(rows)
     for (tool, dose, size, n_frames), cell in cells.items():
         rates = [_mb_per_cpu_second(row) for row in cell]
         smallest_cell = cells.get((tool, dose, smallest, n_frames), [])
         reference = [_mb_per_cpu_second(row) for row in smallest_cell]
         ratio = float(np.median(rates) / np.median(reference)) if reference else float("nan")
-        by_repeat = {row["repeat"]: _mb_per_cpu_second(row) for row in smallest_cell}
-        pairs = [(rate, by_repeat.get(row["repeat"])) for rate, row in zip(rates, cell, strict=True)]
-        paired = [rate / other for rate, other in pairs if other is not None]
+        paired = _paired_ratios(cell, smallest_cell)
         paired_text = f"{_spread(paired, 3)}; {_mean_interval(paired)}" if paired else "-"
         lines.append(
             f"| {tool} | {dose:g} | {size} | {n_frames} | {cell[0]['stored']} | {len(cell)} | "
@@ -1378,6 +1417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "_work" / "superres"))
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--report-from", help="print the report of an earlier --json file and stop")
+    parser.add_argument(
+        "--pool-from",
+        nargs="+",
+        metavar="JSON",
+        help="print the per-repeat ratios of the --equal-doses runs in these --json files, pooled, and stop",
+    )
     parser.add_argument("--before-after", metavar="OLD_TREE", help="checkout of the previous code")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each before/after cell")
     parser.add_argument("--skip-relion", action="store_true")
@@ -1466,6 +1511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--stages", action="store_true", help="instead of the grid: each stage timed alone on one frame"
     )
     args = parser.parse_args(argv)
+    if args.pool_from:
+        runs = [json.loads(Path(path).read_text()).get("equal_doses", []) for path in args.pool_from]
+        print("\n".join(format_pooled([rows for rows in runs if rows])))
+        return 0
     if args.report_from:
         print(format_report(json.loads(Path(args.report_from).read_text())))
         return 0
