@@ -130,6 +130,13 @@ if policy == "cli":  # what the CLI's convert and empcompress's Dask workers do 
 import mrcfile, numpy as np
 from empcompress import mrc
 from empcompress.convert import convert_movie
+if first == "movie":  # a compress worker keeps its frame buffers from task to task (trees that have them)
+    try:
+        from empcompress.frame_buffers import keeping_frame_buffers
+    except ImportError:
+        pass
+    else:
+        keeping_frame_buffers().__enter__()
 
 # every read of the source goes through MrcMovie (old and new code alike): count its bytes
 source_reads = {"bytes": 0}

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from . import kernels
 from .detect import FrameStats, StorageDecision, decide_storage, frame_stats
+from .frame_buffers import frame_buffer
 from .mrc import MrcHeader, MrcMovie
 from .write import FRAMES_IN_FLIGHT
 
@@ -92,7 +93,7 @@ class FrameSample:
 def read_sample(movie: MrcMovie, index: int | None = None) -> FrameSample:
     """Read frame ``index`` (the middle one by default) into its own buffer, with its statistics."""
     index = movie.header.nz // 2 if index is None else index
-    raw = movie.read_raw_frame(index, out=np.empty(movie.header.frame_size_bytes, dtype=np.uint8))
+    raw = movie.read_raw_frame(index, out=frame_buffer(movie.header.frame_size_bytes, np.uint8))
     return FrameSample(index, raw, frame_stats(movie.values_from_raw(raw)))
 
 
@@ -140,7 +141,7 @@ def cast_store(
         if not reuse:
             out = np.empty(header.frame_shape, dtype=stored_dtype)
         elif len(ring) < FRAMES_IN_FLIGHT:
-            out = np.empty(header.frame_shape, dtype=stored_dtype)
+            out = frame_buffer(header.frame_shape, stored_dtype)
             ring.append(out)
         else:
             out = ring[made % FRAMES_IN_FLIGHT]
@@ -234,7 +235,7 @@ class SourcePass:
         size_bytes = len(self.header_bytes) + len(self.extended_header_bytes)
         # read buffers only when some frame is read here (not every one is a held sample)
         buffers = (
-            [np.empty(header.frame_size_bytes, dtype=np.uint8) for _ in range(2)]
+            [frame_buffer(header.frame_size_bytes, np.uint8) for _ in range(2)]
             if self._hasher and len(self._held) < header.nz
             else []
         )

@@ -25,6 +25,7 @@ import tifffile
 from . import kernels
 from .errors import EmpCompressError, GainError, InputError, NotOurTiffError, RecordError, VerificationError
 from .files import NotRegularFileError, open_regular
+from .frame_buffers import frame_buffer
 from .gain import GainExceptions, GainRecord, load_reference_for
 from .metadata import MovieRecord
 from .mrc import pack_4bit, value_dtype_for
@@ -212,11 +213,11 @@ class CompressedMovie:
 
     def new_stored_frame(self) -> npt.NDArray[np.generic]:
         """An uninitialised array for :meth:`read_stored_frame`'s ``out`` (one frame, stored dtype)."""
-        return np.empty(self.frame_shape, dtype=self.stored_dtype)
+        return frame_buffer(self.frame_shape, self.stored_dtype)
 
     def new_source_frame(self) -> npt.NDArray[np.generic]:
         """An uninitialised array for :meth:`source_values`'s ``out`` (one frame, native source dtype)."""
-        return np.empty(self.frame_shape, dtype=self.source_dtype.newbyteorder("="))
+        return frame_buffer(self.frame_shape, self.source_dtype.newbyteorder("="))
 
     def read_stored_frame(
         self, index: int, *, out: npt.NDArray[np.generic] | None = None
@@ -339,7 +340,7 @@ class SourceRebuilder:
         ny, nx = movie.frame_shape
         dtype = movie.source_dtype.newbyteorder("=")
         rows = max(1, min(ny, REBUILD_PIECE_BYTES // max(1, nx * dtype.itemsize))) if self.in_bands else ny
-        self.buffers = [np.empty((rows, nx), dtype=dtype) for _ in range(max(1, n_buffers))]
+        self.buffers = [frame_buffer((rows, nx), dtype) for _ in range(max(1, n_buffers))]
         self._made = 0
 
     def _next_buffer(self) -> npt.NDArray[np.generic]:

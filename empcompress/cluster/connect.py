@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PipelineError
+from ..frame_buffers import keeping_frame_buffers
 from ..malloc_policy import apply_malloc_policy
 from .jobqueue import job_memory_text, lifetime_args, new_jobqueue_cluster
 from .jobs import JobWatch
@@ -28,7 +29,8 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
 
     The plugin applies the malloc policy at once and starts ``setup`` (the warm-up) in a thread of
     its own, beside the worker's start rather than inside it, where the worker's death timeout
-    bounds it; the worker's tasks wait for it (:mod:`.warm_up`).
+    bounds it; the worker's tasks wait for it (:mod:`.warm_up`). The worker keeps its frame
+    buffers from conversion to conversion until it closes (:mod:`empcompress.frame_buffers`).
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -37,10 +39,18 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
 
         def __init__(self, function: Callable[[], None]) -> None:
             self.function = function
+            self._keeping: contextlib.ExitStack | None = None
 
         def setup(self, worker: Any) -> None:
             apply_malloc_policy()  # the conversions' malloc thresholds (over the nanny's settings)
+            self._keeping = contextlib.ExitStack()
+            self._keeping.enter_context(keeping_frame_buffers())
             start_in_background(self.function)
+
+        def teardown(self, worker: Any) -> None:
+            if self._keeping is not None:
+                self._keeping.close()
+                self._keeping = None
 
     return SetupPlugin(setup)
 

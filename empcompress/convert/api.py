@@ -15,6 +15,7 @@ from ..detect import StorageDecision
 from ..encode import Codec
 from ..errors import EmpCompressError, InputError, VerificationError
 from ..files import commit_output, file_digests, is_temporary_name, temporary_output
+from ..frame_buffers import keeping_frame_buffers
 from ..gain import GainOutcome
 from ..mrc import MrcHeader, MrcMovie, read_header
 from ..readpass import ProgressCallback
@@ -141,7 +142,7 @@ def convert_movie(
         raise InputError(f"{output.parent}: the output directory does not exist")
     header = read_header(source)
     threads = threads_for_frames(header, threads)
-    with kernels.kernel_threads(threads):
+    with kernels.kernel_threads(threads), keeping_frame_buffers():  # the pass's buffers serve verification
         try:
             gain_outcome: GainOutcome | None = None
             gain_path: Path | None = None

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..detect import FrameStats, StorageDecision, decide_storage
+from ..frame_buffers import frame_buffer
 from ..gain import GainCounter, GainOutcome, plan_gain, settle_gain
 from ..gain.plan import placeholder_record, plan_sample_indices
 from ..mrc import MrcHeader
@@ -47,7 +48,7 @@ def _counting_store(header: MrcHeader, counter: GainCounter, stored_dtype: np.dt
     """Counts of each frame under the gain, as ``stored_dtype``; outgrown past it or past the exceptions."""
 
     def store(index: int, values: npt.NDArray[np.generic], merged: FrameStats) -> npt.NDArray[np.generic]:
-        out = np.empty(header.frame_shape, dtype=stored_dtype)
+        out = frame_buffer(header.frame_shape, stored_dtype)  # reused once the writer is done with it
         counter.add(index, values, out)
         if not counter.fits(stored_dtype):
             raise DecisionOutgrownError(merged, index)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import kernels
+from ..frame_buffers import frame_buffer
 from ..gainref import exception_counts
 from ..mrc import MrcMovie
 from .estimate import (
@@ -47,7 +48,7 @@ def read_sample_frames(movie: MrcMovie, n_sample_frames: int | None) -> list[npt
     """Evenly spaced frames, each in its own array (native byte order)."""
     frames = []
     for index in sample_frame_indices(movie.header.nz, n_sample_frames):
-        raw = movie.read_raw_frame(index, out=np.empty(movie.header.frame_size_bytes, dtype=np.uint8))
+        raw = movie.read_raw_frame(index, out=frame_buffer(movie.header.frame_size_bytes, np.uint8))
         values = movie.values_from_raw(raw)
         frames.append(values if values.dtype.isnative else values.astype(values.dtype.newbyteorder("=")))
     return frames

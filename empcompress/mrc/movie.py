@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import TruncatedFileError
+from ..frame_buffers import frame_buffer
 from .header import HEADER_SIZE_BYTES, open_mrc, read_header
 from .nibbles import unpack_4bit
 from .readahead import DIRECT_BLOCK_BYTES, _DirectReader, _Prefetcher, read_ahead_window_bytes
@@ -109,7 +110,7 @@ class MrcMovie:
         offset is into its block, so that the whole blocks around it can be read directly."""
         header = self.header
         if self._buffer is None:
-            self._buffer = np.empty(header.frame_size_bytes + 3 * DIRECT_BLOCK_BYTES, dtype=np.uint8)
+            self._buffer = frame_buffer(header.frame_size_bytes + 3 * DIRECT_BLOCK_BYTES, np.uint8)
         offset = header.data_offset_bytes + index * header.frame_size_bytes
         start = self._first_block_start() + offset % DIRECT_BLOCK_BYTES
         return self._buffer[start : start + header.frame_size_bytes]

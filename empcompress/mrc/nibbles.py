@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ..frame_buffers import frame_buffer
+
 
 def unpack_4bit(packed: npt.NDArray[np.uint8], *, nx: int) -> npt.NDArray[np.uint8]:
     """Unpack mode-101 rows (low nibble first, each row padded to a byte) to uint8."""
     ny = packed.shape[0]
-    out = np.empty((ny, 2 * packed.shape[1]), dtype=np.uint8)
+    out = frame_buffer((ny, 2 * packed.shape[1]), np.uint8)
     out[:, 0::2] = packed & 0x0F
     out[:, 1::2] = packed >> 4
     return out[:, :nx]

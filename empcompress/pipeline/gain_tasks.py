@@ -7,10 +7,12 @@ from task to task; only fits and comparisons (a few numbers) reach the client.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +20,7 @@ import numpy.typing as npt
 from ..cluster.warm_up import after_warm_up
 from ..errors import EmpCompressError, GainError, InputError
 from ..files import file_digests
+from ..frame_buffers import drop_idle_frame_buffers
 from ..gain import grouping
 from ..gain.estimate import (
     GainBand,
@@ -43,8 +46,24 @@ __all__ = [
     "write_estimate_task",
 ]
 
+_Arguments = ParamSpec("_Arguments")
+_Result = TypeVar("_Result")
 
-@after_warm_up
+
+def gain_step(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
+    """``task`` as a gain-grouping task: it waits for the worker's warm-up, then lets go of the frame
+    buffers the worker's conversions keep (:mod:`empcompress.frame_buffers`), which its own declared
+    memory does not count (:func:`~empcompress.pipeline.memory.gain_step_need_bytes`)."""
+
+    @functools.wraps(task)
+    def dropping(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
+        drop_idle_frame_buffers()
+        return task(*args, **kwargs)
+
+    return after_warm_up(dropping)
+
+
+@gain_step
 def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
     """A candidate reference's array as its file stores it (None when it cannot be read as one).
 
@@ -56,7 +75,7 @@ def load_reference_task(reference_path: str) -> npt.NDArray[np.float32] | None:
         return None
 
 
-@after_warm_up
+@gain_step
 def fit_candidates_task(
     movie_path: str, references: tuple[npt.NDArray[np.float32] | None, ...], names: tuple[str, ...]
 ) -> tuple[int, grouping.GainFit] | None:
@@ -80,7 +99,7 @@ class EstimateFailed:
     message: str
 
 
-@after_warm_up
+@gain_step
 def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate | EstimateFailed:
     try:
         return grouping.movie_estimate(movie_path, n_sample_frames=n_sample_frames)
@@ -88,7 +107,7 @@ def movie_estimate_task(movie_path: str, n_sample_frames: int) -> GainEstimate |
         return EstimateFailed(f"{movie_path}: {error}")
 
 
-@after_warm_up
+@gain_step
 def compare_task(
     first: GainEstimate | EstimateFailed, second: GainEstimate | EstimateFailed, indices: tuple[int, int]
 ) -> grouping.Comparison:
@@ -102,7 +121,7 @@ def compare_task(
     return grouping.compare_estimates(first, second, indices=indices)
 
 
-@after_warm_up
+@gain_step
 def movie_partial_task(
     movie_path: str, n_sample_frames: int, orientation: str, band: GainBand | None = None
 ) -> GainPartial:
@@ -112,24 +131,24 @@ def movie_partial_task(
     )
 
 
-@after_warm_up
+@gain_step
 def merge_task(first: GainPartial, second: GainPartial) -> GainPartial:
     # each partial feeds one merge of the tree: merging into the first saves a third partial
     return merge_gain_partials(first, second, into_first=True)
 
 
-@after_warm_up
+@gain_step
 def finalize_task(partial: GainPartial) -> GainEstimate:
     return finalize_gain(partial)
 
 
-@after_warm_up
+@gain_step
 def assemble_task(bands: list[GainEstimate], frame_shape: tuple[int, int]) -> GainEstimate:
     """The group's whole gain from its bands' finalized estimates (top to bottom)."""
     return assemble_gain_estimate(bands, frame_shape=frame_shape)
 
 
-@after_warm_up
+@gain_step
 def fit_estimate_task(movie_path: str, estimate: GainEstimate) -> grouping.GainFit:
     """Does the group's gain reproduce the movie? (A movie that cannot be read raises: see above.)"""
     return grouping.fit_gain(movie_path, estimate.gain, name="the group's estimated gain")
@@ -143,7 +162,7 @@ class ReferenceWritten:
     detail_json: str
 
 
-@after_warm_up
+@gain_step
 def write_estimate_task(estimate: GainEstimate, output_path: str) -> ReferenceWritten:
     """Write a group's gain at the path the layout gave it; its digests read back from disk."""
     final = Path(output_path)
