@@ -22,7 +22,7 @@ system time fell by 59-63%, its CPU time by 17-18%. Otherwise glibc's own rule i
 fixing the thresholds in a process where it still adapts gained nothing measurable and may cost a
 few percent of CPU (heap memory in 4 KiB pages instead of fresh mappings in huge pages). Frame
 buffers above 32 MiB stay mapped either way; the conversion reuses them instead
-(:mod:`empcompress.readpass`, :mod:`empcompress.verify`). What the policy costs in memory: up
+(:mod:`empcompress.frame_buffers`). What the policy costs in memory: up
 to 64 MiB of freed heap kept per malloc arena instead of handed back. Without glibc (musl, macOS)
 nothing is changed.
 """

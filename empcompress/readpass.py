@@ -22,7 +22,8 @@ the frame two after it: :data:`empcompress.write.FRAMES_IN_FLIGHT`). Nothing gro
 the number of frames, and nothing big is allocated per frame: a buffer over glibc's
 mmap threshold (32 MiB at most; a super-resolution frame is 94-377 MB) would be mapped
 afresh and zeroed by the kernel on every allocation (measured: 18% of a super-resolution
-conversion's CPU time).
+conversion's CPU time). The buffers come from :mod:`empcompress.frame_buffers`, so that
+the verification after the pass, and in a ``compress`` worker the next conversion, reuse them.
 """
 
 from __future__ import annotations

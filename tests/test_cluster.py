@@ -857,3 +857,69 @@ def test_an_error_mid_run_stops_the_work_once(tmp_path: Path, monkeypatch: pytes
         compress_drive(source, tmp_path / "bag", client=client, on_event=events.append)
     stopping = [event for event in events if str(getattr(event, "message", "")).startswith("stopping")]
     assert len(stopping) == 1, events
+
+
+# ---------------------------------------------------------------- frame buffers kept from task to task
+
+
+def test_a_worker_keeps_frame_buffers_from_setup_to_teardown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker plugin keeps the conversions' frame buffers between tasks, and lets go on teardown;
+    a gain task lets go of idle ones before it starts (its memory is declared without them)."""
+    import numpy as np
+
+    from empcompress import frame_buffers
+    from empcompress.pipeline.gain_tasks import load_reference_task
+
+    monkeypatch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
+    assert frame_buffers.frame_buffer_usage().n_buffers == 0
+    plugin = connect_module._setup_plugin(lambda: None)
+    plugin.setup(worker=None)
+    try:
+        buffer = frame_buffers.frame_buffer(4096, np.uint8)
+        del buffer  # a conversion task's buffer, free again once the task is done
+        assert frame_buffers.frame_buffer_usage().idle_bytes == 4096
+        assert load_reference_task("/nonexistent/gain.mrc") is None
+        assert frame_buffers.frame_buffer_usage().n_buffers == 0
+        buffer = frame_buffers.frame_buffer(4096, np.uint8)
+        del buffer
+        assert frame_buffers.frame_buffer_usage().idle_bytes == 4096
+    finally:
+        plugin.teardown(worker=None)
+    assert frame_buffers.frame_buffer_usage().n_buffers == 0
+
+
+def _convert_and_report(source: str, output: str) -> tuple[int, int]:
+    """On a worker: convert, then (buffers in the pool, high-water mark)."""
+    from empcompress import frame_buffers
+    from empcompress.convert import convert_movie
+
+    convert_movie(source, output)
+    usage = frame_buffers.frame_buffer_usage()
+    return usage.n_buffers, usage.high_water_bytes
+
+
+def test_a_workers_second_conversion_reuses_the_first_ones_buffers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through distributed itself: the plugin's setup keeps the buffers, the next task reuses them, and
+    closing the cluster (the plugin's teardown) lets go of them."""
+    import numpy as np
+    from distributed import Client, LocalCluster
+    from mrc_factory import write_mrc
+
+    from empcompress import frame_buffers
+
+    monkeypatch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
+    values = np.random.default_rng(5).poisson(0.3, size=(5, 64, 72)).astype(np.float32)
+    source = write_mrc(tmp_path / "movie.mrc", values, mode=2)
+    with (
+        LocalCluster(
+            n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        connect_module._register_setup(client, lambda: None)
+        first = client.submit(_convert_and_report, str(source), str(tmp_path / "a.tif"), pure=False).result()
+        second = client.submit(_convert_and_report, str(source), str(tmp_path / "b.tif"), pure=False).result()
+    assert first[0] > 0 and second == first  # no buffer allocated by the second conversion
+    assert frame_buffers.frame_buffer_usage().n_buffers == 0

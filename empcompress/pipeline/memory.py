@@ -42,6 +42,10 @@ by :func:`gain_step_need_bytes`: the frame and the row band the gain is built in
 Workers that empcompress starts advertise a Dask resource ``memory`` equal to their
 memory limit (:data:`RESOURCE`); every task declares its need (:func:`task_resources`),
 so a worker with several threads runs only as many big conversions at once as fit.
+
+A worker keeps its conversions' frame buffers from one conversion to the next
+(:mod:`empcompress.frame_buffers`): never more than its conversions held at once, so within
+what they declared; gain-grouping tasks, declared without them, let go of them first.
 """
 
 from __future__ import annotations

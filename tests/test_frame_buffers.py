@@ -1,0 +1,262 @@
+"""Frame buffers reused across a conversion's stages and a worker's conversions (issue 10): a buffer is
+handed out again only once nothing refers to it, the pool never keeps more than the high-water mark,
+and conversions that reuse buffers still write the same verified files."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from conftest import counts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mrc_factory import write_mrc
+
+from empcompress import frame_buffers
+from empcompress.convert import convert_movie
+from empcompress.frame_buffers import (
+    drop_idle_frame_buffers,
+    frame_buffer,
+    frame_buffer_usage,
+    keeping_frame_buffers,
+)
+from empcompress.pipeline.gain_tasks import gain_step
+from empcompress.restore import restore_movie
+
+
+def address(array: npt.NDArray[np.generic]) -> int:
+    return int(array.ctypes.data)
+
+
+@pytest.fixture
+def small_pooled(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Pool buffers of any size (the real threshold is 32 MiB), starting from an empty pool."""
+    assert frame_buffer_usage().n_buffers == 0, "a scope from another test is still open"
+    monkeypatch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
+    yield
+    assert frame_buffer_usage().n_buffers == 0
+
+
+def test_outside_a_scope_nothing_is_kept(small_pooled: None) -> None:
+    first = frame_buffer((64, 64), np.float32)
+    spot = address(first)
+    del first
+    assert frame_buffer_usage().n_buffers == 0
+    second = frame_buffer((64, 64), np.float32)
+    assert second.shape == (64, 64) and second.dtype == np.float32
+    assert frame_buffer_usage().n_buffers == 0
+    del spot
+
+
+def test_small_buffers_are_never_pooled() -> None:
+    with keeping_frame_buffers():
+        small = frame_buffer(frame_buffers.MIN_POOLED_BYTES - 1, np.uint8)
+        assert small.size == frame_buffers.MIN_POOLED_BYTES - 1
+        assert frame_buffer_usage().n_buffers == 0
+
+
+def test_a_free_buffer_is_handed_out_again(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        first = frame_buffer((100, 100), np.float32)
+        spot = address(first)
+        del first
+        again = frame_buffer((100, 200), np.uint16)  # same byte count, another dtype and shape
+        assert address(again) == spot and again.shape == (100, 200) and again.dtype == np.uint16
+        assert frame_buffer_usage().n_buffers == 1
+
+
+@pytest.mark.parametrize("holder", ["view", "reshaped", "memoryview", "dtype view"])
+def test_a_buffer_with_a_view_left_is_not_handed_out(small_pooled: None, holder: str) -> None:
+    with keeping_frame_buffers():
+        first = frame_buffer(40_000, np.uint8)
+        first[:] = 7
+        kept: object
+        if holder == "view":
+            kept = first[10:20]
+        elif holder == "reshaped":
+            kept = first.reshape(200, 200)[5]
+        elif holder == "memoryview":
+            kept = memoryview(first[100:])
+        else:
+            kept = first.view(np.float32)[::3]
+        spot = address(first)
+        del first
+        other = frame_buffer(40_000, np.uint8)
+        assert address(other) != spot
+        other[:] = 1
+        del other
+        assert frame_buffer_usage().in_use_bytes == 40_000
+        del kept
+        assert frame_buffer_usage().in_use_bytes == 0
+        assert address(frame_buffer(40_000, np.uint8)) in {spot, address(frame_buffer(40_000, np.uint8))}
+
+
+def test_the_smallest_free_buffer_that_fits_is_taken(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        large, medium, small = (frame_buffer(n, np.uint8) for n in (9000, 5000, 1000))
+        spots = {
+            name: address(array) for name, array in (("large", large), ("medium", medium), ("small", small))
+        }
+        del large, medium, small
+        assert address(frame_buffer(4000, np.uint8)) == spots["medium"]
+        taken = frame_buffer(4000, np.uint8)  # medium is free again (the one above was let go at once)
+        assert address(taken) == spots["medium"]
+        assert address(frame_buffer(6000, np.uint8)) == spots["large"]
+
+
+def test_the_pool_keeps_no_more_than_its_high_water_mark(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        held = [frame_buffer(1000, np.uint8) for _ in range(4)]  # 4000 bytes at once
+        del held
+        big = frame_buffer(3500, np.uint8)  # none fits: small free ones are let go to stay within 4000
+        usage = frame_buffer_usage()
+        assert usage.high_water_bytes == 4000
+        assert usage.in_use_bytes + usage.idle_bytes <= 4000
+        assert usage.in_use_bytes == 3500
+        del big
+
+
+def test_closing_the_last_scope_lets_go_and_arrays_in_use_stay_valid(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        with keeping_frame_buffers():
+            kept = frame_buffer(5000, np.uint8)
+            kept[:] = 3
+            freed = frame_buffer(5000, np.uint8)
+            del freed
+        assert frame_buffer_usage().n_buffers == 2  # the outer scope still keeps them
+    assert frame_buffer_usage().n_buffers == 0
+    fresh = frame_buffer(5000, np.uint8)
+    fresh[:] = 9
+    assert (kept == 3).all()
+
+
+def test_drop_idle_keeps_what_is_in_use(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        used = frame_buffer(3000, np.uint8)
+        idle = frame_buffer(2000, np.uint8)
+        del idle
+        assert drop_idle_frame_buffers() == 2000
+        usage = frame_buffer_usage()
+        assert (usage.n_buffers, usage.in_use_bytes, usage.idle_bytes) == (1, 3000, 0)
+        del used
+
+
+def test_a_gain_step_lets_go_of_idle_buffers_first(small_pooled: None) -> None:
+    @gain_step
+    def step() -> int:
+        return frame_buffer_usage().idle_bytes
+
+    with keeping_frame_buffers():
+        idle = frame_buffer(2000, np.uint8)
+        del idle
+        assert frame_buffer_usage().idle_bytes == 2000
+        assert step() == 0
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("take"), st.integers(1, 6000)),
+        st.tuples(st.just("let go"), st.integers(0, 20)),
+        st.tuples(st.just("view"), st.integers(0, 20)),
+        st.tuples(st.just("drop idle"), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations=OPERATIONS)
+def test_no_array_in_use_is_ever_handed_out_again(operations: list[tuple[str, int]]) -> None:
+    """Whatever the order of takes, views and lets-go: every array in use keeps its values, and the
+    pool holds no more than the most in use at once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
+        with keeping_frame_buffers():
+            live: list[tuple[int, npt.NDArray[np.uint8]]] = []  # (fill value, a view of a take)
+            for step, (operation, number) in enumerate(operations):
+                if operation == "take":
+                    array = frame_buffer(number, np.uint8)
+                    fill = step % 251 + 1
+                    array[:] = fill
+                    live.append((fill, array))
+                    del array
+                elif operation == "let go" and live:
+                    live.pop(number % len(live))
+                elif operation == "view" and live:
+                    fill, array = live.pop(number % len(live))
+                    live.append((fill, array[len(array) // 2 :]))  # only a view of it stays
+                elif operation == "drop idle":
+                    drop_idle_frame_buffers()
+                for fill, array in live:
+                    assert (array == fill).all()
+                usage = frame_buffer_usage()
+                assert usage.in_use_bytes + usage.idle_bytes <= max(usage.high_water_bytes, 0)
+            del live
+        assert frame_buffer_usage().n_buffers == 0
+
+
+def test_threads_never_share_a_buffer(small_pooled: None) -> None:
+    failures: list[str] = []
+
+    def work(fill: int) -> None:
+        for _ in range(300):
+            array = frame_buffer(4096, np.uint8)
+            array[:] = fill
+            if not (array == fill).all():
+                failures.append(f"thread {fill} saw another's values")
+            del array
+
+    with keeping_frame_buffers():
+        threads = [threading.Thread(target=work, args=(fill,)) for fill in (1, 2, 3, 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert frame_buffer_usage().n_buffers <= 4
+    assert failures == []
+
+
+@pytest.mark.parametrize("source", ["float32 counts", "mode 101", "gain-normalised"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_second_conversion_reuses_every_buffer_of_the_first(
+    small_pooled: None, tmp_path: Path, source: str, threads: int
+) -> None:
+    """As in a compress worker: the second movie's conversion allocates no new frame buffer, and both
+    outputs verify and restore byte for byte."""
+    rng = np.random.default_rng(10)
+    values = counts(rng, (6, 96, 80), dose=0.4)
+    if source == "mode 101":
+        movie = write_mrc(tmp_path / "movie.mrc", np.minimum(values, 15).astype(np.uint8), mode=101)
+    elif source == "gain-normalised":
+        gain = rng.uniform(0.6, 1.6, size=(96, 80)).astype(np.float32)
+        movie = write_mrc(tmp_path / "movie.mrc", counts(rng, (24, 96, 80)) * gain, mode=2)
+    else:
+        movie = write_mrc(tmp_path / "movie.mrc", values, mode=2)
+    gain_option = "auto" if source == "gain-normalised" else None
+    outputs = [tmp_path / name for name in ("first", "second")]
+    for folder in outputs:
+        folder.mkdir()
+    with keeping_frame_buffers():
+        first = convert_movie(movie, outputs[0] / "movie.tif", threads=threads, gain=gain_option)
+        after_first = frame_buffer_usage()
+        assert after_first.n_buffers > 0 and after_first.in_use_bytes == 0
+        second = convert_movie(movie, outputs[1] / "movie.tif", threads=threads, gain=gain_option)
+        after_second = frame_buffer_usage()
+    assert after_second.high_water_bytes == after_first.high_water_bytes
+    assert after_second.n_buffers == after_first.n_buffers
+    assert first.output_sha256 == second.output_sha256
+    if source == "gain-normalised":
+        assert second.gain is not None and second.gain.action == "applied"
+    restore_movie(outputs[1] / "movie.tif", tmp_path / "back.mrc")
+    assert (tmp_path / "back.mrc").read_bytes() == movie.read_bytes()
+
+
+def test_a_conversion_alone_leaves_nothing_kept(small_pooled: None, tmp_path: Path) -> None:
+    values = counts(np.random.default_rng(3), (4, 64, 64), dose=0.5).astype(np.float32)
+    movie = write_mrc(tmp_path / "movie.mrc", values, mode=2)
+    convert_movie(movie, tmp_path / "movie.tif")
+    assert frame_buffer_usage().n_buffers == 0
