@@ -4,8 +4,8 @@ A frame buffer above glibc's mmap threshold (32 MiB at most; a super-resolution 
 94-377 MB) is a mapping of its own: unmapped when freed, mapped afresh and faulted in page by
 page when allocated again. On the first touch the kernel zeroes every page, and on a virtual
 machine whose balloon driver reports freed memory to its host, the host first faults the
-pages back in: measured on our CI machine, 0.13 CPU s per GiB when the memory was freed less
-than half a second before, 1.7 s per GiB when freed 10 s or more before
+pages back in: measured on the machine our benchmarks run on, 0.13 CPU s per GiB when the
+memory was freed less than half a second before, 1.7 s per GiB when freed 10 s or more before
 (benchmarks/results-superres.md). A super-resolution conversion touches about 1 GB of frame
 buffers, and its verification lasts longer than the host's delay, so every conversion paid
 that in full, even in a ``compress`` worker that had just converted a movie of the same size.
@@ -14,19 +14,31 @@ So the big buffers of the read pass, the stored frames and the verification come
 :func:`frame_buffer` hands out a view of a buffer the process holds; the buffer is free again
 as soon as nothing refers to it any more (no array, view or memoryview of it: the reference
 count tells, the same rule by which Python itself frees memory). While
-:func:`keeping_frame_buffers` is open, free buffers are kept and handed out again (the
-smallest that is large enough); once the last such scope closes they are let go.
+:func:`keeping_frame_buffers` is open, free buffers are kept and handed out again (for a request
+of the same size); once the last such scope closes they are let go.
 ``convert_movie`` keeps them for its own stages (its verification decodes into the read
 pass's buffers); a ``compress`` worker keeps them from its start to its end, so one
 conversion reuses the buffers of the one before it. Outside any scope, and for buffers smaller than
 :data:`MIN_POOLED_BYTES` (which malloc's heap reuses anyway), :func:`frame_buffer` is
 ``numpy.empty``.
 
-What this costs in memory: the buffers kept never add up to more than the most the process's
-buffers held at once since the scope opened (the *high-water mark*): before a new buffer would
-pass it, free ones are let go, smallest first. So a process never holds more than its
-conversions already needed. Tasks of another kind that need memory of their own (the gain
-steps of ``compress``) call :func:`drop_idle_frame_buffers` first.
+What this costs in memory. A kept buffer serves only requests of its own size (frame sizes
+repeat: every frame of a movie, every movie of a session; a larger buffer serving a smaller
+request would make the next request of its size allocate anew, and the pool grow). Before a new
+buffer is allocated, free ones are let go (the largest that fit are kept) so that the pool stays within its
+*high-water mark*, the most bytes asked for at once since the pool was last emptied: the pool
+holds no more than the process's buffers already held at once. A scope may bound the idle part further
+(``max_idle_bytes``: a ``compress`` worker keeps it below its memory manager's thresholds, see
+:mod:`empcompress.cluster.connect`); that bound is applied when a buffer is allocated and when a
+scope inside it closes (each conversion's own). A stage that lets go of a buffer to bound its
+memory (the samples a gain-normalised conversion does not hold through its pass) says so with
+:func:`forget_frame_buffer`. Tasks of another kind that need memory of their own (the gain
+steps of ``compress``) call :func:`drop_idle_frame_buffers`.
+
+Fail closed: a buffer that is handed out again holds what it held before, possibly source bytes
+(a sample frame). Arrays whose values are checked afterwards (verification's rebuilt frames)
+are taken ``poisoned``, so that a stage that failed to write some values cannot pass with bytes
+left over from the source.
 """
 
 from __future__ import annotations
@@ -42,17 +54,24 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
+from .malloc_policy import POLICY
+
 __all__ = [
     "MIN_POOLED_BYTES",
+    "POISON_BYTE",
     "FrameBufferUsage",
     "drop_idle_frame_buffers",
+    "forget_frame_buffer",
     "frame_buffer",
     "frame_buffer_usage",
     "keeping_frame_buffers",
 ]
 
-#: Smaller buffers come from ``numpy.empty`` (glibc's heap serves up to its mmap threshold, 32 MiB at most).
-MIN_POOLED_BYTES = 32 << 20
+#: Smaller buffers come from ``numpy.empty``: glibc's heap serves them (up to its mmap threshold).
+MIN_POOLED_BYTES = POLICY.mmap_threshold_bytes
+#: What a ``poisoned`` buffer is filled with: NaN as float32, 255 as uint8, -1 as int16; never what a
+#: kept buffer held before (a sample frame's source bytes, a frame stored before).
+POISON_BYTE = 0xFF
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,7 @@ class FrameBufferUsage:
     idle_bytes: int  # kept for the next taker
     high_water_bytes: int  # the most in use at once since the pool was last emptied
     n_buffers: int
+    n_allocated: int  # buffers allocated since the pool was last emptied (the rest of the takes reused one)
 
 
 def _references(buffers: list[npt.NDArray[np.uint8]], index: int) -> int:
@@ -76,61 +96,109 @@ class _FramePool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buffers: list[npt.NDArray[np.uint8]] = []  # owners; only views of them are handed out
-        self._n_keeping = 0
+        self._scope_caps: list[int | None] = []  # each open scope's max_idle_bytes
         self._high_water_bytes = 0
+        self._n_allocated = 0
         probe = [np.empty(1, dtype=np.uint8)]  # referred to by the list alone: what "free" looks like
         self._free_references = _references(probe, 0)
 
     def _is_free(self, index: int) -> bool:
         return _references(self._buffers, index) <= self._free_references
 
+    def _idle_cap_bytes(self) -> int | None:
+        caps = [cap for cap in self._scope_caps if cap is not None]
+        return min(caps) if caps else None
+
+    def _drop(self, indices: set[int]) -> list[npt.NDArray[np.uint8]]:
+        """Take ``indices`` out of the pool; the caller lets go of what is returned outside the lock."""
+        dropped = [buffer for index, buffer in enumerate(self._buffers) if index in indices]
+        self._buffers = [buffer for index, buffer in enumerate(self._buffers) if index not in indices]
+        return dropped
+
+    def _trimmed(
+        self, free: list[int], *, keep_total_bytes: int | None, keep_idle_bytes: int | None
+    ) -> set[int]:
+        """Free buffers to drop so that the pool and its idle part stay within the bounds: the largest
+        that fit are kept (the ones whose allocation costs the most)."""
+        sizes = {index: int(self._buffers[index].size) for index in free}
+        in_use_bytes = sum(int(buffer.size) for buffer in self._buffers) - sum(sizes.values())
+        budgets = [bound for bound in (keep_idle_bytes,) if bound is not None]
+        if keep_total_bytes is not None:
+            budgets.append(keep_total_bytes - in_use_bytes)
+        budget_bytes = min(budgets) if budgets else None
+        dropping: set[int] = set()
+        for index in sorted(free, key=sizes.__getitem__, reverse=True):
+            if budget_bytes is not None and sizes[index] > budget_bytes:
+                dropping.add(index)
+            elif budget_bytes is not None:
+                budget_bytes -= sizes[index]
+        return dropping
+
     def take(self, n_bytes: int) -> npt.NDArray[np.uint8]:
         """A flat uint8 array of ``n_bytes`` (uninitialised): a view of a pooled buffer when pooling."""
         if n_bytes < MIN_POOLED_BYTES:
             return np.empty(n_bytes, dtype=np.uint8)
+        dropped: list[npt.NDArray[np.uint8]] = []
         with self._lock:
-            if self._n_keeping == 0:
+            if not self._scope_caps:
                 return np.empty(n_bytes, dtype=np.uint8)
             free = [index for index in range(len(self._buffers)) if self._is_free(index)]
-            fitting = [index for index in free if self._buffers[index].size >= n_bytes]
-            if fitting:
-                best = min(fitting, key=lambda index: self._buffers[index].size)
-                return self._buffers[best][:n_bytes]
+            same_size = next((index for index in free if self._buffers[index].size == n_bytes), None)
+            if same_size is not None:
+                return self._buffers[same_size][:n_bytes]
             total_bytes = sum(int(buffer.size) for buffer in self._buffers)
             free_bytes = sum(int(self._buffers[index].size) for index in free)
-            in_use_bytes = total_bytes - free_bytes + n_bytes
-            self._high_water_bytes = max(self._high_water_bytes, in_use_bytes)
-            # let go of free buffers (none is large enough for this one), smallest first, down to the mark
-            dropped: set[int] = set()
-            for index in sorted(free, key=lambda index: self._buffers[index].size):
-                if total_bytes + n_bytes <= self._high_water_bytes:
-                    break
-                total_bytes -= int(self._buffers[index].size)
-                dropped.add(index)
-            self._buffers = [buffer for index, buffer in enumerate(self._buffers) if index not in dropped]
+            self._high_water_bytes = max(self._high_water_bytes, total_bytes - free_bytes + n_bytes)
+            # room for the new buffer: the pool stays within the mark, the idle part within the scopes' cap
+            dropped = self._drop(
+                self._trimmed(
+                    free,
+                    keep_total_bytes=self._high_water_bytes - n_bytes,
+                    keep_idle_bytes=self._idle_cap_bytes(),
+                )
+            )
             owner = np.empty(n_bytes, dtype=np.uint8)
             self._buffers.append(owner)
-            return owner[:n_bytes]
+            self._n_allocated += 1
+            taken = owner[:n_bytes]
+        del dropped  # (unmapped here, outside the lock)
+        return taken
 
     @contextlib.contextmanager
-    def keeping(self) -> Iterator[None]:
+    def keeping(self, max_idle_bytes: int | None) -> Iterator[None]:
         with self._lock:
-            self._n_keeping += 1
+            self._scope_caps.append(max_idle_bytes)
         try:
             yield
         finally:
             with self._lock:
-                self._n_keeping -= 1
-                if self._n_keeping == 0:
-                    self._buffers = []  # buffers still in use are freed with their last view
+                self._scope_caps.remove(max_idle_bytes)
+                if not self._scope_caps:
+                    dropped = self._buffers  # buffers still in use are freed with their last view
+                    self._buffers = []
                     self._high_water_bytes = 0
+                    self._n_allocated = 0
+                else:  # the scopes left open may keep less
+                    free = [index for index in range(len(self._buffers)) if self._is_free(index)]
+                    cap = self._idle_cap_bytes()
+                    dropped = self._drop(self._trimmed(free, keep_total_bytes=None, keep_idle_bytes=cap))
+            del dropped
 
     def drop_idle(self) -> int:
         with self._lock:
             free = {index for index in range(len(self._buffers)) if self._is_free(index)}
-            dropped_bytes = sum(int(self._buffers[index].size) for index in free)
-            self._buffers = [buffer for index, buffer in enumerate(self._buffers) if index not in free]
-            return dropped_bytes
+            dropped = self._drop(free)
+        dropped_bytes = sum(int(buffer.size) for buffer in dropped)
+        del dropped
+        return dropped_bytes
+
+    def forget(self, array: npt.NDArray[Any]) -> None:
+        with self._lock:
+            owners = {id(buffer) for buffer in self._buffers}
+            base: Any = array
+            while base is not None and id(base) not in owners:  # up the chain of views to a kept buffer
+                base = base.base if isinstance(base, np.ndarray) else None
+            self._buffers = [buffer for buffer in self._buffers if buffer is not base]
 
     def usage(self) -> FrameBufferUsage:
         with self._lock:
@@ -142,41 +210,66 @@ class _FramePool:
                 idle_bytes=idle_bytes,
                 high_water_bytes=self._high_water_bytes,
                 n_buffers=len(sizes),
+                n_allocated=self._n_allocated,
             )
 
 
 _POOL = _FramePool()
 
-
 _Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @overload
-def frame_buffer(shape: int | tuple[int, ...], dtype: type[_Scalar]) -> npt.NDArray[_Scalar]: ...
+def frame_buffer(
+    shape: int | tuple[int, ...], dtype: type[_Scalar], *, poisoned: bool = False
+) -> npt.NDArray[_Scalar]: ...
 @overload
-def frame_buffer(shape: int | tuple[int, ...], dtype: np.dtype[_Scalar]) -> npt.NDArray[_Scalar]: ...
+def frame_buffer(
+    shape: int | tuple[int, ...], dtype: np.dtype[_Scalar], *, poisoned: bool = False
+) -> npt.NDArray[_Scalar]: ...
 @overload
-def frame_buffer(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]: ...
-def frame_buffer(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+def frame_buffer(
+    shape: int | tuple[int, ...], dtype: npt.DTypeLike, *, poisoned: bool = False
+) -> npt.NDArray[Any]: ...
+def frame_buffer(
+    shape: int | tuple[int, ...], dtype: npt.DTypeLike, *, poisoned: bool = False
+) -> npt.NDArray[Any]:
     """An uninitialised C-ordered array of ``shape`` and ``dtype``, like ``numpy.empty``.
 
     Within :func:`keeping_frame_buffers`, one of :data:`MIN_POOLED_BYTES` or more is a view of a
     buffer the process keeps, reused once nothing refers to the array or any view of it.
+    ``poisoned``: every byte :data:`POISON_BYTE` instead, for an array whose values are checked
+    afterwards (a rebuilt source frame): a stage that fails to write some values then leaves bytes
+    no source holds by chance, never what a kept buffer held before (a source frame read earlier).
     """
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n_bytes = math.prod(shape) * dtype.itemsize
-    return _POOL.take(n_bytes).view(dtype).reshape(shape)
+    flat = _POOL.take(n_bytes)
+    if poisoned:
+        flat.fill(POISON_BYTE)
+    return flat.view(dtype).reshape(shape)
 
 
-def keeping_frame_buffers() -> contextlib.AbstractContextManager[None]:
-    """Keep free frame buffers for reuse while open (scopes nest; the last one to close lets them go)."""
-    return _POOL.keeping()
+def keeping_frame_buffers(*, max_idle_bytes: int | None = None) -> contextlib.AbstractContextManager[None]:
+    """Keep free frame buffers for reuse while open (scopes nest; the last one to close lets them go).
+
+    ``max_idle_bytes``: at most this many bytes of buffers nothing uses are kept while this scope is
+    open (a worker's bound, below its memory manager's thresholds); enforced when a buffer is
+    allocated and when a scope inside this one closes.
+    """
+    return _POOL.keeping(max_idle_bytes)
 
 
 def drop_idle_frame_buffers() -> int:
     """Let go of the kept buffers nothing uses now (before work that needs memory of its own); bytes freed."""
     return _POOL.drop_idle()
+
+
+def forget_frame_buffer(array: npt.NDArray[Any]) -> None:
+    """Never hand out ``array``'s buffer again: it is freed with its last reference, as ``numpy.empty``'s
+    would be (for a buffer let go of early to bound a stage's memory, e.g. a sample not held)."""
+    _POOL.forget(array)
 
 
 def frame_buffer_usage() -> FrameBufferUsage:

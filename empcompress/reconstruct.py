@@ -212,12 +212,14 @@ class CompressedMovie:
         return (self.record.source.ny, self.record.source.nx)
 
     def new_stored_frame(self) -> npt.NDArray[np.generic]:
-        """An uninitialised array for :meth:`read_stored_frame`'s ``out`` (one frame, stored dtype)."""
-        return frame_buffer(self.frame_shape, self.stored_dtype)
+        """An array for :meth:`read_stored_frame`'s ``out`` (one frame, stored dtype), poisoned (see
+        :func:`~empcompress.frame_buffers.frame_buffer`): nothing left in it passes for a decoded frame."""
+        return frame_buffer(self.frame_shape, self.stored_dtype, poisoned=True)
 
     def new_source_frame(self) -> npt.NDArray[np.generic]:
-        """An uninitialised array for :meth:`source_values`'s ``out`` (one frame, native source dtype)."""
-        return frame_buffer(self.frame_shape, self.source_dtype.newbyteorder("="))
+        """An array for :meth:`source_values`'s ``out`` (one frame, native source dtype), poisoned (see
+        :func:`~empcompress.frame_buffers.frame_buffer`)."""
+        return frame_buffer(self.frame_shape, self.source_dtype.newbyteorder("="), poisoned=True)
 
     def read_stored_frame(
         self, index: int, *, out: npt.NDArray[np.generic] | None = None
@@ -340,7 +342,7 @@ class SourceRebuilder:
         ny, nx = movie.frame_shape
         dtype = movie.source_dtype.newbyteorder("=")
         rows = max(1, min(ny, REBUILD_PIECE_BYTES // max(1, nx * dtype.itemsize))) if self.in_bands else ny
-        self.buffers = [frame_buffer((rows, nx), dtype) for _ in range(max(1, n_buffers))]
+        self.buffers = [frame_buffer((rows, nx), dtype, poisoned=True) for _ in range(max(1, n_buffers))]
         self._made = 0
 
     def _next_buffer(self) -> npt.NDArray[np.generic]:

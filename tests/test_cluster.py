@@ -871,6 +871,9 @@ def test_a_worker_keeps_frame_buffers_from_setup_to_teardown(monkeypatch: pytest
     from empcompress.pipeline.gain_tasks import load_reference_task
 
     monkeypatch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
+    monkeypatch.setattr(
+        connect_module, "apply_malloc_policy", lambda: None
+    )  # (not for the whole pytest process)
     assert frame_buffers.frame_buffer_usage().n_buffers == 0
     plugin = connect_module._setup_plugin(lambda: None)
     plugin.setup(worker=None)
@@ -889,13 +892,13 @@ def test_a_worker_keeps_frame_buffers_from_setup_to_teardown(monkeypatch: pytest
 
 
 def _convert_and_report(source: str, output: str) -> tuple[int, int]:
-    """On a worker: convert, then (buffers in the pool, high-water mark)."""
+    """On a worker: convert, then (buffers allocated since the pool was emptied, high-water mark)."""
     from empcompress import frame_buffers
     from empcompress.convert import convert_movie
 
     convert_movie(source, output)
     usage = frame_buffers.frame_buffer_usage()
-    return usage.n_buffers, usage.high_water_bytes
+    return usage.n_allocated, usage.high_water_bytes
 
 
 def test_a_workers_second_conversion_reuses_the_first_ones_buffers(
@@ -921,5 +924,28 @@ def test_a_workers_second_conversion_reuses_the_first_ones_buffers(
         connect_module._register_setup(client, lambda: None)
         first = client.submit(_convert_and_report, str(source), str(tmp_path / "a.tif"), pure=False).result()
         second = client.submit(_convert_and_report, str(source), str(tmp_path / "b.tif"), pure=False).result()
-    assert first[0] > 0 and second == first  # no buffer allocated by the second conversion
+    assert first[0] > 0 and second == first  # the second conversion allocated no buffer
     assert frame_buffers.frame_buffer_usage().n_buffers == 0
+
+
+def test_a_worker_keeps_idle_buffers_below_its_memory_managers_thresholds() -> None:
+    """Idle buffers must never make Dask spill or pause a worker (a paused worker runs no task that
+    could let go of them)."""
+    from empcompress.pipeline.memory import BASE_BYTES
+
+    gib = 1 << 30
+    manager = SimpleNamespace(
+        memory_limit=4 * gib, memory_target_fraction=0.6, memory_spill_fraction=0.7, memory_pause_fraction=0.8
+    )
+    assert (
+        connect_module.idle_frame_buffer_bytes(SimpleNamespace(memory_manager=manager))
+        == int(0.6 * 4 * gib) - BASE_BYTES
+    )
+    manager.memory_target_fraction = False  # (turned off in a Dask configuration)
+    assert (
+        connect_module.idle_frame_buffer_bytes(SimpleNamespace(memory_manager=manager))
+        == int(0.7 * 4 * gib) - BASE_BYTES
+    )
+    manager.memory_limit = 0  # no limit
+    assert connect_module.idle_frame_buffer_bytes(SimpleNamespace(memory_manager=manager)) is None
+    assert connect_module.idle_frame_buffer_bytes(None) is None

@@ -16,16 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mrc_factory import write_mrc
 
-from empcompress import frame_buffers
+from empcompress import frame_buffers, kernels
 from empcompress.convert import convert_movie
+from empcompress.errors import VerificationError
 from empcompress.frame_buffers import (
     drop_idle_frame_buffers,
+    forget_frame_buffer,
     frame_buffer,
     frame_buffer_usage,
     keeping_frame_buffers,
 )
 from empcompress.pipeline.gain_tasks import gain_step
 from empcompress.restore import restore_movie
+from empcompress.verify import verify_tiff
 
 
 def address(array: npt.NDArray[np.generic]) -> int:
@@ -43,13 +46,10 @@ def small_pooled(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_outside_a_scope_nothing_is_kept(small_pooled: None) -> None:
     first = frame_buffer((64, 64), np.float32)
-    spot = address(first)
     del first
-    assert frame_buffer_usage().n_buffers == 0
     second = frame_buffer((64, 64), np.float32)
     assert second.shape == (64, 64) and second.dtype == np.float32
     assert frame_buffer_usage().n_buffers == 0
-    del spot
 
 
 def test_small_buffers_are_never_pooled() -> None:
@@ -92,20 +92,19 @@ def test_a_buffer_with_a_view_left_is_not_handed_out(small_pooled: None, holder:
         assert frame_buffer_usage().in_use_bytes == 40_000
         del kept
         assert frame_buffer_usage().in_use_bytes == 0
-        assert address(frame_buffer(40_000, np.uint8)) in {spot, address(frame_buffer(40_000, np.uint8))}
+        again = frame_buffer(40_000, np.uint8)  # both are free now: the first allocated is taken
+        assert address(again) == spot
 
 
-def test_the_smallest_free_buffer_that_fits_is_taken(small_pooled: None) -> None:
+def test_a_free_buffer_serves_only_requests_of_its_size(small_pooled: None) -> None:
     with keeping_frame_buffers():
-        large, medium, small = (frame_buffer(n, np.uint8) for n in (9000, 5000, 1000))
-        spots = {
-            name: address(array) for name, array in (("large", large), ("medium", medium), ("small", small))
-        }
-        del large, medium, small
-        assert address(frame_buffer(4000, np.uint8)) == spots["medium"]
-        taken = frame_buffer(4000, np.uint8)  # medium is free again (the one above was let go at once)
-        assert address(taken) == spots["medium"]
-        assert address(frame_buffer(6000, np.uint8)) == spots["large"]
+        large, medium = frame_buffer(9000, np.uint8), frame_buffer(5000, np.uint8)
+        spots = {"large": address(large), "medium": address(medium)}
+        del large, medium
+        assert address(frame_buffer((1000, 5), np.uint8)) == spots["medium"]
+        smaller = frame_buffer(4999, np.uint8)  # no free buffer of its size: a new one
+        assert address(smaller) not in spots.values()
+        assert frame_buffer_usage().n_allocated == 3
 
 
 def test_the_pool_keeps_no_more_than_its_high_water_mark(small_pooled: None) -> None:
@@ -145,16 +144,20 @@ def test_drop_idle_keeps_what_is_in_use(small_pooled: None) -> None:
         del used
 
 
-def test_a_gain_step_lets_go_of_idle_buffers_first(small_pooled: None) -> None:
+def test_a_gain_step_lets_go_of_idle_buffers_first_and_last(small_pooled: None) -> None:
     @gain_step
     def step() -> int:
-        return frame_buffer_usage().idle_bytes
+        idle_at_start = frame_buffer_usage().idle_bytes
+        own = frame_buffer(3000, np.uint8)  # the step's own, idle when it ends
+        del own
+        return idle_at_start
 
     with keeping_frame_buffers():
         idle = frame_buffer(2000, np.uint8)
         del idle
         assert frame_buffer_usage().idle_bytes == 2000
         assert step() == 0
+        assert frame_buffer_usage().n_buffers == 0
 
 
 OPERATIONS = st.lists(
@@ -176,25 +179,28 @@ def test_no_array_in_use_is_ever_handed_out_again(operations: list[tuple[str, in
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
         with keeping_frame_buffers():
-            live: list[tuple[int, npt.NDArray[np.uint8]]] = []  # (fill value, a view of a take)
+            live: list[tuple[int, int, npt.NDArray[np.uint8]]] = []  # (fill, bytes asked, a view of a take)
+            most_asked_bytes = 0  # the most bytes asked for by takes alive at once
             for step, (operation, number) in enumerate(operations):
                 if operation == "take":
                     array = frame_buffer(number, np.uint8)
                     fill = step % 251 + 1
                     array[:] = fill
-                    live.append((fill, array))
+                    live.append((fill, number, array))
                     del array
                 elif operation == "let go" and live:
                     live.pop(number % len(live))
                 elif operation == "view" and live:
-                    fill, array = live.pop(number % len(live))
-                    live.append((fill, array[len(array) // 2 :]))  # only a view of it stays
+                    fill, asked, array = live.pop(number % len(live))
+                    live.append((fill, asked, array[len(array) // 2 :]))  # only a view of it stays
+                    del array
                 elif operation == "drop idle":
                     drop_idle_frame_buffers()
-                for fill, array in live:
-                    assert (array == fill).all()
+                most_asked_bytes = max(most_asked_bytes, sum(asked for _, asked, _ in live))
+                assert all((array == fill).all() for fill, _, array in live)  # (no loop variable left)
                 usage = frame_buffer_usage()
-                assert usage.in_use_bytes + usage.idle_bytes <= max(usage.high_water_bytes, 0)
+                held_bytes = usage.in_use_bytes + usage.idle_bytes
+                assert held_bytes <= usage.high_water_bytes <= most_asked_bytes
             del live
         assert frame_buffer_usage().n_buffers == 0
 
@@ -225,8 +231,9 @@ def test_threads_never_share_a_buffer(small_pooled: None) -> None:
 def test_a_second_conversion_reuses_every_buffer_of_the_first(
     small_pooled: None, tmp_path: Path, source: str, threads: int
 ) -> None:
-    """As in a compress worker: the second movie's conversion allocates no new frame buffer, and both
-    outputs verify and restore byte for byte."""
+    """As in a compress worker: the second movie's conversion allocates no new frame buffer (a
+    gain-normalised one, whose stages need more distinct buffers than it holds at once, fewer), the
+    pool does not grow, and both outputs verify and restore byte for byte."""
     rng = np.random.default_rng(10)
     values = counts(rng, (6, 96, 80), dose=0.4)
     if source == "mode 101":
@@ -246,6 +253,11 @@ def test_a_second_conversion_reuses_every_buffer_of_the_first(
         assert after_first.n_buffers > 0 and after_first.in_use_bytes == 0
         second = convert_movie(movie, outputs[1] / "movie.tif", threads=threads, gain=gain_option)
         after_second = frame_buffer_usage()
+    allocated_again = after_second.n_allocated - after_first.n_allocated
+    if source == "gain-normalised":
+        assert allocated_again < after_first.n_allocated
+    else:
+        assert allocated_again == 0  # every take of the second conversion reused a buffer
     assert after_second.high_water_bytes == after_first.high_water_bytes
     assert after_second.n_buffers == after_first.n_buffers
     assert first.output_sha256 == second.output_sha256
@@ -260,3 +272,56 @@ def test_a_conversion_alone_leaves_nothing_kept(small_pooled: None, tmp_path: Pa
     movie = write_mrc(tmp_path / "movie.mrc", values, mode=2)
     convert_movie(movie, tmp_path / "movie.tif")
     assert frame_buffer_usage().n_buffers == 0
+
+
+def test_a_scope_bounds_what_stays_idle_once_an_inner_scope_closes(small_pooled: None) -> None:
+    """As a worker's scope around a conversion's: what the conversion leaves idle is cut to the bound."""
+    with keeping_frame_buffers(max_idle_bytes=2500):
+        with keeping_frame_buffers():
+            taken = [frame_buffer(n, np.uint8) for n in (1000, 2000, 3000)]
+            del taken
+            assert frame_buffer_usage().idle_bytes == 6000
+        usage = frame_buffer_usage()
+        assert usage.idle_bytes == 2000  # the largest that fits the bound
+        assert usage.n_buffers == 1
+
+
+def test_a_forgotten_buffer_is_never_handed_out_again(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        sample = frame_buffer((10, 100), np.float32)
+        spot = address(sample)
+        forget_frame_buffer(sample[2:])
+        del sample
+        assert frame_buffer_usage().n_buffers == 0
+        frame_buffer((10, 100), np.float32)
+        assert frame_buffer_usage().n_allocated == 2  # (malloc may give the same address back)
+        del spot
+
+
+def test_a_poisoned_buffer_holds_nothing_it_held_before(small_pooled: None) -> None:
+    with keeping_frame_buffers():
+        before = frame_buffer(8000, np.uint8)
+        before[:] = 7
+        del before
+        after = frame_buffer((1000, 2), np.float32, poisoned=True)
+        assert (after.view(np.uint8) == frame_buffers.POISON_BYTE).all()
+        assert frame_buffer_usage().n_allocated == 1  # it was the same buffer
+
+
+def test_verification_cannot_pass_on_source_bytes_left_in_a_kept_buffer(
+    small_pooled: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept buffer may hold a source frame (a sample read before the pass). If verification rebuilt
+    into it and a stage failed to write the values, the left-over bytes would hash to the source:
+    rebuild buffers are poisoned, so such a failure is caught."""
+    values = counts(np.random.default_rng(8), (1, 64, 64), dose=0.5)
+    movie = write_mrc(tmp_path / "movie.mrc", values, mode=2)
+    convert_movie(movie, tmp_path / "movie.tif")
+    with keeping_frame_buffers():
+        seeded = frame_buffer(values[0].nbytes, np.uint8)
+        seeded[:] = np.frombuffer(movie.read_bytes()[-values[0].nbytes :], dtype=np.uint8)
+        del seeded
+        monkeypatch.setattr(kernels, "flip_cast", lambda values, out: out)  # writes nothing
+        with pytest.raises(VerificationError):
+            verify_tiff(tmp_path / "movie.tif")
+        assert frame_buffer_usage().n_allocated >= 1

@@ -19,7 +19,7 @@ from .warm_up import start_in_background
 if TYPE_CHECKING:
     from ..pipeline.memory import TaskNeed
 
-__all__ = ["CONNECT_TIMEOUT_SECONDS", "open_cluster"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "idle_frame_buffer_bytes", "open_cluster"]
 
 CONNECT_TIMEOUT_SECONDS = 30
 
@@ -30,7 +30,8 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
     The plugin applies the malloc policy at once and starts ``setup`` (the warm-up) in a thread of
     its own, beside the worker's start rather than inside it, where the worker's death timeout
     bounds it; the worker's tasks wait for it (:mod:`.warm_up`). The worker keeps its frame
-    buffers from conversion to conversion until it closes (:mod:`empcompress.frame_buffers`).
+    buffers from conversion to conversion until it closes (:mod:`empcompress.frame_buffers`), idle
+    ones within :func:`idle_frame_buffer_bytes`.
     """
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -43,8 +44,11 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
 
         def setup(self, worker: Any) -> None:
             apply_malloc_policy()  # the conversions' malloc thresholds (over the nanny's settings)
-            self._keeping = contextlib.ExitStack()
-            self._keeping.enter_context(keeping_frame_buffers())
+            if self._keeping is None:
+                self._keeping = contextlib.ExitStack()
+                self._keeping.enter_context(
+                    keeping_frame_buffers(max_idle_bytes=idle_frame_buffer_bytes(worker))
+                )
             start_in_background(self.function)
 
         def teardown(self, worker: Any) -> None:
@@ -53,6 +57,25 @@ def _setup_plugin(setup: Callable[[], None]) -> Any:
                 self._keeping = None
 
     return SetupPlugin(setup)
+
+
+def idle_frame_buffer_bytes(worker: Any) -> int | None:
+    """How many bytes of frame buffers a worker keeps while no task uses them: below the lowest of its
+    memory manager's thresholds (target, spill, pause: fractions of its memory limit) less the process
+    itself (:data:`~empcompress.pipeline.memory.BASE_BYTES`), so that what it keeps between tasks never
+    makes Dask spill or pause it. None (the high-water mark alone) for a worker without a limit."""
+    from ..pipeline.memory import BASE_BYTES
+
+    manager = getattr(worker, "memory_manager", None)
+    limit_bytes = getattr(manager, "memory_limit", None)
+    if not limit_bytes:
+        return None
+    fractions = [
+        getattr(manager, name, False)
+        for name in ("memory_target_fraction", "memory_spill_fraction", "memory_pause_fraction")
+    ]
+    lowest = min((fraction for fraction in fractions if fraction), default=1.0)
+    return max(0, int(lowest * limit_bytes) - BASE_BYTES)
 
 
 def _register_setup(client: Any, setup: Callable[[], None] | None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..detect import FrameStats, StorageDecision, decide_storage
-from ..frame_buffers import frame_buffer
+from ..frame_buffers import forget_frame_buffer, frame_buffer
 from ..gain import GainCounter, GainOutcome, plan_gain, settle_gain
 from ..gain.plan import placeholder_record, plan_sample_indices
 from ..mrc import MrcHeader
@@ -39,7 +39,8 @@ def _held_samples(samples: list[FrameSample]) -> list[FrameSample]:
         if total + sample.size_bytes <= HELD_SAMPLE_BYTES:
             held.append(sample)
             total += sample.size_bytes
-        else:
+        else:  # freed now, not kept for reuse: the budget bounds the pass's memory
+            forget_frame_buffer(sample.raw)
             sample.release()
     return held
 

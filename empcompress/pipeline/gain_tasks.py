@@ -53,12 +53,16 @@ _Result = TypeVar("_Result")
 def gain_step(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
     """``task`` as a gain-grouping task: it waits for the worker's warm-up, then lets go of the frame
     buffers the worker's conversions keep (:mod:`empcompress.frame_buffers`), which its own declared
-    memory does not count (:func:`~empcompress.pipeline.memory.gain_step_need_bytes`)."""
+    memory does not count (:func:`~empcompress.pipeline.memory.gain_step_need_bytes`), and of its own
+    when it ends (its results, kept on the worker for the next step, are what the worker holds)."""
 
     @functools.wraps(task)
     def dropping(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
         drop_idle_frame_buffers()
-        return task(*args, **kwargs)
+        try:
+            return task(*args, **kwargs)
+        finally:
+            drop_idle_frame_buffers()
 
     return after_warm_up(dropping)
 
