@@ -24,13 +24,15 @@ conversion reuses the buffers of the one before it. Outside any scope, and for b
 
 What this costs in memory. A kept buffer serves only requests of its own size (frame sizes
 repeat: every frame of a movie, every movie of a session; a larger buffer serving a smaller
-request would make the next request of its size allocate anew, and the pool grow). Before a new
-buffer is allocated, free ones are let go (the largest that fit are kept) so that the pool stays within its
-*high-water mark*, the most bytes asked for at once since the pool was last emptied: the pool
-holds no more than the process's buffers already held at once. A scope may bound the idle part further
-(``max_idle_bytes``: a ``compress`` worker keeps it below its memory manager's thresholds, see
-:mod:`empcompress.cluster.connect`); that bound is applied when a buffer is allocated and when a
-scope inside it closes (each conversion's own). A stage that lets go of a buffer to bound its
+request would make the next request of its size allocate anew, and the pool grow). A request
+that finds no free buffer of its size (a new movie size, or a stage the free ones do not fit)
+first lets go of every free buffer: so the pool never holds more than the buffers in use at
+once (its *high-water mark*), and a worker that moves on to movies of another size does not
+keep the old ones. A scope may bound the idle part further (``max_idle_bytes``: a ``compress``
+worker keeps it below its memory manager's thresholds, see
+:func:`empcompress.cluster.connect.idle_frame_buffer_bytes`); that bound is applied when a scope
+inside it closes (each conversion's own) and by :func:`trim_idle_frame_buffers`, which a
+worker's conversion tasks call when they end. A stage that lets go of a buffer to bound its
 memory (the samples a gain-normalised conversion does not hold through its pass) says so with
 :func:`forget_frame_buffer`. Tasks of another kind that need memory of their own (the gain
 steps of ``compress``) call :func:`drop_idle_frame_buffers`.
@@ -44,12 +46,13 @@ left over from the source.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -61,10 +64,13 @@ __all__ = [
     "POISON_BYTE",
     "FrameBufferUsage",
     "drop_idle_frame_buffers",
+    "dropping_idle_frame_buffers",
     "forget_frame_buffer",
     "frame_buffer",
     "frame_buffer_usage",
     "keeping_frame_buffers",
+    "trim_idle_frame_buffers",
+    "trimming_idle_frame_buffers",
 ]
 
 #: Smaller buffers come from ``numpy.empty``: glibc's heap serves them (up to its mmap threshold).
@@ -115,54 +121,52 @@ class _FramePool:
         self._buffers = [buffer for index, buffer in enumerate(self._buffers) if index not in indices]
         return dropped
 
-    def _trimmed(
-        self, free: list[int], *, keep_total_bytes: int | None, keep_idle_bytes: int | None
-    ) -> set[int]:
-        """Free buffers to drop so that the pool and its idle part stay within the bounds: the largest
-        that fit are kept (the ones whose allocation costs the most)."""
-        sizes = {index: int(self._buffers[index].size) for index in free}
-        in_use_bytes = sum(int(buffer.size) for buffer in self._buffers) - sum(sizes.values())
-        budgets = [bound for bound in (keep_idle_bytes,) if bound is not None]
-        if keep_total_bytes is not None:
-            budgets.append(keep_total_bytes - in_use_bytes)
-        budget_bytes = min(budgets) if budgets else None
+    def _over_cap(self, free: list[int]) -> set[int]:
+        """Free buffers to drop so that the idle ones stay within the scopes' cap: the largest that fit
+        are kept (the ones whose allocation costs the most)."""
+        budget_bytes = self._idle_cap_bytes()
+        if budget_bytes is None:
+            return set()
         dropping: set[int] = set()
-        for index in sorted(free, key=sizes.__getitem__, reverse=True):
-            if budget_bytes is not None and sizes[index] > budget_bytes:
+        for index in sorted(free, key=lambda index: int(self._buffers[index].size), reverse=True):
+            size_bytes = int(self._buffers[index].size)
+            if size_bytes > budget_bytes:
                 dropping.add(index)
-            elif budget_bytes is not None:
-                budget_bytes -= sizes[index]
+            else:
+                budget_bytes -= size_bytes
         return dropping
+
+    def _free(self) -> list[int]:
+        return [index for index in range(len(self._buffers)) if self._is_free(index)]
 
     def take(self, n_bytes: int) -> npt.NDArray[np.uint8]:
         """A flat uint8 array of ``n_bytes`` (uninitialised): a view of a pooled buffer when pooling."""
-        if n_bytes < MIN_POOLED_BYTES:
+        if n_bytes < MIN_POOLED_BYTES or not _GIL:
             return np.empty(n_bytes, dtype=np.uint8)
-        dropped: list[npt.NDArray[np.uint8]] = []
         with self._lock:
             if not self._scope_caps:
                 return np.empty(n_bytes, dtype=np.uint8)
-            free = [index for index in range(len(self._buffers)) if self._is_free(index)]
+            free = self._free()
             same_size = next((index for index in free if self._buffers[index].size == n_bytes), None)
             if same_size is not None:
                 return self._buffers[same_size][:n_bytes]
-            total_bytes = sum(int(buffer.size) for buffer in self._buffers)
-            free_bytes = sum(int(self._buffers[index].size) for index in free)
-            self._high_water_bytes = max(self._high_water_bytes, total_bytes - free_bytes + n_bytes)
-            # room for the new buffer: the pool stays within the mark, the idle part within the scopes' cap
-            dropped = self._drop(
-                self._trimmed(
-                    free,
-                    keep_total_bytes=self._high_water_bytes - n_bytes,
-                    keep_idle_bytes=self._idle_cap_bytes(),
-                )
-            )
+            # a size none of the free ones has: a new movie or a stage they do not fit; let go of them
+            dropped = self._drop(set(free))
             owner = np.empty(n_bytes, dtype=np.uint8)
             self._buffers.append(owner)
             self._n_allocated += 1
+            in_use_bytes = sum(int(buffer.size) for buffer in self._buffers)
+            self._high_water_bytes = max(self._high_water_bytes, in_use_bytes)
             taken = owner[:n_bytes]
         del dropped  # (unmapped here, outside the lock)
         return taken
+
+    def trim_idle(self) -> int:
+        with self._lock:
+            dropped = self._drop(self._over_cap(self._free()))
+        dropped_bytes = sum(int(buffer.size) for buffer in dropped)
+        del dropped
+        return dropped_bytes
 
     @contextlib.contextmanager
     def keeping(self, max_idle_bytes: int | None) -> Iterator[None]:
@@ -179,26 +183,26 @@ class _FramePool:
                     self._high_water_bytes = 0
                     self._n_allocated = 0
                 else:  # the scopes left open may keep less
-                    free = [index for index in range(len(self._buffers)) if self._is_free(index)]
-                    cap = self._idle_cap_bytes()
-                    dropped = self._drop(self._trimmed(free, keep_total_bytes=None, keep_idle_bytes=cap))
+                    dropped = self._drop(self._over_cap(self._free()))
             del dropped
 
     def drop_idle(self) -> int:
         with self._lock:
-            free = {index for index in range(len(self._buffers)) if self._is_free(index)}
-            dropped = self._drop(free)
+            dropped = self._drop(set(self._free()))
+            self._high_water_bytes = sum(int(buffer.size) for buffer in self._buffers)  # all in use
         dropped_bytes = sum(int(buffer.size) for buffer in dropped)
         del dropped
         return dropped_bytes
 
-    def forget(self, array: npt.NDArray[Any]) -> None:
+    def forget(self, array: npt.NDArray[Any]) -> bool:
         with self._lock:
             owners = {id(buffer) for buffer in self._buffers}
             base: Any = array
             while base is not None and id(base) not in owners:  # up the chain of views to a kept buffer
                 base = base.base if isinstance(base, np.ndarray) else None
+            n_before = len(self._buffers)
             self._buffers = [buffer for buffer in self._buffers if buffer is not base]
+            return len(self._buffers) < n_before
 
     def usage(self) -> FrameBufferUsage:
         with self._lock:
@@ -214,6 +218,9 @@ class _FramePool:
             )
 
 
+#: Reference counts tell whether a buffer is free only where the GIL serialises them (not in a
+#: free-threaded build): elsewhere every buffer comes from ``numpy.empty``.
+_GIL = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
 _POOL = _FramePool()
 
 _Scalar = TypeVar("_Scalar", bound=np.generic)
@@ -255,8 +262,8 @@ def keeping_frame_buffers(*, max_idle_bytes: int | None = None) -> contextlib.Ab
     """Keep free frame buffers for reuse while open (scopes nest; the last one to close lets them go).
 
     ``max_idle_bytes``: at most this many bytes of buffers nothing uses are kept while this scope is
-    open (a worker's bound, below its memory manager's thresholds); enforced when a buffer is
-    allocated and when a scope inside this one closes.
+    open (a worker's bound, below its memory manager's thresholds); applied when a scope inside this
+    one closes and by :func:`trim_idle_frame_buffers`.
     """
     return _POOL.keeping(max_idle_bytes)
 
@@ -266,12 +273,51 @@ def drop_idle_frame_buffers() -> int:
     return _POOL.drop_idle()
 
 
-def forget_frame_buffer(array: npt.NDArray[Any]) -> None:
+def forget_frame_buffer(array: npt.NDArray[Any]) -> bool:
     """Never hand out ``array``'s buffer again: it is freed with its last reference, as ``numpy.empty``'s
-    would be (for a buffer let go of early to bound a stage's memory, e.g. a sample not held)."""
-    _POOL.forget(array)
+    would be (for a buffer let go of early to bound a stage's memory, e.g. a sample not held).
+    False when ``array`` is not a view of a kept buffer (nothing to do)."""
+    return _POOL.forget(array)
+
+
+def trim_idle_frame_buffers() -> int:
+    """Let go of idle buffers beyond the open scopes' ``max_idle_bytes`` (when a task ends: buffers it
+    still used when its own scope closed are idle now); bytes freed."""
+    return _POOL.trim_idle()
 
 
 def frame_buffer_usage() -> FrameBufferUsage:
     """What the pool holds now (tests, benchmarks, logs)."""
     return _POOL.usage()
+
+
+_Arguments = ParamSpec("_Arguments")
+_Result = TypeVar("_Result")
+
+
+def trimming_idle_frame_buffers(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
+    """``task``, after which idle buffers are cut to the open scopes' bound (a worker's conversion tasks)."""
+
+    @functools.wraps(task)
+    def trimming(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
+        try:
+            return task(*args, **kwargs)
+        finally:
+            trim_idle_frame_buffers()
+
+    return trimming
+
+
+def dropping_idle_frame_buffers(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
+    """``task``, before and after which every idle buffer is let go (a task whose declared memory does
+    not count what the conversions keep, and whose own buffers no conversion reuses)."""
+
+    @functools.wraps(task)
+    def dropping(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
+        drop_idle_frame_buffers()
+        try:
+            return task(*args, **kwargs)
+        finally:
+            drop_idle_frame_buffers()
+
+    return dropping

@@ -25,6 +25,8 @@ from empcompress.frame_buffers import (
     frame_buffer,
     frame_buffer_usage,
     keeping_frame_buffers,
+    trim_idle_frame_buffers,
+    trimming_idle_frame_buffers,
 )
 from empcompress.pipeline.gain_tasks import gain_step
 from empcompress.restore import restore_movie
@@ -107,15 +109,16 @@ def test_a_free_buffer_serves_only_requests_of_its_size(small_pooled: None) -> N
         assert frame_buffer_usage().n_allocated == 3
 
 
-def test_the_pool_keeps_no_more_than_its_high_water_mark(small_pooled: None) -> None:
+def test_a_request_of_a_new_size_lets_go_of_every_free_buffer(small_pooled: None) -> None:
+    """So the pool holds no more than was in use at once, and a worker that moves on to movies of
+    another size does not keep the old ones."""
     with keeping_frame_buffers():
         held = [frame_buffer(1000, np.uint8) for _ in range(4)]  # 4000 bytes at once
         del held
-        big = frame_buffer(3500, np.uint8)  # none fits: small free ones are let go to stay within 4000
+        big = frame_buffer(3500, np.uint8)
         usage = frame_buffer_usage()
+        assert (usage.n_buffers, usage.in_use_bytes, usage.idle_bytes) == (1, 3500, 0)
         assert usage.high_water_bytes == 4000
-        assert usage.in_use_bytes + usage.idle_bytes <= 4000
-        assert usage.in_use_bytes == 3500
         del big
 
 
@@ -141,6 +144,7 @@ def test_drop_idle_keeps_what_is_in_use(small_pooled: None) -> None:
         assert drop_idle_frame_buffers() == 2000
         usage = frame_buffer_usage()
         assert (usage.n_buffers, usage.in_use_bytes, usage.idle_bytes) == (1, 3000, 0)
+        assert usage.high_water_bytes == 3000
         del used
 
 
@@ -166,19 +170,20 @@ OPERATIONS = st.lists(
         st.tuples(st.just("let go"), st.integers(0, 20)),
         st.tuples(st.just("view"), st.integers(0, 20)),
         st.tuples(st.just("drop idle"), st.just(0)),
+        st.tuples(st.just("trim"), st.just(0)),
     ),
     max_size=40,
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(operations=OPERATIONS)
-def test_no_array_in_use_is_ever_handed_out_again(operations: list[tuple[str, int]]) -> None:
-    """Whatever the order of takes, views and lets-go: every array in use keeps its values, and the
-    pool holds no more than the most in use at once."""
+@given(operations=OPERATIONS, cap=st.one_of(st.none(), st.integers(0, 8000)))
+def test_no_array_in_use_is_ever_handed_out_again(operations: list[tuple[str, int]], cap: int | None) -> None:
+    """Whatever the order of takes, views, lets-go and trims: every array in use keeps its values, the
+    pool holds no more than the most asked for at once, and a trim leaves no more idle than the cap."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(frame_buffers, "MIN_POOLED_BYTES", 1)
-        with keeping_frame_buffers():
+        with keeping_frame_buffers(max_idle_bytes=cap):
             live: list[tuple[int, int, npt.NDArray[np.uint8]]] = []  # (fill, bytes asked, a view of a take)
             most_asked_bytes = 0  # the most bytes asked for by takes alive at once
             for step, (operation, number) in enumerate(operations):
@@ -196,6 +201,9 @@ def test_no_array_in_use_is_ever_handed_out_again(operations: list[tuple[str, in
                     del array
                 elif operation == "drop idle":
                     drop_idle_frame_buffers()
+                elif operation == "trim":
+                    trim_idle_frame_buffers()
+                    assert cap is None or frame_buffer_usage().idle_bytes <= cap
                 most_asked_bytes = max(most_asked_bytes, sum(asked for _, asked, _ in live))
                 assert all((array == fill).all() for fill, _, array in live)  # (no loop variable left)
                 usage = frame_buffer_usage()
@@ -290,12 +298,13 @@ def test_a_forgotten_buffer_is_never_handed_out_again(small_pooled: None) -> Non
     with keeping_frame_buffers():
         sample = frame_buffer((10, 100), np.float32)
         spot = address(sample)
-        forget_frame_buffer(sample[2:])
+        assert forget_frame_buffer(sample[2:])
         del sample
         assert frame_buffer_usage().n_buffers == 0
         frame_buffer((10, 100), np.float32)
         assert frame_buffer_usage().n_allocated == 2  # (malloc may give the same address back)
         del spot
+        assert not forget_frame_buffer(np.empty(10))  # not a kept buffer: nothing to do
 
 
 def test_a_poisoned_buffer_holds_nothing_it_held_before(small_pooled: None) -> None:
@@ -318,10 +327,41 @@ def test_verification_cannot_pass_on_source_bytes_left_in_a_kept_buffer(
     movie = write_mrc(tmp_path / "movie.mrc", values, mode=2)
     convert_movie(movie, tmp_path / "movie.tif")
     with keeping_frame_buffers():
-        seeded = frame_buffer(values[0].nbytes, np.uint8)
+        # as after a read pass: a stored frame's buffer and a sample's, which holds its source bytes
+        stored, seeded = frame_buffer(values[0].size, np.uint8), frame_buffer(values[0].nbytes, np.uint8)
         seeded[:] = np.frombuffer(movie.read_bytes()[-values[0].nbytes :], dtype=np.uint8)
-        del seeded
+        del stored, seeded
         monkeypatch.setattr(kernels, "flip_cast", lambda values, out: out)  # writes nothing
         with pytest.raises(VerificationError):
             verify_tiff(tmp_path / "movie.tif")
-        assert frame_buffer_usage().n_allocated >= 1
+        assert (
+            frame_buffer_usage().n_allocated == 2
+        )  # verification reused both (it rebuilt into the sample's)
+
+
+def test_a_trimming_task_leaves_no_more_idle_than_the_bound(small_pooled: None) -> None:
+    """A worker's conversion task: what it leaves idle (buffers still in use when its own scope closed,
+    idle once it returns) is cut to the worker's bound when it ends."""
+
+    @trimming_idle_frame_buffers
+    def task() -> None:
+        kept = [frame_buffer(n, np.uint8) for n in (1000, 2000, 3000)]
+        del kept
+
+    with keeping_frame_buffers(max_idle_bytes=2500):
+        task()
+        assert frame_buffer_usage().idle_bytes == 2000
+
+
+def test_the_workers_tasks_keep_to_the_frame_buffer_policies() -> None:
+    """Conversion and classification tasks trim to the worker's bound; gain steps let go of everything."""
+    from empcompress.pipeline import gain_tasks, tasks
+
+    trimming = trimming_idle_frame_buffers(lambda: None).__code__
+    dropping = frame_buffers.dropping_idle_frame_buffers(lambda: None).__code__
+    for task in (tasks.run_file_task, tasks.classify_task):
+        assert task.__wrapped__.__code__ is trimming  # type: ignore[attr-defined]
+    gain_steps = [getattr(gain_tasks, name) for name in dir(gain_tasks) if name.endswith("_task")]
+    assert len(gain_steps) >= 10
+    for step in gain_steps:
+        assert step.__wrapped__.__code__ is dropping

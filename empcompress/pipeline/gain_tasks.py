@@ -7,7 +7,6 @@ from task to task; only fits and comparisons (a few numbers) reach the client.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy.typing as npt
 from ..cluster.warm_up import after_warm_up
 from ..errors import EmpCompressError, GainError, InputError
 from ..files import file_digests
-from ..frame_buffers import drop_idle_frame_buffers
+from ..frame_buffers import dropping_idle_frame_buffers
 from ..gain import grouping
 from ..gain.estimate import (
     GainBand,
@@ -51,20 +50,11 @@ _Result = TypeVar("_Result")
 
 
 def gain_step(task: Callable[_Arguments, _Result]) -> Callable[_Arguments, _Result]:
-    """``task`` as a gain-grouping task: it waits for the worker's warm-up, then lets go of the frame
-    buffers the worker's conversions keep (:mod:`empcompress.frame_buffers`), which its own declared
-    memory does not count (:func:`~empcompress.pipeline.memory.gain_step_need_bytes`), and of its own
-    when it ends (its results, kept on the worker for the next step, are what the worker holds)."""
-
-    @functools.wraps(task)
-    def dropping(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> _Result:
-        drop_idle_frame_buffers()
-        try:
-            return task(*args, **kwargs)
-        finally:
-            drop_idle_frame_buffers()
-
-    return after_warm_up(dropping)
+    """``task`` as a gain-grouping task: it waits for the worker's warm-up, and lets go of the frame
+    buffers the worker keeps before it starts (its declared memory does not count them,
+    :func:`~empcompress.pipeline.memory.gain_step_need_bytes`) and of its own when it ends (its
+    results, kept on the worker for the next step, are what the worker holds)."""
+    return after_warm_up(dropping_idle_frame_buffers(task))
 
 
 @gain_step

@@ -44,8 +44,9 @@ memory limit (:data:`RESOURCE`); every task declares its need (:func:`task_resou
 so a worker with several threads runs only as many big conversions at once as fit.
 
 A worker keeps its conversions' frame buffers from one conversion to the next
-(:mod:`empcompress.frame_buffers`): never more than its conversions held at once, so within
-what they declared; gain-grouping tasks, declared without them, let go of them first.
+(:mod:`empcompress.frame_buffers`): never more than its conversions held at once, the idle part
+below Dask's spill and pause thresholds (:func:`empcompress.cluster.connect.idle_frame_buffer_bytes`);
+gain-grouping tasks, declared without them, let go of them before and after they run.
 """
 
 from __future__ import annotations

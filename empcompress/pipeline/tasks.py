@@ -33,6 +33,7 @@ from ..files import (
     sync_file_system,
     temporary_output,
 )
+from ..frame_buffers import trimming_idle_frame_buffers
 from ..journal import OUTCOME_CONVERTED, OUTCOME_COPIED, OUTCOME_KEPT_AS_IS
 from ..scan import ACTION_CONVERT, KIND_GAIN_NORMALISED, gain_support
 
@@ -194,6 +195,7 @@ def _stat_key(status: os.stat_result) -> tuple[int, int]:
 
 
 @after_warm_up
+@trimming_idle_frame_buffers  # (buffers still in use when the conversion's scope closed are idle now)
 def run_file_task(
     task: FileTask,
     *,
@@ -478,6 +480,7 @@ def _kind_of(task: FileTask) -> str:
 
 
 @after_warm_up
+@trimming_idle_frame_buffers
 def classify_task(path: str, n_sample_frames: int) -> str:
     """counts | gain-normalised | float (runs on a worker; unreadable data says float: converted as is)."""
     gain = gain_support()
