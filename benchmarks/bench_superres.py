@@ -136,7 +136,8 @@ if first == "movie":  # a compress worker keeps its frame buffers from task to t
     except ImportError:
         pass
     else:
-        keeping_frame_buffers().__enter__()
+        keeping = keeping_frame_buffers()  # (held: a scope left unreferenced would close at once)
+        keeping.__enter__()
 
 # every read of the source goes through MrcMovie (old and new code alike): count its bytes
 source_reads = {"bytes": 0}
@@ -173,10 +174,16 @@ elif first == "touched":
     del touched
 if cache == "cold":
     evict(source)
+try:  # frame buffers the measured conversion allocated anew (trees with a pool; None before)
+    from empcompress.frame_buffers import frame_buffer_usage
+except ImportError:
+    frame_buffer_usage = None
+pool_before = frame_buffer_usage().n_allocated if frame_buffer_usage else None
 source_reads["bytes"] = 0
 before, usage, started = io(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
 result = convert_movie(source, output, threads=threads, overwrite=True)
 wall = time.perf_counter() - started
+pool_allocated = frame_buffer_usage().n_allocated - pool_before if frame_buffer_usage else None
 after, usage_after = io(), resource.getrusage(resource.RUSAGE_SELF)
 with open(output, "rb") as handle:
     kind = "BigTIFF" if handle.read(4)[2] == 43 else "classic"
@@ -194,6 +201,7 @@ print(json.dumps({
     "stored": result.decision.stored_dtype,
     "codec": result.codec,
     "kind": kind,
+    "pool_allocated": pool_allocated,
 }))
 """
 )
@@ -255,6 +263,7 @@ class Row:
     user_seconds: float | None = None
     sys_seconds: float | None = None
     minor_faults: int | None = None
+    pool_allocated: int | None = None  # frame buffers the conversion allocated anew (code with a pool)
 
 
 def _fsync(path: Path) -> None:
@@ -409,6 +418,7 @@ def measure_empcompress(
         user_seconds=measured.get("user"),
         sys_seconds=measured.get("sys"),
         minor_faults=measured.get("minor_faults"),
+        pool_allocated=measured.get("pool_allocated"),
     )
 
 
