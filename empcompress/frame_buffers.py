@@ -206,7 +206,7 @@ class _FramePool:
 
     def usage(self) -> FrameBufferUsage:
         with self._lock:
-            free = {index for index in range(len(self._buffers)) if self._is_free(index)}
+            free = set(self._free())
             sizes = [int(buffer.size) for buffer in self._buffers]
             idle_bytes = sum(sizes[index] for index in free)
             return FrameBufferUsage(
