@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import pickle
 import threading
+import time
 from pathlib import Path
 
 import mrcfile
@@ -26,6 +29,7 @@ from empcompress.errors import (
     UnsupportedModeError,
 )
 from empcompress.mrc import MrcMovie, pack_4bit, parse_header, read_header, unpack_4bit
+from empcompress.mrc.readahead import cached_page_count
 
 NZ, NY, NX = 3, 10, 14
 
@@ -488,6 +492,47 @@ def evict(path: Path, size_bytes: int = 0) -> None:
         os.posix_fadvise(handle.fileno(), 0, size_bytes, os.POSIX_FADV_DONTNEED)
 
 
+def page_map(path: Path) -> str:
+    """The file's pages, "x" for one in the page cache and "." for one not (``mincore``, for files one owns).
+
+    Unlike a probing read (even one that may not wait), it reads nothing: a probe that misses starts
+    reading its page, which a test looking at the page cache must not do."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    length_bytes = -(-path.stat().st_size // mmap.PAGESIZE) * mmap.PAGESIZE
+    pages = ctypes.create_string_buffer(length_bytes // mmap.PAGESIZE)
+    with open(path, "rb") as handle:
+        address = libc.mmap(None, length_bytes, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap of {path}")
+        try:
+            if libc.mincore(address, length_bytes, pages) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore of {path}")
+        finally:
+            libc.munmap(address, length_bytes)
+    return "".join("x" if page & 1 else "." for page in pages.raw)
+
+
+def evict_wholly(path: Path) -> None:
+    """Drop the whole file from the page cache, and check that none of it is left (:func:`page_map`)."""
+    for _ in range(50):  # a page being read or written back is not dropped: again, a moment later
+        evict(path)
+        if "x" not in page_map(path):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} stays in the page cache: {page_map(path)}")
+
+
 def hints_done(movie: MrcMovie) -> None:
     """Wait until the movie's helper has sent every ``WILLNEED`` hint asked of it so far."""
     if movie._prefetcher is not None:
@@ -555,7 +600,7 @@ def test_reads_ahead_give_the_files_bytes(
     piece_bytes = piece_blocks * empcompress.mrc.readahead.DIRECT_BLOCK_BYTES
     monkeypatch.setattr(empcompress.mrc.readahead, "DIRECT_PIECE_BYTES", piece_bytes)
     if force_direct:  # every frame read ahead directly, whatever is cached (tiny frames share pages)
-        monkeypatch.setattr(MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0)
+        monkeypatch.setattr(MrcMovie, "_cached_pages", lambda movie, offset, size_bytes: 0)
     with MrcMovie(path) as movie:
         header = movie.header
         reads = _DirectReads(movie)
@@ -594,7 +639,7 @@ def test_a_failed_direct_read_is_read_again_plainly(
     values = values_for_mode(2, rng, shape=(3, 40, 50))
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
     # read ahead directly whatever the page cache holds (an eviction under load may leave pages behind)
-    monkeypatch.setattr(MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0)
+    monkeypatch.setattr(MrcMovie, "_cached_pages", lambda movie, offset, size_bytes: 0)
     with MrcMovie(path) as movie:
         reads = _DirectReads(movie, fail=fail)
         monkeypatch.setattr(os, "preadv", reads)
@@ -671,7 +716,7 @@ def test_close_stops_a_direct_read_before_its_descriptor_closes(
     movie.read_raw_frame(0)
     evict(path)
     monkeypatch.setattr(
-        MrcMovie, "_cached_probes", lambda movie, offset, size_bytes: 0
+        MrcMovie, "_cached_pages", lambda movie, offset, size_bytes: 0
     )  # direct, whatever is cached
     monkeypatch.setattr(os, "preadv", held)
     movie.read_ahead(1)
@@ -699,6 +744,53 @@ def test_frames_in_the_page_cache_are_not_read_directly(
         pytest.skip("O_DIRECT is refused here")
     values = values_for_mode(2, rng, shape=(6, 100, 100))  # frames of 40000 bytes: about 10 pages
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    with open(path, "rb") as handle:
+        if cached_page_count(handle.fileno(), 0, 1) is None:
+            pytest.skip("the kernel does not count a file's pages in the page cache here (cachestat)")
+    hinted = _hinted_frames(monkeypatch)
+    with MrcMovie(path) as movie:
+        header = movie.header
+
+        def own_pages(index: int) -> str:  # the pages wholly the frame's (its neighbours share the others)
+            start = header.data_offset_bytes + index * header.frame_size_bytes
+            return page_map(path)[-(-start // 4096) : (start + header.frame_size_bytes) // 4096]
+
+        reads = _DirectReads(movie)
+        monkeypatch.setattr(os, "preadv", reads)
+        movie.read_ahead(1)  # just written: in the page cache
+        assert movie.read_raw_frame(1).tobytes() == values[1].tobytes()
+        assert (reads.calls, hinted) == (0, [1])
+        hints_done(movie)  # a hint still running would bring the file back after the eviction
+        evict_wholly(path)
+        movie.read_ahead(2)  # not cached at all: read directly
+        assert movie.read_raw_frame(2).tobytes() == values[2].tobytes()
+        assert (reads.calls, hinted) == (1, [1])
+        assert "x" not in own_pages(2) + own_pages(3), page_map(path)  # and counting read nothing
+        middle = os.open(path, os.O_RDONLY)  # the middle of frame 3 is cached, the rest is not
+        try:
+            os.posix_fadvise(middle, 0, 0, os.POSIX_FADV_RANDOM)  # (its one page: no read-ahead)
+            os.pread(
+                middle,
+                1,
+                header.data_offset_bytes + 3 * header.frame_size_bytes + header.frame_size_bytes // 2,
+            )
+        finally:
+            os.close(middle)
+        assert "x" in own_pages(3) and "." in own_pages(3), page_map(path)
+        movie.read_ahead(3)  # read through the page cache: what is cached is not read again
+        assert movie.read_raw_frame(3).tobytes() == values[3].tobytes()
+        assert (reads.calls, hinted) == (1, [1, 3])
+        # and without the kernel's read-ahead, which would bring in frame 4 for a direct read to read again
+        hints_done(movie)
+        assert "x" not in own_pages(4), page_map(path)
+        movie.read_ahead(4)
+        assert movie.read_raw_frame(4).tobytes() == values[4].tobytes()
+        assert (reads.calls, hinted) == (2, [1, 3])
+        assert "x" not in own_pages(4), page_map(path)  # read past the page cache
+
+
+def _hinted_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames movies are asked to hint (:meth:`MrcMovie.prefetch`), in order; hinted as before."""
     hinted: list[int] = []
     original_prefetch = MrcMovie.prefetch
 
@@ -706,41 +798,63 @@ def test_frames_in_the_page_cache_are_not_read_directly(
         hinted.append(index)
         original_prefetch(movie, index)
 
-    def cached(movie: MrcMovie, index: int) -> bool:  # is the frame's last byte in the page cache?
-        header = movie.header
-        end = header.data_offset_bytes + (index + 1) * header.frame_size_bytes
-        try:
-            return os.preadv(movie._file().fileno(), [bytearray(1)], end - 1, os.RWF_NOWAIT) == 1
-        except BlockingIOError:
-            return False
-
     monkeypatch.setattr(MrcMovie, "prefetch", prefetch)
+    return hinted
+
+
+def test_counting_cached_pages_reads_none(tmp_path: Path, rng: np.random.Generator) -> None:
+    values = values_for_mode(2, rng, shape=(6, 100, 100))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    n_pages = len(page_map(path))
+    with open(path, "rb") as handle:
+        descriptor = handle.fileno()
+        if cached_page_count(descriptor, 0, 1) is None:
+            pytest.skip("the kernel does not count a file's pages in the page cache here (cachestat)")
+        assert cached_page_count(descriptor, 0, n_pages * 4096) == page_map(path).count("x")
+        evict_wholly(path)
+        for offset, length in [(0, 1), (5000, 40000), (0, n_pages * 4096), (n_pages * 4096, 4096)]:
+            assert cached_page_count(descriptor, offset, length) == 0
+        time.sleep(0.05)  # a read started would be done by now
+        assert page_map(path) == "." * n_pages
+        handle.seek(3 * 4096)
+        handle.raw.read(2 * 4096)  # (past Python's buffer)
+        cached = page_map(path)
+        assert cached_page_count(descriptor, 0, n_pages * 4096) == cached.count("x") >= 2
+        assert cached_page_count(descriptor, 3 * 4096, 2 * 4096) == 2
+        assert cached_page_count(descriptor, 3 * 4096, 0) == 0  # nothing, not "to the end of the file"
+
+
+def test_cached_pages_are_not_counted_where_the_kernel_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    call = empcompress.mrc.readahead._CachestatCall()
+    monkeypatch.setattr(empcompress.mrc.readahead, "_CACHESTAT_SYSCALL", 0x7FFFFFFF)  # as before Linux 6.5
+    with open(__file__, "rb") as handle:
+        assert call.pages(handle.fileno(), 0, 4096) is None
+    assert call.missing  # and never asked again
+    monkeypatch.setattr(empcompress.mrc.readahead, "_cachestat", call)
+    with open(__file__, "rb") as handle:
+        assert cached_page_count(handle.fileno(), 0, 4096) is None
+
+
+def test_frames_are_probed_where_cached_pages_cannot_be_counted(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct_reads_work(tmp_path):
+        pytest.skip("O_DIRECT is refused here")
+    values = values_for_mode(2, rng, shape=(6, 100, 100))
+    path = write_mrc(tmp_path / "m.mrc", values, mode=2)
+    monkeypatch.setattr(empcompress.mrc.movie, "cached_page_count", lambda descriptor, offset, length: None)
+    hinted = _hinted_frames(monkeypatch)
     with MrcMovie(path) as movie:
         reads = _DirectReads(movie)
         monkeypatch.setattr(os, "preadv", reads)
-        movie.read_ahead(1)  # just written: in the page cache
+        movie.read_ahead(1)  # just written: each probe finds its page
         assert movie.read_raw_frame(1).tobytes() == values[1].tobytes()
         assert (reads.calls, hinted) == (0, [1])
-        for _ in range(5):  # an eviction on a loaded machine may leave a page behind: evict again
-            hints_done(movie)  # a hint still running would bring the file back after the eviction
-            evict(path)
-            movie.read_ahead(2)  # not cached at all: read directly
-            assert movie.read_raw_frame(2).tobytes() == values[2].tobytes()
-            if reads.calls > 0:
+        for index in range(2, 6):  # evicted: read directly, unless a probe finds the page it brought in
+            hints_done(movie)
+            evict_wholly(path)
+            movie.read_ahead(index)
+            assert movie.read_raw_frame(index).tobytes() == values[index].tobytes()
+            if reads.calls:
                 break
-            hinted.remove(2)
-        assert (reads.calls > 0, hinted) == (True, [1])
-        assert not cached(movie, 3)
-        header = movie.header
-        with open(path, "rb") as handle:  # the middle of frame 3 is cached, the rest is not
-            handle.seek(header.data_offset_bytes + 3 * header.frame_size_bytes + header.frame_size_bytes // 2)
-            handle.read(1)
-        calls = reads.calls
-        movie.read_ahead(3)  # read through the page cache: what is cached is not read again
-        assert movie.read_raw_frame(3).tobytes() == values[3].tobytes()
-        assert (reads.calls, hinted) == (calls, [1, 3])
-        # and without the kernel's read-ahead, which would bring in frame 4 for a direct read to read again
-        assert not cached(movie, 4)
-        movie.read_ahead(4)
-        assert movie.read_raw_frame(4).tobytes() == values[4].tobytes()
-        assert reads.calls > calls
+        assert reads.calls == 1

@@ -17,7 +17,13 @@ from ..errors import TruncatedFileError
 from ..frame_buffers import frame_buffer
 from .header import HEADER_SIZE_BYTES, open_mrc, read_header
 from .nibbles import unpack_4bit
-from .readahead import DIRECT_BLOCK_BYTES, _DirectReader, _Prefetcher, read_ahead_window_bytes
+from .readahead import (
+    DIRECT_BLOCK_BYTES,
+    _DirectReader,
+    _Prefetcher,
+    cached_page_count,
+    read_ahead_window_bytes,
+)
 
 
 class MrcMovie:
@@ -147,7 +153,7 @@ class MrcMovie:
         self._finish_read_ahead()
         offset = header.data_offset_bytes + index * header.frame_size_bytes
         reader = self._direct_reader()
-        if reader is None or self._cached_probes(offset, header.frame_size_bytes) != 0:
+        if reader is None or self._cached_pages(offset, header.frame_size_bytes) != 0:
             self.prefetch(index)  # (the rest of a frame partly cached is read through the page cache)
             return
         head_bytes = offset % DIRECT_BLOCK_BYTES
@@ -159,20 +165,29 @@ class MrcMovie:
         reading = reader.start(into, offset - head_bytes, head_bytes + header.frame_size_bytes)
         self._reading_ahead = (index, reading)
 
-    def _cached_probes(self, offset: int, size_bytes: int) -> int | None:
-        """How many of the first, middle and last pages of ``size_bytes`` at ``offset`` are in the page
-        cache (a read that may not wait, ``RWF_NOWAIT``, has them); None where it cannot be told.
+    def _cached_pages(self, offset: int, size_bytes: int) -> int | None:
+        """How many pages wholly of ``size_bytes`` at ``offset`` are found in the page cache: every one
+        counted where the kernel tells (:func:`cached_page_count`), else of the first, middle and last
+        probed with 1-byte reads that may not wait (``RWF_NOWAIT``); None where neither works.
 
         Direct reads are only for frames none of which is cached: a frame read through the page cache
-        before (or the part of one the kernel read ahead) is not read from the device again."""
+        before (or the part of one the kernel read ahead) is not read from the device again. The
+        first and last pages that are wholly the frame's are looked at (the frames before and after
+        it share the others). A probe that misses starts reading its page, and on a loaded machine
+        that read may be done before the probe returns: the probe then finds the page it brought in
+        itself, and the frame is read through the page cache (slower, never wrong). Counting does
+        neither, so probes are the fallback for kernels (before 6.5) and files (not ours to write)
+        that are not counted."""
         descriptor = self._file().fileno()
-        probe = bytearray(1)
-        cached = 0
-        # the first and last pages wholly the frame's (the frames before and after it share the others)
         end = offset + size_bytes
         first = min(-(-offset // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES, end - 1)
         last = max(end // DIRECT_BLOCK_BYTES * DIRECT_BLOCK_BYTES - 1, first)
-        # a probe that misses starts reading its page (and, unless exact, pages after it): last first
+        counted = cached_page_count(descriptor, first, last + 1 - first)
+        if counted is not None:
+            return counted
+        probe = bytearray(1)
+        cached = 0
+        # last first: a probe that misses may start reading pages after its own
         with self._exactly(descriptor):
             for at in (last, offset + size_bytes // 2, first):
                 try:

@@ -1,4 +1,5 @@
-"""Reading frames ahead: hints to the kernel (``posix_fadvise``) and ``O_DIRECT`` reads past the page cache.
+"""Reading frames ahead: hints to the kernel (``posix_fadvise``), ``O_DIRECT`` reads past the page cache,
+and what of a file the page cache holds (``cachestat``).
 
 Used by :class:`~empcompress.mrc.movie.MrcMovie` (``prefetch``, ``read_ahead``); helper threads,
 one per movie and kind, that the movie closes.
@@ -7,9 +8,13 @@ one per movie and kind, that the movie closes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import stat
+import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +48,70 @@ def read_ahead_window_bytes(path: str | os.PathLike[str]) -> int:
         if window_bytes > 0:
             return min(window_bytes, MAX_PREFETCH_PIECE_BYTES)
     return DEFAULT_READ_AHEAD_BYTES
+
+
+#: Linux's ``cachestat`` system call (Linux 6.5+): the same number on every architecture.
+_CACHESTAT_SYSCALL = 451
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("offset_bytes", ctypes.c_uint64), ("length_bytes", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
+    ]
+
+
+class _CachestatCall:
+    """``cachestat(2)`` through the C library, or nothing where this kernel or platform has none."""
+
+    def __init__(self) -> None:
+        self.missing = not sys.platform.startswith("linux")
+        self._syscall: Callable[..., int] | None = None
+
+    def pages(self, descriptor: int, offset_bytes: int, length_bytes: int) -> int | None:
+        if self.missing:
+            return None
+        if self._syscall is None:
+            try:
+                function = ctypes.CDLL(None, use_errno=True).syscall
+            except (OSError, AttributeError):
+                self.missing = True
+                return None
+            function.restype = ctypes.c_long
+            self._syscall = function
+        span = _CachestatRange(offset_bytes, length_bytes)
+        found = _Cachestat()
+        result = self._syscall(
+            ctypes.c_long(_CACHESTAT_SYSCALL),
+            ctypes.c_int(descriptor),
+            ctypes.byref(span),
+            ctypes.byref(found),
+            ctypes.c_uint(0),
+        )
+        if result != 0:
+            if ctypes.get_errno() == errno.ENOSYS:  # before Linux 6.5: never ask again
+                self.missing = True
+            return None  # EPERM: the file is not ours to write (see cached_page_count)
+        return int(found.nr_cache)
+
+
+_cachestat = _CachestatCall()
+
+
+def cached_page_count(descriptor: int, offset_bytes: int, length_bytes: int) -> int | None:
+    """How many pages of ``length_bytes`` at ``offset_bytes`` of the open file are in the page cache,
+    pages being read into it included, from Linux's ``cachestat``: it reads nothing and changes nothing.
+
+    None where it cannot be told: Linux before 6.5, another platform, or a file the process may not
+    write (Linux tells the page-cache state only of files one owns or may write, as for ``mincore``).
+    """
+    if length_bytes <= 0:  # (a length of 0 means "to the end of the file" to cachestat)
+        return 0
+    return _cachestat.pages(descriptor, offset_bytes, length_bytes)
 
 
 class _Prefetcher:
