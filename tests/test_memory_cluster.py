@@ -21,6 +21,9 @@ MIB = 1 << 20
 WORKER_MEMORY_BYTES = 1 << 30
 RUN_TIMEOUT_SECONDS = 240
 OVERLAP_TOLERANCE_SECONDS = 0.05
+#: Frames of each movie: enough that a conversion (~4 ms a frame) lasts well beyond the tolerance, so that
+#: two run at once overlap by more than it (12 frames: 42 ms, which a loaded machine failed to show)
+N_FRAMES = 36
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,9 @@ def two_thread_worker() -> Iterator[Any]:
 def _drive(root: Path, *, n_movies: int = 4) -> Path:
     rng = np.random.default_rng(1)
     for index in range(n_movies):
-        write_mrc(root / "Movies" / f"movie_{index}.mrc", rng.poisson(1.0, (12, 384, 384)).astype(np.float32))
+        write_mrc(
+            root / "Movies" / f"movie_{index}.mrc", rng.poisson(1.0, (N_FRAMES, 384, 384)).astype(np.float32)
+        )
     for index in range(6):
         (root / "Notes" / f"note_{index}.txt").parent.mkdir(parents=True, exist_ok=True)
         (root / "Notes" / f"note_{index}.txt").write_text(str(index), encoding="utf-8")
