@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import distributed  # noqa: F401  (its configuration defaults, loaded before any test's dask.config.set)
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

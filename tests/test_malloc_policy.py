@@ -207,10 +207,6 @@ def test_every_worker_compress_sets_up_runs_under_the_policy() -> None:
 def _run_workers_with_a_pinned_setting() -> None:
     import dask
 
-    # distributed's configuration defaults first: a dask.config.set made before they are loaded removes
-    # all of them ("distributed" included) when it ends, and later tests fail with KeyError
-    import distributed  # noqa: F401
-
     from empcompress.cluster import ClusterOptions, open_cluster
     from empcompress.pipeline import warm_up_worker
 
