@@ -19,9 +19,11 @@ from .header import HEADER_SIZE_BYTES, open_mrc, read_header
 from .nibbles import unpack_4bit
 from .readahead import (
     DIRECT_BLOCK_BYTES,
+    PAGE_BYTES,
     _DirectReader,
     _Prefetcher,
     cached_page_count,
+    page_cache_counted,
     read_ahead_window_bytes,
 )
 
@@ -44,6 +46,7 @@ class MrcMovie:
         self._prefetcher: _Prefetcher | None = None  # started on the first hint, stopped on close
         self._direct: _DirectReader | None = None  # opened by the first read_ahead, closed on close
         self._direct_refused = False  # O_DIRECT refused here: read_ahead hints instead
+        self._page_cache_counted: bool | None = None  # cachestat tells this file's pages: asked once
         self._reading_ahead: tuple[int, Future[bool]] | None = None  # (frame, read) into the own buffer
 
     def __enter__(self) -> MrcMovie:
@@ -153,7 +156,7 @@ class MrcMovie:
         self._finish_read_ahead()
         offset = header.data_offset_bytes + index * header.frame_size_bytes
         reader = self._direct_reader()
-        if reader is None or self._cached_pages(offset, header.frame_size_bytes) != 0:
+        if reader is None or self._cached_page_count(offset, header.frame_size_bytes) != 0:
             self.prefetch(index)  # (the rest of a frame partly cached is read through the page cache)
             return
         head_bytes = offset % DIRECT_BLOCK_BYTES
@@ -165,26 +168,29 @@ class MrcMovie:
         reading = reader.start(into, offset - head_bytes, head_bytes + header.frame_size_bytes)
         self._reading_ahead = (index, reading)
 
-    def _cached_pages(self, offset: int, size_bytes: int) -> int | None:
-        """How many pages wholly of ``size_bytes`` at ``offset`` are found in the page cache: every one
-        counted where the kernel tells (:func:`cached_page_count`), else of the first, middle and last
-        probed with 1-byte reads that may not wait (``RWF_NOWAIT``); None where neither works.
+    def _cached_page_count(self, offset: int, size_bytes: int) -> int | None:
+        """How many pages of the frame of ``size_bytes`` at ``offset`` are found in the page cache; None
+        where it cannot be told. The pages looked at are those wholly the frame's (its neighbours share
+        the others), or for a frame with none, the page holding its last byte.
 
         Direct reads are only for frames none of which is cached: a frame read through the page cache
-        before (or the part of one the kernel read ahead) is not read from the device again. The
-        first and last pages that are wholly the frame's are looked at (the frames before and after
-        it share the others). A probe that misses starts reading its page, and on a loaded machine
-        that read may be done before the probe returns: the probe then finds the page it brought in
-        itself, and the frame is read through the page cache (slower, never wrong). Counting does
-        neither, so probes are the fallback for kernels (before 6.5) and files (not ours to write)
-        that are not counted."""
+        before (or the part of one the kernel read ahead) is not read from the device again. Every
+        page is counted where the kernel tells (:func:`page_cache_counted`, asked once per movie);
+        else the first, middle and last are probed with 1-byte reads that may not wait
+        (``RWF_NOWAIT``). A probe that misses starts reading its page, and on a loaded machine that
+        read may be done before the probe returns: the probe then finds the page it brought in
+        itself, and the frame is read through the page cache (slower, never wrong)."""
         descriptor = self._file().fileno()
         end = offset + size_bytes
-        first = min(-(-offset // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES, end - 1)
-        last = max(end // DIRECT_BLOCK_BYTES * DIRECT_BLOCK_BYTES - 1, first)
-        counted = cached_page_count(descriptor, first, last + 1 - first)
-        if counted is not None:
-            return counted
+        first = min(-(-offset // PAGE_BYTES) * PAGE_BYTES, end - 1)
+        last = max(end // PAGE_BYTES * PAGE_BYTES - 1, first)
+        if self._page_cache_counted is None:
+            with self._exactly(descriptor):  # (its one page)
+                self._page_cache_counted = page_cache_counted(descriptor)
+        if self._page_cache_counted:
+            counted = cached_page_count(descriptor, first, last + 1 - first)
+            if counted is not None:
+                return counted
         probe = bytearray(1)
         cached = 0
         # last first: a probe that misses may start reading pages after its own

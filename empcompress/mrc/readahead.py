@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
+import platform
 import stat
 import sys
 import threading
@@ -50,8 +52,28 @@ def read_ahead_window_bytes(path: str | os.PathLike[str]) -> int:
     return DEFAULT_READ_AHEAD_BYTES
 
 
-#: Linux's ``cachestat`` system call (Linux 6.5+): the same number on every architecture.
+#: Size of the pages the page cache holds (4 KiB on most machines; 16 or 64 KiB on some ARM and POWER).
+PAGE_BYTES = mmap.PAGESIZE
+
+#: Linux's ``cachestat`` system call (Linux 6.5+), numbered from the table most architectures share.
 _CACHESTAT_SYSCALL = 451
+#: The machines (``platform.machine()``) whose Linux takes that number (alpha and MIPS number it otherwise).
+_CACHESTAT_MACHINES = frozenset(
+    {
+        "x86_64",
+        "i386",
+        "i686",
+        "aarch64",
+        "armv6l",
+        "armv7l",
+        "armv8l",
+        "riscv64",
+        "ppc64le",
+        "ppc64",
+        "s390x",
+    }
+    | {"loongarch64"}
+)
 
 
 class _CachestatRange(ctypes.Structure):
@@ -69,10 +91,10 @@ class _CachestatCall:
     """``cachestat(2)`` through the C library, or nothing where this kernel or platform has none."""
 
     def __init__(self) -> None:
-        self.missing = not sys.platform.startswith("linux")
+        self.missing = not sys.platform.startswith("linux") or platform.machine() not in _CACHESTAT_MACHINES
         self._syscall: Callable[..., int] | None = None
 
-    def pages(self, descriptor: int, offset_bytes: int, length_bytes: int) -> int | None:
+    def count(self, descriptor: int, offset_bytes: int, length_bytes: int) -> int | None:
         if self.missing:
             return None
         if self._syscall is None:
@@ -95,7 +117,7 @@ class _CachestatCall:
         if result != 0:
             if ctypes.get_errno() == errno.ENOSYS:  # before Linux 6.5: never ask again
                 self.missing = True
-            return None  # EPERM: the file is not ours to write (see cached_page_count)
+            return None
         return int(found.nr_cache)
 
 
@@ -106,12 +128,26 @@ def cached_page_count(descriptor: int, offset_bytes: int, length_bytes: int) -> 
     """How many pages of ``length_bytes`` at ``offset_bytes`` of the open file are in the page cache,
     pages being read into it included, from Linux's ``cachestat``: it reads nothing and changes nothing.
 
-    None where it cannot be told: Linux before 6.5, another platform, or a file the process may not
-    write (Linux tells the page-cache state only of files one owns or may write, as for ``mincore``).
+    None where it cannot be told: Linux before 6.5 or another platform; a file the process may not
+    write, from Linux 6.14 (and kernels given that fix: the page-cache state only of files one owns or
+    may write, as for ``mincore``); a seccomp filter that refuses the call. A file system whose pages
+    are another file's counts none of them (overlayfs): see :func:`page_cache_counted`.
     """
     if length_bytes <= 0:  # (a length of 0 means "to the end of the file" to cachestat)
         return 0
-    return _cachestat.pages(descriptor, offset_bytes, length_bytes)
+    return _cachestat.count(descriptor, offset_bytes, length_bytes)
+
+
+def page_cache_counted(descriptor: int) -> bool:
+    """Whether :func:`cached_page_count` tells what the page cache holds of this open file: its first
+    page, read now (an MRC file's header, just read: no I/O), is counted. False where the kernel cannot
+    count, and on a file system whose pages are another file's (overlayfs counts none)."""
+    try:
+        if not os.pread(descriptor, 1, 0):
+            return False
+    except OSError:
+        return False
+    return bool(cached_page_count(descriptor, 0, 1))
 
 
 class _Prefetcher:
