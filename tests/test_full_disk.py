@@ -7,16 +7,15 @@ Needs root to mount small tmpfs file systems (CI runs as root); skipped otherwis
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEMP_MARKER, in_ci
+from conftest import TEMP_MARKER
+from mounts import tmpfs
 from mrc_factory import write_mrc
 
 
@@ -25,28 +24,6 @@ def empcompress() -> list[str]:
     found = str(beside) if beside.exists() else shutil.which("empcompress")
     assert found, "the empcompress console script is not installed; run pip install -e .[test]"
     return [found]
-
-
-@contextlib.contextmanager
-def tmpfs(directory: Path, *options: str) -> Iterator[Path]:
-    """A small tmpfs mounted at ``directory`` for the block (skips the test when that is impossible)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root (CI runs as root)")
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        message = f"cannot mount a tmpfs here ({mounted.stderr.strip()})"
-        if in_ci():
-            pytest.fail(f"{message}, but CI runs as root and must run this test")
-        pytest.skip(message)
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ import bagit
 import pytest
 from conftest import TEMP_MARKER
 from drives import make_drive
-from test_full_disk import tmpfs
+from mounts import tmpfs
 from test_pipeline import recover_everything, temporaries
 
 from empcompress.errors import EmpCompressError

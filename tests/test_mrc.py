@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from mounts import overlay
 from mrc_factory import mrc_bytes, pack_nibbles, source_values_dtype, write_mrc
 
 import empcompress.mrc.movie
@@ -807,6 +808,26 @@ def _hinted_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(MrcMovie, "prefetch", prefetch)
     return hinted
+
+
+def test_cached_frames_on_overlayfs_are_not_read_directly(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an overlay's file (a container's) keeps its pages in the file below it, which cachestat on the
+    # overlay's file does not count: the movie probes them instead
+    with overlay(tmp_path / "overlay") as merged:
+        if not direct_reads_work(merged):
+            pytest.skip("O_DIRECT is refused here")
+        values = values_for_mode(2, rng, shape=(3, 100, 100))
+        path = write_mrc(merged / "m.mrc", values, mode=2)
+        hinted = _hinted_frames(monkeypatch)
+        with MrcMovie(path) as movie:
+            reads = _DirectReads(movie)
+            monkeypatch.setattr(os, "preadv", reads)
+            movie.read_ahead(1)  # just written: in the page cache
+            assert movie.read_raw_frame(1).tobytes() == values[1].tobytes()
+            assert (reads.calls, hinted) == (0, [1])
+            assert movie._page_cache_counted is False
 
 
 def test_counting_cached_pages_reads_none(tmp_path: Path, rng: np.random.Generator) -> None:
