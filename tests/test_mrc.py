@@ -498,8 +498,8 @@ def page_map(path: Path) -> str:
     """The file's pages, "x" for one in the page cache and read in, "." for one not (or still being read).
 
     From ``mincore``, which reads nothing, unlike a probing read (even one that may not wait: one that
-    misses starts reading its page), and tells the page cache only of files one owns or may write
-    (others: the pages this process has mapped, which here are none)."""
+    misses starts reading its page). It tells the page cache only of files one owns or may write; of
+    others it says every page is in."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [
@@ -529,14 +529,15 @@ def page_map(path: Path) -> str:
 def evict_wholly(path: Path) -> None:
     """Drop the whole file from the page cache, and check that none of it is left (:func:`page_map`).
 
-    Skips the test on a file system whose files live in memory (tmpfs: an eviction drops nothing)."""
+    Skips the test where every page stays (tmpfs, whose files live in memory, or a file whose page cache
+    ``mincore`` does not tell)."""
     for attempt in range(50):  # a page being read or written back is not dropped: again, a moment later
         evict(path)
         left = page_map(path)
         if "x" not in left:
             return
         if attempt == 0 and "." not in left:
-            pytest.skip(f"{path.parent}: its files stay in memory (tmpfs), nothing to evict")
+            pytest.skip(f"{path}: every page stays in the page cache (tmpfs?): nothing to evict")
         time.sleep(0.02)
     raise AssertionError(f"{path} stays in the page cache: {page_map(path)}")
 
@@ -646,7 +647,7 @@ def test_a_failed_direct_read_is_read_again_plainly(
         pytest.skip("O_DIRECT is refused here")
     values = values_for_mode(2, rng, shape=(3, 40, 50))
     path = write_mrc(tmp_path / "m.mrc", values, mode=2)
-    # read ahead directly whatever the page cache holds (an eviction under load may leave pages behind)
+    # read ahead directly whatever the page cache holds (a test of a failed direct read, not of the choice)
     monkeypatch.setattr(MrcMovie, "_cached_page_count", lambda movie, offset, size_bytes: 0)
     with MrcMovie(path) as movie:
         reads = _DirectReads(movie, fail=fail)
