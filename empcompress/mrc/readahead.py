@@ -71,8 +71,8 @@ _CACHESTAT_MACHINES = frozenset(
         "ppc64le",
         "ppc64",
         "s390x",
+        "loongarch64",
     }
-    | {"loongarch64"}
 )
 
 
